@@ -1,0 +1,157 @@
+"""Read and validate the PNG layout that training uses.
+
+``ROOT/images/<split>/<ImageId>.png`` (8-bit gray) with ``ROOT/masks/<split>/<ImageId>.png``: single-label masks
+are 0/1 or 0/255 (any non-zero is the finding), multi-label masks are 16-bit bit fields
+(:func:`cxrseg.labels.pack_multilabel`). ``ROOT/labels.json`` names the task; without it the task is pneumothorax.
+
+Indexing reads every mask once: it validates the pair (readable, same size, allowed values) and counts pixels per
+class, which gives ``is_positive`` and the exact class weights. The index is cached in ``ROOT/.cxrseg-cache/``
+keyed by the files' names, sizes and modification times, so a second run costs only a directory listing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from cxrseg.labels import PNEUMOTHORAX, LabelSet, get_labels
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png",)
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file and says what to do."""
+
+
+@dataclass(frozen=True)
+class IndexedImage:
+    """One validated image/mask pair. pixel_counts: per output class (single-label: [background, finding];
+    multi-label: pixels where each class is on), at the stored resolution."""
+
+    image_id: str
+    image_path: str
+    mask_path: str
+    width: int
+    height: int
+    pixel_counts: tuple[int, ...]
+
+    @property
+    def is_positive(self) -> bool:
+        counts = self.pixel_counts
+        return any(counts[1:]) if len(counts) == 2 else any(counts)
+
+
+def read_layout_labels(root: str | os.PathLike) -> LabelSet:
+    """The label set declared by ``ROOT/labels.json`` (pneumothorax when the file is absent)."""
+    path = Path(root) / "labels.json"
+    if not path.exists():
+        return PNEUMOTHORAX
+    spec = json.loads(path.read_text())
+    if "task" not in spec:
+        raise DataError(f"{path}: missing key 'task' (one of 'pneumothorax', 'chestxdet', 'custom').")
+    if spec["task"] != "custom":
+        return get_labels(spec["task"])
+    return LabelSet("custom", tuple(spec["names"]), bool(spec.get("multilabel", False)))
+
+
+def list_pairs(root: str | os.PathLike, split: str) -> list[tuple[str, Path, Path]]:
+    """(image_id, image path, mask path) of every image in ``split``; a missing mask is an error naming it."""
+    root = Path(root)
+    image_dir, mask_dir = root / "images" / split, root / "masks" / split
+    if not image_dir.is_dir():
+        raise DataError(f"{image_dir} does not exist: expected ROOT/images/{split}/<ImageId>.png (see README, Data).")
+    images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise DataError(f"{image_dir} holds no PNG images: the '{split}' split is empty.")
+    pairs = []
+    for image in images:
+        mask = mask_dir / image.name
+        if not mask.exists():
+            raise DataError(f"No mask for {image}: expected {mask} (an empty mask is an all-zero PNG).")
+        pairs.append((image.stem, image, mask))
+    return pairs
+
+
+def _index_pair(args: tuple[str, str, str, int, bool]) -> IndexedImage:
+    image_id, image_path, mask_path, num_labels, multilabel = args
+    try:
+        with Image.open(image_path) as image:
+            image.verify()
+            size = image.size
+    except Exception as error:  # PIL raises many types for corrupt files
+        raise DataError(f"Unreadable image {image_path}: {error}") from error
+    try:
+        with Image.open(mask_path) as mask_image:
+            mask = np.asarray(mask_image)
+    except Exception as error:
+        raise DataError(f"Unreadable mask {mask_path}: {error}") from error
+    if mask.ndim != 2:
+        raise DataError(f"Mask {mask_path} has shape {mask.shape}: expected a single-channel PNG.")
+    if (mask.shape[1], mask.shape[0]) != size:
+        raise DataError(
+            f"Size mismatch: image {image_path} is {size[0]}x{size[1]}, mask {mask_path} is "
+            f"{mask.shape[1]}x{mask.shape[0]} (width x height)."
+        )
+    if multilabel:
+        bits = mask.astype(np.uint32)
+        if (bits >> num_labels).any():
+            raise DataError(f"Mask {mask_path} sets bits beyond the {num_labels} classes of labels.json.")
+        counts = tuple(int(((bits >> c) & 1).sum()) for c in range(num_labels))
+    else:
+        values = np.unique(mask)
+        allowed = {0, 1, 255} if num_labels == 2 else set(range(num_labels))
+        bad = sorted(set(values.tolist()) - allowed)
+        if bad:
+            raise DataError(
+                f"Mask {mask_path} has values {bad[:5]}: expected {sorted(allowed)} "
+                "(0 = background; 1 or 255 = finding)."
+            )
+        if num_labels == 2:
+            positive = int(np.count_nonzero(mask))
+            counts = (mask.size - positive, positive)
+        else:
+            counts = tuple(int(n) for n in np.bincount(mask.ravel(), minlength=num_labels))
+    return IndexedImage(image_id, str(image_path), str(mask_path), size[0], size[1], counts)
+
+
+def _fingerprint(pairs: list[tuple[str, Path, Path]], labels: LabelSet) -> str:
+    digest = hashlib.sha256(repr(labels).encode())
+    for _, image, mask in pairs:
+        for path in (image, mask):
+            stat = path.stat()
+            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:20]
+
+
+def index_layout(root: str | os.PathLike, split: str, labels: LabelSet, num_proc: int = 1) -> list[IndexedImage]:
+    """Validate every pair of ``split`` and count its pixels; cached (see module docstring)."""
+    pairs = list_pairs(root, split)
+    cache = Path(root) / ".cxrseg-cache" / f"index-{split}-{_fingerprint(pairs, labels)}.json"
+    if cache.exists():
+        return [IndexedImage(**{**row, "pixel_counts": tuple(row["pixel_counts"])}) for row in json.loads(cache.read_text())]
+    jobs = [(i, str(image), str(mask), labels.num_labels, labels.multilabel) for i, image, mask in pairs]
+    progress = dict(total=len(jobs), desc=f"Checking {split} masks", unit="img", disable=len(jobs) < 200)
+    if num_proc > 1:
+        with ProcessPoolExecutor(num_proc) as pool:
+            index = list(tqdm(pool.map(_index_pair, jobs, chunksize=32), **progress))
+    else:
+        index = [_index_pair(job) for job in tqdm(jobs, **progress)]
+    try:
+        cache.parent.mkdir(exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps([asdict(row) for row in index]))
+        os.replace(tmp, cache)
+    except OSError as error:  # a read-only dataset still trains; it is just indexed again next time
+        logger.warning("Could not cache the index in %s (%s); it will be rebuilt next run.", cache.parent, error)
+    return index

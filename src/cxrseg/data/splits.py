@@ -1,0 +1,47 @@
+"""The train/validation split: made once, seeded, stratified by positivity, saved as ``splits.json`` (nnU-Net
+style) and reused when present. Validation keeps the natural prevalence; undersampling is only the sampler's job."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from sklearn.model_selection import train_test_split
+
+
+def make_split(
+    image_ids: Sequence[str], is_positive: Sequence[bool], val_fraction: float, seed: int
+) -> dict[str, list[str]]:
+    """{"train": ids, "val": ids}, each sorted; stratified so both splits keep the positive fraction."""
+    stratify = list(is_positive) if 0 < sum(is_positive) < len(is_positive) and min(
+        sum(is_positive), len(is_positive) - sum(is_positive)
+    ) >= 2 else None
+    train, val = train_test_split(list(image_ids), test_size=val_fraction, random_state=seed, stratify=stratify)
+    if not train or not val:
+        raise ValueError(f"val_fraction={val_fraction} of {len(image_ids)} images leaves an empty split.")
+    return {"train": sorted(train), "val": sorted(val)}
+
+
+def load_or_make_split(
+    path: str | os.PathLike, image_ids: Sequence[str], is_positive: Sequence[bool], val_fraction: float, seed: int
+) -> dict[str, list[str]]:
+    """The split saved at ``path`` if it exists (every id must be in ``image_ids``), else a new one saved there."""
+    path = Path(path)
+    if path.exists():
+        split = json.loads(path.read_text())
+        known = set(image_ids)
+        for name in ("train", "val"):
+            if not split.get(name):
+                raise ValueError(f"{path}: split {name!r} is missing or empty.")
+            unknown = [i for i in split[name] if i not in known]
+            if unknown:
+                raise ValueError(f"{path}: {len(unknown)} {name} ids are not in the data (first: {unknown[0]!r}).")
+        return {"train": split["train"], "val": split["val"]}
+    split = make_split(image_ids, is_positive, val_fraction, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(split, indent=1))
+    os.replace(tmp, path)
+    return split

@@ -1,0 +1,119 @@
+"""Build the UperNet-Swin model and its image processor, and the forward pass that also returns the aux logits."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoImageProcessor, UperNetConfig, UperNetForSemanticSegmentation
+# The PIL backend: the default one needs torchvision, which has no wheel matching our pinned torch on every platform.
+from transformers import SegformerImageProcessorPil as SegformerImageProcessor
+
+from cxrseg.labels import IGNORE_INDEX, LabelSet
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class SingleValueSafeBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that, in training, normalises with its running statistics when a channel has one value.
+
+    UperNet's pyramid-pooling branch pools to 1x1, so a training batch of one image gives BatchNorm a single value
+    per channel and PyTorch raises. Using running statistics for that case (and not updating them) is what eval
+    mode does; every other case is plain BatchNorm. Only the class changes, so weights and state dicts are unchanged.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if self.training and input.shape[0] * input.shape[2] * input.shape[3] == 1:
+            return F.batch_norm(
+                input, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
+        return super().forward(input)
+
+
+def make_batchnorm_single_value_safe(model: nn.Module) -> nn.Module:
+    for module in model.modules():
+        if type(module) is nn.BatchNorm2d:
+            module.__class__ = SingleValueSafeBatchNorm2d
+    return model
+
+
+def build_image_processor(image_size: int) -> SegformerImageProcessor:
+    """The processor saved with every model: resize to ``image_size`` square, ImageNet normalisation, no label
+    reduction (background is class 0). It has ``post_process_semantic_segmentation``, which the
+    ``image-segmentation`` pipeline needs."""
+    return SegformerImageProcessor(
+        do_resize=True,
+        size={"height": image_size, "width": image_size},
+        do_rescale=True,
+        do_normalize=True,
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
+        do_reduce_labels=False,
+    )
+
+
+def _inline_config(model_config: str | dict[str, Any], labels: LabelSet) -> UperNetConfig:
+    spec = json.loads(model_config) if isinstance(model_config, str) else dict(model_config)
+    if "backbone_config" not in spec:
+        raise ValueError("model_config needs a 'backbone_config' mapping (e.g. model_type: swin, embed_dim: 16).")
+    return UperNetConfig(
+        **spec, num_labels=labels.num_labels, id2label=labels.id2label, label2id=labels.label2id,
+        loss_ignore_index=IGNORE_INDEX,
+    )
+
+
+def build_model(
+    model_name_or_path: str | None, model_config: str | dict | None, labels: LabelSet, image_size: int
+) -> tuple[UperNetForSemanticSegmentation, SegformerImageProcessor]:
+    """A UperNet with ``labels.num_labels`` outputs and our id2label, plus its image processor.
+
+    From ``model_name_or_path`` (Hub id or local folder): pretrained weights; a head of another size (e.g. ADE20k's
+    150 classes) is re-initialised (``ignore_mismatched_sizes``). Otherwise from the inline ``model_config``.
+    """
+    if model_name_or_path is not None:
+        model = UperNetForSemanticSegmentation.from_pretrained(
+            model_name_or_path,
+            num_labels=labels.num_labels,
+            id2label=labels.id2label,
+            label2id=labels.label2id,
+            ignore_mismatched_sizes=True,
+        )
+        try:
+            processor = AutoImageProcessor.from_pretrained(model_name_or_path)
+            processor.size = {"height": image_size, "width": image_size}
+            processor.do_reduce_labels = False
+        except OSError:
+            logger.info("No image processor at %s; using the default Swin one.", model_name_or_path)
+            processor = build_image_processor(image_size)
+    else:
+        model = UperNetForSemanticSegmentation(_inline_config(model_config, labels))
+        processor = build_image_processor(image_size)
+    model.config.loss_ignore_index = IGNORE_INDEX
+    return make_batchnorm_single_value_safe(model), processor
+
+
+class AuxiliaryLogits:
+    """Captures the auxiliary head's output during the model's own forward pass (a forward hook), so the main and
+    auxiliary logits come from one forward without the built-in loss, and it works through DDP wrappers."""
+
+    def __init__(self, model: UperNetForSemanticSegmentation) -> None:
+        self.value: torch.Tensor | None = None
+        head = model.auxiliary_head
+        self.handle = head.register_forward_hook(self._store) if head is not None else None
+
+    def _store(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        self.value = output
+
+    def pop(self, size: tuple[int, int]) -> torch.Tensor | None:
+        """The last auxiliary logits, upsampled (bilinear, as UperNet does) to ``size``; None without the head."""
+        value, self.value = self.value, None
+        if value is None:
+            return None
+        return F.interpolate(value, size=size, mode="bilinear", align_corners=False)

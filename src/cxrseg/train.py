@@ -1,0 +1,131 @@
+"""The training pipeline, top to bottom: seed → logging → last checkpoint → data → model → loss and sampler →
+trainer → train → save → evaluate. Each stage is a call into the library; ``run_train.py`` calls :func:`main`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import datasets
+import transformers
+from transformers import set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from cxrseg.config import Recipe, parse_recipe, save_recipe
+from cxrseg.data.dataset import load_training_data
+from cxrseg.data.synthetic import make_demo_data
+from cxrseg.labels import get_labels
+from cxrseg.losses import build_loss
+from cxrseg.model import build_model
+from cxrseg.sampling import BalancedSampler
+from cxrseg.trainer import SegmentationTrainer, streaming_metrics
+
+logger = logging.getLogger("cxrseg.train")
+
+
+def train(recipe: Recipe) -> dict[str, float]:
+    """Run one recipe; returns the final evaluation metrics (``eval_*``)."""
+    model_args, data_args, loss_args, sampling_args, args = (
+        recipe.model, recipe.data, recipe.loss, recipe.sampling, recipe.training,
+    )
+    # ------------------------------------------------------------------ Seed and logging
+    set_seed(args.seed)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=[logging.StreamHandler(sys.stdout)])
+    log_level = args.get_process_log_level()
+    for name in ("cxrseg", "transformers", "datasets"):
+        logging.getLogger(name).setLevel(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    output_dir = Path(args.output_dir)
+
+    # ------------------------------------------------------------------ Last checkpoint
+    # resume_from_checkpoint: a checkpoint folder, or "last" for the newest checkpoint-N in output_dir.
+    last_checkpoint = args.resume_from_checkpoint
+    if last_checkpoint in ("last", "true", "True"):
+        last_checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        if last_checkpoint is None:
+            logger.info("No checkpoint in %s to resume from; starting fresh.", output_dir)
+    if last_checkpoint is not None:
+        logger.info("Resuming from %s.", last_checkpoint)
+    if args.should_save:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_recipe(recipe, output_dir / "recipe.yaml")
+
+    # ------------------------------------------------------------------ Data
+    labels = get_labels(model_args.task)
+    with args.main_process_first(desc="demo data and mask index"):
+        if data_args.generate_demo_data and not Path(data_args.data_dir).exists():
+            logger.info("Writing the synthetic demo dataset to %s", data_args.data_dir)
+            make_demo_data(data_args.data_dir, num_images=data_args.demo_num_images, seed=0)
+        model, processor = build_model(
+            model_args.model_name_or_path, model_args.model_config, labels, data_args.image_size
+        )
+        data = load_training_data(
+            data_args.data_dir, labels, output_dir / "splits.json",
+            image_size=data_args.image_size, augmentation=data_args.augmentation,
+            mean=processor.image_mean, std=processor.image_std,
+            val_fraction=data_args.val_fraction, split_seed=data_args.split_seed, seed=args.seed,
+            max_train_samples=data_args.max_train_samples, max_eval_samples=data_args.max_eval_samples,
+            num_proc=data_args.preprocessing_num_workers,
+        )
+
+    # ------------------------------------------------------------------ Loss and sampler
+    loss_fn = build_loss(
+        labels.multilabel, loss_args.class_weights, data.pixel_counts, data.num_pixels,
+        lambda_ce=loss_args.lambda_ce, lambda_dice=loss_args.lambda_dice, smooth=loss_args.dice_smooth,
+        batch_dice=loss_args.batch_dice, max_pos_weight=loss_args.max_pos_weight,
+    )
+    weights = getattr(loss_fn, "class_weights", None)
+    if weights is None:
+        weights = getattr(loss_fn, "pos_weight", None)
+    if weights is not None:
+        logger.info("Class weights: %s", dict(zip(labels.names, [round(w, 4) for w in weights.tolist()])))
+    sampler = None
+    if sampling_args.balanced_sampling:
+        sampler = BalancedSampler(
+            data.train_is_positive, sampling_args.negative_keep_ratio, sampling_args.positive_weight, seed=args.seed
+        )
+
+    # ------------------------------------------------------------------ Trainer
+    compute_metrics, preprocess_logits = streaming_metrics(labels.multilabel, list(labels.foreground))
+    trainer = SegmentationTrainer(
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.val,
+        processing_class=processor,
+        compute_metrics=compute_metrics,
+        preprocess_logits_for_metrics=preprocess_logits,
+        loss_fn=loss_fn,
+        auxiliary_loss_weight=loss_args.auxiliary_loss_weight,
+        train_sampler=sampler,
+    )
+
+    # ------------------------------------------------------------------ Train and save
+    result = trainer.train(resume_from_checkpoint=last_checkpoint)
+    trainer.save_model()
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+
+    # ------------------------------------------------------------------ Evaluate (the best model, on validation)
+    metrics = trainer.evaluate()
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    if trainer.is_world_process_zero():
+        logger.info("Model saved to %s: load it with UperNetForSemanticSegmentation.from_pretrained(%r)",
+                    output_dir, str(output_dir))
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        recipe = parse_recipe(argv)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    train(recipe)
+    return 0
+
+

@@ -1,0 +1,120 @@
+"""``SegmentationTrainer``: the transformers Trainer with our loss on both heads, the balanced sampler, streaming
+evaluation and checkpoint loading that restores every tensor."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Trainer, UperNetForSemanticSegmentation
+from transformers.trainer_utils import EvalPrediction
+
+from cxrseg.metrics import SegmentationMetrics
+from cxrseg.model import AuxiliaryLogits
+
+logger = logging.getLogger(__name__)
+
+
+class SegmentationTrainer(Trainer):
+    """Trainer for UperNet segmentation.
+
+    loss_fn: ``loss(logits [B, C, H, W], labels) -> scalar`` (:mod:`cxrseg.losses`), applied to the main logits
+        and, times ``auxiliary_loss_weight``, to the auxiliary head's logits (captured by a hook in the same
+        forward pass; the model's built-in loss is never computed).
+    train_sampler: used for training instead of the Trainer's random sampler (never for evaluation).
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        loss_fn: nn.Module,
+        auxiliary_loss_weight: float = 0.4,
+        train_sampler: torch.utils.data.Sampler | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.loss_fn = loss_fn
+        self.auxiliary_loss_weight = auxiliary_loss_weight
+        self.train_sampler = train_sampler
+        self.auxiliary_logits = AuxiliaryLogits(self.model)
+        # Our loss is a per-batch mean: the Trainer must divide it by the gradient-accumulation steps.
+        self.loss_is_scaled_for_ga = False
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        labels = inputs["labels"]
+        outputs = model(pixel_values=inputs["pixel_values"])
+        size = labels.shape[-2:]
+        logits = outputs.logits
+        if logits.shape[-2:] != size:
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        loss = self.loss_fn(logits, labels)
+        auxiliary = self.auxiliary_logits.pop(size)
+        if auxiliary is not None and self.auxiliary_loss_weight:
+            loss = loss + self.auxiliary_loss_weight * self.loss_fn(auxiliary, labels)
+        return (loss, outputs) if return_outputs else loss
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
+        return self.train_sampler if self.train_sampler is not None else super()._get_train_sampler(train_dataset)
+
+    # transformers 5.x loads checkpoints with a non-strict ``load_state_dict`` of the raw safetensors keys, which
+    # leaves the Swin backbone unrestored (transformers issue #43701). We load through ``from_pretrained``, which
+    # applies the same key conversions as saving did, and then copy strictly: any missing tensor is an error.
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        load_every_tensor(model if model is not None else self.model, resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        logger.info("Loading best model from %s (score: %s).", self.state.best_model_checkpoint, self.state.best_metric)
+        load_every_tensor(self.model, self.state.best_model_checkpoint)
+
+
+def load_every_tensor(model: nn.Module, checkpoint: str | os.PathLike) -> None:
+    """Copy every parameter and buffer of the model saved in ``checkpoint`` into ``model`` (strict)."""
+    model = model.module if hasattr(model, "module") else model
+    saved = UperNetForSemanticSegmentation.from_pretrained(checkpoint, dtype=next(model.parameters()).dtype)
+    result = model.load_state_dict(saved.state_dict(), strict=True)
+    logger.info("Restored %d tensors from %s (%s).", len(saved.state_dict()), checkpoint, result)
+
+
+def streaming_metrics(
+    multilabel: bool, class_names: list[str], threshold: float = 0.5
+) -> tuple[Callable[..., dict[str, float]], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """``compute_metrics`` (for ``batch_eval_metrics=True``) and ``preprocess_logits_for_metrics``.
+
+    Logits become probabilities of the reported classes at label resolution batch by batch — foreground softmax
+    [B, H, W] for single-label, sigmoids [B, C, H, W] for multi-label — so evaluation never holds more than a batch.
+    """
+    metrics = SegmentationMetrics(
+        threshold=threshold, num_classes=len(class_names) if multilabel else 1, class_names=class_names
+    )
+
+    def preprocess(logits: torch.Tensor | tuple, labels: torch.Tensor) -> torch.Tensor:
+        logits = logits[0] if isinstance(logits, (tuple, list)) else logits
+        size = labels.shape[-2:]
+        if logits.shape[-2:] != size:
+            logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+        if multilabel:
+            return logits.float().sigmoid()
+        return logits.float().softmax(dim=1)[:, 1]
+
+    def compute(prediction: EvalPrediction, compute_result: bool = False) -> dict[str, float]:
+        labels = prediction.label_ids
+        labels = labels[0] if isinstance(labels, (tuple, list)) else labels
+        metrics.update(prediction.predictions, labels)
+        if not compute_result:
+            return {}
+        result = metrics.compute()
+        metrics.reset()
+        return result
+
+    return compute, preprocess
