@@ -54,7 +54,10 @@ def test_bool_false_is_false(tmp_path):
 
 
 def test_class_weights_forms(tmp_path):
-    assert parse_recipe(["--config", _write(tmp_path, "class_weights: [0.5, 54.2]\n")]).loss.class_weights == [0.5, 54.2]
+    assert parse_recipe(["--config", _write(tmp_path, "class_weights: [0.5, 54.2]\n")]).loss.class_weights == [
+        0.5,
+        54.2,
+    ]
     assert parse_recipe(["--class_weights", "0.5,54.2"]).loss.class_weights == [0.5, 54.2]
     assert parse_recipe(["--class_weights", "auto"]).loss.class_weights == "auto"
     assert parse_recipe([]).loss.class_weights is None

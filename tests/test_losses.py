@@ -16,8 +16,9 @@ def test_dice_ce_equals_monai_plus_weighted_ce(batch_dice, num_classes):
     labels[1] = 0  # an image without foreground
     weights = torch.rand(num_classes) + 0.5
     ours = DiceCELoss(weights, lambda_ce=0.7, lambda_dice=1.3, smooth=1e-5, batch_dice=batch_dice)(logits, labels)
-    monai = DiceLoss(include_background=False, to_onehot_y=True, softmax=True, smooth_nr=1e-5, smooth_dr=1e-5,
-                     batch=batch_dice)(logits, labels[:, None])
+    monai = DiceLoss(
+        include_background=False, to_onehot_y=True, softmax=True, smooth_nr=1e-5, smooth_dr=1e-5, batch=batch_dice
+    )(logits, labels[:, None])
     reference = 0.7 * F.cross_entropy(logits, labels, weight=weights) + 1.3 * monai
     assert ours.item() == pytest.approx(reference.item(), abs=1e-5)
 

@@ -128,7 +128,12 @@ def precision_defaults(mixed_precision: str) -> dict[str, bool]:
 
 
 ARGUMENT_CLASSES = (
-    ModelArguments, DataArguments, LossArguments, SamplingArguments, PrecisionArguments, TrainingArguments
+    ModelArguments,
+    DataArguments,
+    LossArguments,
+    SamplingArguments,
+    PrecisionArguments,
+    TrainingArguments,
 )
 OWN_CLASSES = ARGUMENT_CLASSES[:-1]
 

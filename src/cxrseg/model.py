@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoImageProcessor, UperNetConfig, UperNetForSemanticSegmentation
+
 # The PIL backend: the default one needs torchvision, which has no wheel matching our pinned torch on every platform.
 from transformers import SegformerImageProcessorPil as SegformerImageProcessor
 
@@ -64,7 +65,10 @@ def _inline_config(model_config: str | dict[str, Any], labels: LabelSet) -> Uper
     if "backbone_config" not in spec:
         raise ValueError("model_config needs a 'backbone_config' mapping (e.g. model_type: swin, embed_dim: 16).")
     return UperNetConfig(
-        **spec, num_labels=labels.num_labels, id2label=labels.id2label, label2id=labels.label2id,
+        **spec,
+        num_labels=labels.num_labels,
+        id2label=labels.id2label,
+        label2id=labels.label2id,
         loss_ignore_index=IGNORE_INDEX,
     )
 

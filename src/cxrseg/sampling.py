@@ -49,9 +49,7 @@ class BalancedSampler(Sampler[int]):
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         kept = self.negatives[torch.randperm(len(self.negatives), generator=generator)[: self.num_kept_negatives]]
         pool = torch.cat([self.positives, kept])
-        weights = torch.cat(
-            [torch.full((len(self.positives),), self.positive_weight), torch.ones(len(kept))]
-        )
+        weights = torch.cat([torch.full((len(self.positives),), self.positive_weight), torch.ones(len(kept))])
         draws = torch.multinomial(weights, len(pool), replacement=True, generator=generator)
         return pool[draws].tolist()
 

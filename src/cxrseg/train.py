@@ -27,11 +27,17 @@ logger = logging.getLogger("cxrseg.train")
 def train(recipe: Recipe) -> dict[str, float]:
     """Run one recipe; returns the final evaluation metrics (``eval_*``)."""
     model_args, data_args, loss_args, sampling_args, args = (
-        recipe.model, recipe.data, recipe.loss, recipe.sampling, recipe.training,
+        recipe.model,
+        recipe.data,
+        recipe.loss,
+        recipe.sampling,
+        recipe.training,
     )
     # ------------------------------------------------------------------ Seed and logging
     set_seed(args.seed)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=[logging.StreamHandler(sys.stdout)])
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=[logging.StreamHandler(sys.stdout)]
+    )
     log_level = args.get_process_log_level()
     for name in ("cxrseg", "transformers", "datasets"):
         logging.getLogger(name).setLevel(log_level)
@@ -62,19 +68,32 @@ def train(recipe: Recipe) -> dict[str, float]:
             model_args.model_name_or_path, model_args.model_config, labels, data_args.image_size
         )
         data = load_training_data(
-            data_args.data_dir, labels, output_dir / "splits.json",
-            image_size=data_args.image_size, augmentation=data_args.augmentation,
-            mean=processor.image_mean, std=processor.image_std,
-            val_fraction=data_args.val_fraction, split_seed=data_args.split_seed, seed=args.seed,
-            max_train_samples=data_args.max_train_samples, max_eval_samples=data_args.max_eval_samples,
+            data_args.data_dir,
+            labels,
+            output_dir / "splits.json",
+            image_size=data_args.image_size,
+            augmentation=data_args.augmentation,
+            mean=processor.image_mean,
+            std=processor.image_std,
+            val_fraction=data_args.val_fraction,
+            split_seed=data_args.split_seed,
+            seed=args.seed,
+            max_train_samples=data_args.max_train_samples,
+            max_eval_samples=data_args.max_eval_samples,
             num_proc=data_args.preprocessing_num_workers,
         )
 
     # ------------------------------------------------------------------ Loss and sampler
     loss_fn = build_loss(
-        labels.multilabel, loss_args.class_weights, data.pixel_counts, data.num_pixels,
-        lambda_ce=loss_args.lambda_ce, lambda_dice=loss_args.lambda_dice, smooth=loss_args.dice_smooth,
-        batch_dice=loss_args.batch_dice, max_pos_weight=loss_args.max_pos_weight,
+        labels.multilabel,
+        loss_args.class_weights,
+        data.pixel_counts,
+        data.num_pixels,
+        lambda_ce=loss_args.lambda_ce,
+        lambda_dice=loss_args.lambda_dice,
+        smooth=loss_args.dice_smooth,
+        batch_dice=loss_args.batch_dice,
+        max_pos_weight=loss_args.max_pos_weight,
     )
     weights = getattr(loss_fn, "class_weights", None)
     if weights is None:
@@ -114,8 +133,11 @@ def train(recipe: Recipe) -> dict[str, float]:
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
     if trainer.is_world_process_zero():
-        logger.info("Model saved to %s: load it with UperNetForSemanticSegmentation.from_pretrained(%r)",
-                    output_dir, str(output_dir))
+        logger.info(
+            "Model saved to %s: load it with UperNetForSemanticSegmentation.from_pretrained(%r)",
+            output_dir,
+            str(output_dir),
+        )
     return metrics
 
 
@@ -127,5 +149,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     train(recipe)
     return 0
-
-

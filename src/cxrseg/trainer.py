@@ -64,6 +64,17 @@ class SegmentationTrainer(Trainer):
             loss = loss + self.auxiliary_loss_weight * self.loss_fn(auxiliary, labels)
         return (loss, outputs) if return_outputs else loss
 
+    def _init_training_state(
+        self, max_steps: int, num_update_steps_per_epoch: int, num_train_epochs: int, resume_from_checkpoint, trial
+    ) -> tuple[int, int]:
+        epochs_trained, steps_in_epoch = super()._init_training_state(
+            max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+        )
+        # The Trainer checks max_steps only after a step, so resuming a finished run would train one step more.
+        if self.state.global_step >= max_steps:
+            return num_train_epochs, 0
+        return epochs_trained, steps_in_epoch
+
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
         return self.train_sampler if self.train_sampler is not None else super()._get_train_sampler(train_dataset)
 

@@ -54,8 +54,9 @@ def _rows_to_dataset(rows: list[IndexedImage]) -> datasets.Dataset:
     )
 
 
-def make_transform(labels: LabelSet, augmentation: str, image_size: int, mean, std, seed: int | None = None
-                   ) -> Callable[[dict[str, list[Any]]], dict[str, list[Any]]]:
+def make_transform(
+    labels: LabelSet, augmentation: str, image_size: int, mean, std, seed: int | None = None
+) -> Callable[[dict[str, list[Any]]], dict[str, list[Any]]]:
     """The ``set_transform`` function: a batch of decoded rows → ``pixel_values`` and ``labels`` (see
     :class:`~cxrseg.data.transforms.ToModelInputs`). Masks become class indices or planes here, exactly once."""
     pipeline = build_transforms(augmentation, image_size, seed=seed)
@@ -93,16 +94,18 @@ def load_training_data(
     """Index and validate ``data_dir`` (PNG layout), split it (``split_path``), and attach the transforms."""
     root = Path(data_dir)
     if not root.exists():
-        raise DataError(f"Data folder {root} does not exist. Prepare data (README, Data) or run `cxrseg make-demo-data`.")
+        raise DataError(
+            f"Data folder {root} does not exist. Prepare data (README, Data) or run `cxrseg make-demo-data`."
+        )
     declared = read_layout_labels(root)
     if declared.names != labels.names:
-        raise DataError(f"{root} holds {declared.task} data ({len(declared.names)} classes) but the recipe's task is "
-                        f"{labels.task}; set `task` to match.")
+        raise DataError(
+            f"{root} holds {declared.task} data ({len(declared.names)} classes) but the recipe's task is "
+            f"{labels.task}; set `task` to match."
+        )
     index = index_layout(root, "train", labels, num_proc=num_proc)
     by_id = {row.image_id: row for row in index}
-    split = load_or_make_split(
-        split_path, list(by_id), [row.is_positive for row in index], val_fraction, split_seed
-    )
+    split = load_or_make_split(split_path, list(by_id), [row.is_positive for row in index], val_fraction, split_seed)
     train_rows = [by_id[i] for i in split["train"]][:max_train_samples]
     val_rows = [by_id[i] for i in split["val"]][:max_eval_samples]
     train, val = _rows_to_dataset(train_rows), _rows_to_dataset(val_rows)
@@ -111,7 +114,10 @@ def load_training_data(
     pixel_counts = np.sum([row.pixel_counts for row in train_rows], axis=0).tolist()
     logger.info(
         "Data: %d train (%d positive), %d val (%d positive) from %s",
-        len(train_rows), sum(r.is_positive for r in train_rows), len(val_rows), sum(r.is_positive for r in val_rows),
+        len(train_rows),
+        sum(r.is_positive for r in train_rows),
+        len(val_rows),
+        sum(r.is_positive for r in val_rows),
         root,
     )
     num_pixels = sum(r.width * r.height for r in train_rows)

@@ -139,7 +139,9 @@ def index_layout(root: str | os.PathLike, split: str, labels: LabelSet, num_proc
     pairs = list_pairs(root, split)
     cache = Path(root) / ".cxrseg-cache" / f"index-{split}-{_fingerprint(pairs, labels)}.json"
     if cache.exists():
-        return [IndexedImage(**{**row, "pixel_counts": tuple(row["pixel_counts"])}) for row in json.loads(cache.read_text())]
+        return [
+            IndexedImage(**{**row, "pixel_counts": tuple(row["pixel_counts"])}) for row in json.loads(cache.read_text())
+        ]
     jobs = [(i, str(image), str(mask), labels.num_labels, labels.multilabel) for i, image, mask in pairs]
     progress = dict(total=len(jobs), desc=f"Checking {split} masks", unit="img", disable=len(jobs) < 200)
     if num_proc > 1:

@@ -15,9 +15,11 @@ def make_split(
     image_ids: Sequence[str], is_positive: Sequence[bool], val_fraction: float, seed: int
 ) -> dict[str, list[str]]:
     """{"train": ids, "val": ids}, each sorted; stratified so both splits keep the positive fraction."""
-    stratify = list(is_positive) if 0 < sum(is_positive) < len(is_positive) and min(
-        sum(is_positive), len(is_positive) - sum(is_positive)
-    ) >= 2 else None
+    stratify = (
+        list(is_positive)
+        if 0 < sum(is_positive) < len(is_positive) and min(sum(is_positive), len(is_positive) - sum(is_positive)) >= 2
+        else None
+    )
     train, val = train_test_split(list(image_ids), test_size=val_fraction, random_state=seed, stratify=stratify)
     if not train or not val:
         raise ValueError(f"val_fraction={val_fraction} of {len(image_ids)} images leaves an empty split.")

@@ -37,9 +37,9 @@ def _lung_masks(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
     s = size
     lungs, hila = [], []
     for side in (-1, 1):  # -1: patient's right (image left), +1: patient's left (image right)
-        cx = s * (0.5 + side * rng.uniform(0.17, 0.21))
-        top, bottom = s * rng.uniform(0.14, 0.2), s * rng.uniform(0.72, 0.82)
-        half_width = s * rng.uniform(0.12, 0.15)
+        cx = s * (0.5 + side * rng.uniform(0.2, 0.23))
+        top, bottom = s * rng.uniform(0.1, 0.16), s * rng.uniform(0.74, 0.84)
+        half_width = s * rng.uniform(0.14, 0.17)
         inner_shift = s * (0.05 if side == 1 else 0.02)  # heart narrows the left lung's medial base
         points = [
             (cx, top),
@@ -105,7 +105,7 @@ def _pneumothorax(rng: np.random.Generator, lung: np.ndarray, target_pixels: flo
     delta = np.angle(np.exp(1j * (angle - centre)))
     lung_pixels = lung.sum()
     fraction = min(target_pixels / lung_pixels, 0.6)
-    half_arc = np.clip(np.pi * (0.15 + 1.2 * fraction ** 0.5), 0.12, 1.6)
+    half_arc = np.clip(np.pi * (0.15 + 1.2 * fraction**0.5), 0.12, 1.6)
     # depth (px) tapers to zero at the ends of the arc, so the edge is a smooth curve, as a collapsed lung's
     taper = np.clip(1 - (delta / half_arc) ** 2, 0, 1)
     depth = 1.0
@@ -144,17 +144,17 @@ def synthetic_radiograph(seed: int, size: int = 256, positive: bool | None = Non
 
     markings = _lung_markings(rng, s, hila) * lungs * (1 - mask)
     lung_field = cv2.GaussianBlur(lungs * (1 - 0.35 * soft), (0, 0), s / 100)
-    image = 20 + 150 * torso  # soft tissue
-    image -= 95 * lung_field * (0.9 + 0.1 * _smooth_noise(rng, s, s / 30))  # aerated lungs are dark
-    image += 45 * soft * torso
+    image = 15 + 125 * torso  # soft tissue
+    image -= 85 * lung_field * (0.9 + 0.1 * _smooth_noise(rng, s, s / 30))  # aerated lungs are dark
+    image += 95 * soft * torso
     image += 38 * markings
     image += 22 * _ribs(rng, s) * torso
     if mask.any():  # a collapsed margin: no markings, darker, a faint pleural line on its inner edge
         pleura = cv2.morphologyEx(mask, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) * (1 - mask) * right_lung
         pleura |= cv2.morphologyEx(mask, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) * (1 - mask) * left_lung
-        image -= 14 * cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 0.8)
-        image += 22 * cv2.GaussianBlur(pleura.astype(np.float32), (0, 0), 0.6)
-    image += 6 * _smooth_noise(rng, s, 1.0) + 4 * rng.standard_normal((s, s))
+        image -= 30 * cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 0.8)
+        image += 30 * cv2.GaussianBlur(pleura.astype(np.float32), (0, 0), 0.6)
+    image += 3 * _smooth_noise(rng, s, 1.0) + 2.5 * rng.standard_normal((s, s))
     image = cv2.GaussianBlur(image.astype(np.float32), (0, 0), 0.5)
     return np.clip(image, 0, 255).astype(np.uint8), mask * 255
 

@@ -29,8 +29,13 @@ def build_transforms(augmentation: str, image_size: int, seed: int | None = None
         steps += [
             A.HorizontalFlip(p=0.5),
             A.Affine(
-                scale=(0.9, 1.1), translate_percent=(-0.06, 0.06), rotate=(-10, 10),
-                border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.7,
+                scale=(0.9, 1.1),
+                translate_percent=(-0.06, 0.06),
+                rotate=(-10, 10),
+                border_mode=cv2.BORDER_CONSTANT,
+                fill=0,
+                fill_mask=0,
+                p=0.7,
             ),
             A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5),
             A.OneOf([A.GaussNoise(std_range=(0.01, 0.05)), A.GaussianBlur(blur_limit=(3, 5))], p=0.3),
@@ -65,7 +70,7 @@ class ToModelInputs:
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
     def image(self, image: np.ndarray) -> torch.Tensor:
-        gray = torch.from_numpy(np.ascontiguousarray(image)).to(torch.float32).div_(255.0)
+        gray = torch.from_numpy(np.array(image, dtype=np.float32, copy=True)).div_(255.0)
         return (gray.unsqueeze(0).expand(3, -1, -1) - self.mean) / self.std
 
     @staticmethod
@@ -83,4 +88,3 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     if image.dtype != np.uint8:
         image = cv2.normalize(image.astype(np.float32), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
     return image
-

@@ -1,0 +1,167 @@
+"""PNG layout loading, validation errors, splits, transforms and the synthetic demo data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import cv2
+import numpy as np
+import pytest
+
+from cxrseg.data.dataset import load_training_data
+from cxrseg.data.png_layout import DataError, index_layout
+from cxrseg.data.splits import load_or_make_split, make_split
+from cxrseg.data.synthetic import make_demo_data, synthetic_radiograph
+from cxrseg.data.transforms import AUGMENTATIONS, ToModelInputs, build_transforms
+from cxrseg.labels import PNEUMOTHORAX
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def write_pair(root, image_id, image, mask, split="train"):
+    for kind, array in (("images", image), ("masks", mask)):
+        (root / kind / split).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / kind / split / f"{image_id}.png"), array)
+
+
+def small_layout(root, n=10):
+    for i in range(n):
+        mask = np.zeros((32, 32), np.uint8)
+        if i % 3 == 0:
+            mask[4:10, 4:12] = 255 if i % 2 else 1  # both 0/255 and 0/1 masks
+        write_pair(root, f"img{i}", np.full((32, 32), 100, np.uint8), mask)
+    return root
+
+
+def test_load_training_data_columns_split_and_counts(tmp_path):
+    root = small_layout(tmp_path / "data")
+    data = load_training_data(
+        root,
+        PNEUMOTHORAX,
+        tmp_path / "out/splits.json",
+        image_size=16,
+        augmentation="none",
+        mean=MEAN,
+        std=STD,
+        val_fraction=0.3,
+    )
+    assert set(data.train.column_names) >= {"image", "mask", "image_id", "is_positive"}
+    assert len(data.train) + len(data.val) == 10
+    assert set(data.split["train"]).isdisjoint(data.split["val"])
+    assert data.pixel_counts[1] == sum(48 for i in range(10) if i % 3 == 0 and f"img{i}" in data.split["train"])
+    assert data.num_pixels == len(data.train) * 32 * 32
+    row = data.train[0]
+    assert row["pixel_values"].shape == (3, 16, 16) and row["labels"].shape == (16, 16)
+    assert set(np.unique(row["labels"].numpy())) <= {0, 1}
+    # the split is saved and reused
+    again = load_training_data(
+        root,
+        PNEUMOTHORAX,
+        tmp_path / "out/splits.json",
+        image_size=16,
+        augmentation="none",
+        mean=MEAN,
+        std=STD,
+        val_fraction=0.5,
+    )
+    assert again.split == data.split
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda r: (r / "masks/train/img3.png").unlink(), r"No mask for .*img3\.png"),
+        (lambda r: cv2.imwrite(str(r / "masks/train/img2.png"), np.zeros((16, 32), np.uint8)), r"Size mismatch.*img2"),
+        (lambda r: (r / "images/train/img4.png").write_bytes(b"not a png"), r"Unreadable image .*img4\.png"),
+        (
+            lambda r: cv2.imwrite(str(r / "masks/train/img5.png"), np.full((32, 32), 7, np.uint8)),
+            r"img5\.png has values \[7\]",
+        ),
+        (lambda r: shutil.rmtree(r / "images/train") or (r / "images/train").mkdir(), r"empty"),
+    ],
+    ids=["missing-mask", "size-mismatch", "unreadable", "bad-values", "empty-split"],
+)
+def test_bad_input_names_the_file(tmp_path, damage, message):
+    root = small_layout(tmp_path / "data")
+    damage(root)
+    with pytest.raises(DataError, match=message):
+        index_layout(root, "train", PNEUMOTHORAX)
+
+
+def test_index_is_cached_and_invalidated(tmp_path):
+    root = small_layout(tmp_path / "data")
+    first = index_layout(root, "train", PNEUMOTHORAX)
+    assert index_layout(root, "train", PNEUMOTHORAX) == first
+    cv2.imwrite(str(root / "masks/train/img1.png"), np.full((32, 32), 255, np.uint8))
+    changed = {row.image_id: row for row in index_layout(root, "train", PNEUMOTHORAX)}
+    assert changed["img1"].pixel_counts == (0, 1024)
+
+
+def test_split_is_stratified_and_seeded():
+    ids = [f"i{k}" for k in range(100)]
+    positive = [k < 22 for k in range(100)]
+    split = make_split(ids, positive, 0.2, seed=1)
+    val_positive = sum(positive[int(i[1:])] for i in split["val"])
+    assert len(split["val"]) == 20 and val_positive in (4, 5)  # natural prevalence (22%)
+    assert make_split(ids, positive, 0.2, seed=1) == split
+
+
+def test_saved_split_with_unknown_ids_is_an_error(tmp_path):
+    path = tmp_path / "splits.json"
+    path.write_text(json.dumps({"train": ["a", "zzz"], "val": ["b"]}))
+    with pytest.raises(ValueError, match="zzz"):
+        load_or_make_split(path, ["a", "b"], [False, True], 0.5, 0)
+
+
+@pytest.mark.parametrize("augmentation", AUGMENTATIONS)
+def test_pipelines_build_without_warnings(augmentation):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipeline = build_transforms(augmentation, 64, seed=0)
+        out = pipeline(image=np.zeros((80, 80), np.uint8), mask=np.zeros((80, 80), np.uint8))
+    assert out["image"].shape == (64, 64)
+
+
+@pytest.mark.parametrize("augmentation", ["standard", "aggressive"])
+def test_a_shape_moves_with_its_mask(augmentation):
+    image = np.zeros((96, 96), np.uint8)
+    image[20:50, 30:45] = 255  # a bright rectangle
+    mask = (image > 0).astype(np.uint8)
+    pipeline = build_transforms(augmentation, 96, seed=0)
+    moved = 0
+    for _ in range(20):
+        out = pipeline(image=image, mask=mask)
+        assert set(np.unique(out["mask"])) <= {0, 1}  # stays binary (nearest neighbour)
+        bright = out["image"] > 127
+        if out["mask"].any():
+            # where the mask is, the image is bright; the overlap of the two shapes stays high
+            overlap = (bright & (out["mask"] == 1)).sum() / max((out["mask"] == 1).sum(), 1)
+            assert overlap > 0.8
+        moved += not np.array_equal(out["mask"], mask)
+    assert moved > 0
+
+
+def test_model_inputs_are_normalised_three_channels():
+    to_inputs = ToModelInputs(MEAN, STD)
+    pixels = to_inputs.image(np.full((4, 4), 255, np.uint8))
+    assert pixels.shape == (3, 4, 4)
+    assert pixels[:, 0, 0].tolist() == pytest.approx([(1 - m) / s for m, s in zip(MEAN, STD)])
+
+
+def test_synthetic_data_is_deterministic_and_realistic(tmp_path):
+    a_image, a_mask = synthetic_radiograph(7, 128, positive=True)
+    b_image, b_mask = synthetic_radiograph(7, 128, positive=True)
+    assert np.array_equal(a_image, b_image) and np.array_equal(a_mask, b_mask)
+    assert set(np.unique(a_mask)) == {0, 255}
+    # the lesion is darker than the rest of the lungs and carries no bright blob
+    assert a_image[a_mask > 0].mean() < a_image.mean()
+    root = make_demo_data(tmp_path / "demo", num_images=60, size=64, seed=0)
+    index = index_layout(root, "train", PNEUMOTHORAX)
+    positive = [row for row in index if row.is_positive]
+    assert 0.1 < len(positive) / len(index) < 0.35  # ~22% like SIIM
+    fractions = sorted(row.pixel_counts[1] / (64 * 64) for row in positive)
+    assert fractions[0] < 0.01 < fractions[-1]  # tiny to large
+    with pytest.raises(FileExistsError):
+        make_demo_data(root, num_images=1)
