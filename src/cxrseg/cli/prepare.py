@@ -1,0 +1,131 @@
+"""cxrseg prepare siim|chestxdet|folder: raw downloads or your own folders → the PNG layout training reads."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from cxrseg.data.dicom import DicomError
+from cxrseg.data.layout_writer import PrepareError
+from cxrseg.data.rle import RLEError
+
+logger = logging.getLogger(__name__)
+
+PUSH_HELP = (
+    "also push the dataset to this Hub repository, always PRIVATE (private=True): SIIM-ACR's terms forbid public "
+    "redistribution of its images and masks (check ChestX-Det's and your own data's terms too)."
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("prepare", help=__doc__.splitlines()[0], description=__doc__)
+    sources = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
+
+    siim = sources.add_parser(
+        "siim",
+        help="SIIM-ACR pneumothorax DICOMs + RLE CSV",
+        description="SIIM-ACR (Kaggle) DICOMs + train RLE CSV (train-rle.csv or stage_2_train.csv) → PNG layout.",
+    )
+    siim.add_argument("--dicom-dir", required=True, help="folder of train DICOMs (searched recursively)")
+    siim.add_argument("--rle-csv", required=True, help="train-rle.csv (stage 1) or stage_2_train.csv (stage 2)")
+    siim.add_argument("--test-dicom-dir", help="folder of test DICOMs (written as split 'test', without masks)")
+    _add_common(siim, default_size=512)
+    siim.set_defaults(func=_run_siim)
+
+    chestxdet = sources.add_parser(
+        "chestxdet",
+        help="ChestX-Det images + official JSON annotations",
+        description="ChestX-Det PNGs + ChestX_Det_train.json / ChestX_Det_test.json → multi-label PNG layout "
+        "(16-bit bit-field masks). A file whose name contains 'test' is split test, 'train' is train; otherwise "
+        "the first file is train and the second test.",
+    )
+    chestxdet.add_argument("--images", required=True, help="folder of the images (searched recursively)")
+    chestxdet.add_argument(
+        "--annotations", required=True, action="append", help="annotation JSON; repeat for train and test"
+    )
+    _add_common(chestxdet, default_size=512)
+    chestxdet.set_defaults(func=_run_chestxdet)
+
+    folder = sources.add_parser(
+        "folder",
+        help="your own images + masks",
+        description="Images + masks matched by file name (masks: 0/255 or 0/1 binary, class indices, or 16-bit "
+        "multi-label bit fields) → PNG layout.",
+    )
+    folder.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    folder.add_argument("--masks", required=True, help="folder of masks named like the images")
+    folder.add_argument(
+        "--labels", help='labels JSON, e.g. {"task": "custom", "names": ["background", "lesion"], "multilabel": false}'
+    )
+    folder.add_argument("--split", default="train", help="split to write the pairs to (default: train)")
+    _add_common(folder, default_size=None)
+    folder.set_defaults(func=_run_folder)
+
+
+def _add_common(parser: argparse.ArgumentParser, default_size: int | None) -> None:
+    parser.add_argument("--out", required=True, help="output folder (must be empty or absent unless --overwrite)")
+    keep = "keep the source size" if default_size is None else f"default {default_size}"
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=default_size,
+        help=f"output side in pixels, square ({keep}); the source size keeps pixels and masks exactly",
+    )
+    parser.add_argument("--num-proc", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    parser.add_argument("--strict", action="store_true", help="fail (writing nothing) if any problem is found")
+    parser.add_argument("--save-dataset", action="store_true", help="also write OUT/hf_dataset (datasets.save_to_disk)")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help=PUSH_HELP)
+
+
+def _common(args: argparse.Namespace) -> dict:
+    return {
+        "out": args.out,
+        "image_size": args.image_size,
+        "num_proc": args.num_proc,
+        "overwrite": args.overwrite,
+        "strict": args.strict,
+        "save_dataset": args.save_dataset,
+        "push_to_hub": args.push_to_hub,
+    }
+
+
+def _run(prepare, **kwargs) -> int:
+    try:
+        summary = prepare(**kwargs)
+    except (PrepareError, RLEError, DicomError) as error:
+        logger.error("%s", error)
+        return 1
+    print(summary)
+    return 0
+
+
+def _run_siim(args: argparse.Namespace) -> int:
+    from cxrseg.data.prepare_siim import prepare_siim
+
+    return _run(
+        prepare_siim,
+        dicom_dir=args.dicom_dir,
+        rle_csv=args.rle_csv,
+        test_dicom_dir=args.test_dicom_dir,
+        **_common(args),
+    )
+
+
+def _run_chestxdet(args: argparse.Namespace) -> int:
+    from cxrseg.data.prepare_chestxdet import prepare_chestxdet
+
+    return _run(prepare_chestxdet, images_dir=args.images, annotations=args.annotations, **_common(args))
+
+
+def _run_folder(args: argparse.Namespace) -> int:
+    from cxrseg.data.prepare_folder import prepare_folder
+
+    return _run(
+        prepare_folder,
+        images_dir=args.images,
+        masks_dir=args.masks,
+        labels_file=args.labels,
+        split=args.split,
+        **_common(args),
+    )

@@ -1,0 +1,225 @@
+"""ChestX-Det: PNG images + the official JSON → the multi-label PNG layout (``cxrseg prepare chestxdet``).
+
+The official annotation files (``ChestX_Det_train.json``: 3,025 images, ``ChestX_Det_test.json``: 553) are lists
+of records ``{"file_name": "36199.png", "syms": ["Effusion", ...], "boxes": [[x1, y1, x2, y2], ...],
+"polygons": [[[x, y], ...], ...]}`` with one polygon per finding in ``syms``. Boxes are not used.
+
+Split: an annotation file whose name contains "test" gives split ``test``, one containing "train" gives ``train``;
+otherwise the order decides (first file train, second test). Each polygon is rasterised (``cv2.fillPoly``, pixel
+centres at integer coordinates) into the plane of its class, in :data:`cxrseg.labels.CHESTXDET_CLASSES` order;
+regions of different classes overlap, so the mask is written with :func:`cxrseg.labels.pack_multilabel` as a
+16-bit PNG (bit c = class c). Each plane is resized with
+:func:`cxrseg.data.layout_writer.resize_mask` (small findings are kept).
+
+Reported in ``problems.csv`` (image kept unless said otherwise): unknown class names (region dropped), polygons
+partly outside the image (clipped), polygons wholly outside or with fewer than 3 points (region dropped), records
+whose ``syms`` and ``polygons`` differ in length or whose image is missing/unreadable (image skipped), repeated
+file names (later record skipped) and images in the folder without a record (image skipped).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from cxrseg.data.layout_writer import (
+    IMAGE_SKIPPED,
+    ItemResult,
+    PrepareError,
+    Problem,
+    Summary,
+    check_image_id,
+    read_gray,
+    resize_image,
+    resize_mask,
+    write_layout,
+    write_png,
+)
+from cxrseg.labels import CHESTXDET, CHESTXDET_CLASSES, pack_multilabel
+
+METADATA_COLUMNS = ("image_id", "split", "is_positive", "findings", "source", "height", "width")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+@dataclass(frozen=True)
+class ChestXDetItem:
+    """One annotated image: ``regions`` are (class name, polygon [[x, y], ...]) pairs from its record."""
+
+    image_id: str
+    split: str
+    image_path: str
+    regions: tuple[tuple[str, tuple[tuple[float, float], ...]], ...]
+    image_size: int | None
+
+
+def split_of_annotation_file(path: str | Path, position: int) -> str:
+    """``test`` if the file name contains "test", ``train`` if it contains "train", else by position (0 → train,
+    1 → test)."""
+    name = Path(path).name.lower()
+    if "test" in name:
+        return "test"
+    if "train" in name:
+        return "train"
+    if position > 1:
+        raise PrepareError(f"{path}: cannot tell its split (name has neither 'train' nor 'test', and it is file #3+).")
+    return ("train", "test")[position]
+
+
+def prepare_chestxdet(
+    images_dir: str | Path,
+    annotations: list[str | Path],
+    out: str | Path,
+    *,
+    image_size: int | None = 512,
+    num_proc: int = 1,
+    overwrite: bool = False,
+    strict: bool = False,
+    save_dataset: bool = False,
+    push_to_hub: str | None = None,
+) -> Summary:
+    """Convert ChestX-Det to the multi-label PNG layout at ``out`` (see the module docstring).
+
+    images_dir: folder holding the images named by ``file_name`` (searched recursively, so ``train/`` and
+    ``test/`` subfolders work). image_size: output side (square); None keeps the source size.
+    """
+    if image_size is not None and image_size <= 0:
+        raise PrepareError(f"--image-size must be positive, got {image_size}.")
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise PrepareError(f"Image folder {images_dir} does not exist.")
+    if not annotations:
+        raise PrepareError("Give at least one --annotations file.")
+    on_disk: dict[str, Path] = {}
+    for path in sorted(images_dir.rglob("*")):
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            on_disk.setdefault(path.name, path)
+
+    items: list[ChestXDetItem] = []
+    problems: list[Problem] = []
+    used: dict[str, str] = {}
+    splits: list[str] = []
+    for position, annotation_path in enumerate(annotations):
+        split = split_of_annotation_file(annotation_path, position)
+        if split not in splits:
+            splits.append(split)
+        for index, record in enumerate(_load_records(annotation_path)):
+            where = f"{annotation_path}, record {index}"
+            file_name = check_image_id(str(record["file_name"]), where)
+            image_id = Path(file_name).stem
+            if image_id in used:
+                detail = f"{where}: {file_name} already annotated in {used[image_id]}"
+                problems.append(Problem(image_id, split, "duplicate_record", IMAGE_SKIPPED, detail))
+                continue
+            used[image_id] = str(annotation_path)
+            if file_name not in on_disk:
+                detail = f"{where}: no {file_name} under {images_dir}"
+                problems.append(Problem(image_id, split, "missing_image", IMAGE_SKIPPED, detail))
+                continue
+            syms, polygons = record["syms"], record["polygons"]
+            if len(syms) != len(polygons):
+                detail = f"{where}: {len(syms)} syms but {len(polygons)} polygons"
+                problems.append(Problem(image_id, split, "syms_polygons_mismatch", IMAGE_SKIPPED, detail))
+                continue
+            regions = tuple(
+                (str(name), tuple(tuple(map(float, point)) for point in polygon))
+                for name, polygon in zip(syms, polygons)
+            )
+            items.append(ChestXDetItem(image_id, split, str(on_disk[file_name]), regions, image_size))
+    for file_name, path in on_disk.items():
+        if Path(file_name).stem not in used:
+            problems.append(Problem(Path(file_name).stem, "", "unannotated_image", IMAGE_SKIPPED, str(path)))
+
+    return write_layout(
+        out,
+        items,
+        convert_chestxdet_item,
+        labels=CHESTXDET,
+        splits=splits,
+        metadata_columns=METADATA_COLUMNS,
+        problems=problems,
+        num_proc=num_proc,
+        overwrite=overwrite,
+        strict=strict,
+        save_dataset=save_dataset,
+        push_to_hub=push_to_hub,
+        desc="prepare chestxdet",
+    )
+
+
+def rasterize_regions(
+    regions: tuple[tuple[str, tuple[tuple[float, float], ...]], ...], height: int, width: int
+) -> tuple[np.ndarray, list[tuple[str, str, str]]]:
+    """Polygons → uint8 0/1 planes ``[13, height, width]`` in CHESTXDET_CLASSES order, and the problems as
+    (reason, action, detail) tuples. Coordinates are pixel units, rounded to the nearest pixel centre."""
+    planes = np.zeros((len(CHESTXDET_CLASSES), height, width), dtype=np.uint8)
+    class_index = {name: index for index, name in enumerate(CHESTXDET_CLASSES)}
+    problems = []
+    for number, (name, polygon) in enumerate(regions):
+        label = f"region {number} ({name})"
+        if name not in class_index:
+            problems.append(("unknown_class", "region dropped", f"{label}: not one of CHESTXDET_CLASSES"))
+            continue
+        points = np.rint(np.asarray(polygon, dtype=np.float64).reshape(-1, 2)).astype(np.int32)
+        if len(points) < 3:
+            problems.append(("degenerate_polygon", "region dropped", f"{label}: {len(points)} points"))
+            continue
+        inside = (points[:, 0] >= 0) & (points[:, 0] < width) & (points[:, 1] >= 0) & (points[:, 1] < height)
+        x_low, y_low = points.min(axis=0)
+        x_high, y_high = points.max(axis=0)
+        if x_high < 0 or y_high < 0 or x_low >= width or y_low >= height:
+            detail = f"{label}: bounding box ({x_low}, {y_low})-({x_high}, {y_high}) outside {width}x{height}"
+            problems.append(("polygon_outside_image", "region dropped", detail))
+            continue
+        if not inside.all():
+            detail = f"{label}: {int((~inside).sum())} of {len(points)} points outside {width}x{height}"
+            problems.append(("polygon_clipped", "region clipped", detail))
+        cv2.fillPoly(planes[class_index[name]], [points], 1)  # fillPoly clips to the image
+    return planes, problems
+
+
+def convert_chestxdet_item(item: ChestXDetItem, root: Path) -> ItemResult:
+    """Read one image, rasterise and resize its regions, and write image and 16-bit mask PNGs under ``root``."""
+    try:
+        image = read_gray(item.image_path)
+    except PrepareError as error:
+        return ItemResult(None, [Problem(item.image_id, item.split, "unreadable_image", IMAGE_SKIPPED, str(error))])
+    height, width = image.shape
+    planes, found = rasterize_regions(item.regions, height, width)
+    problems = [Problem(item.image_id, item.split, reason, action, detail) for reason, action, detail in found]
+    resized = np.stack([resize_mask(plane, item.image_size) for plane in planes])
+    name = f"{item.image_id}.png"
+    write_png(root / "images" / item.split / name, resize_image(image, item.image_size))
+    write_png(root / "masks" / item.split / name, pack_multilabel(resized))
+    findings = [CHESTXDET_CLASSES[c] for c in range(len(CHESTXDET_CLASSES)) if resized[c].any()]
+    row = {
+        "image_id": item.image_id,
+        "split": item.split,
+        "is_positive": bool(findings),
+        "findings": ";".join(findings),
+        "source": item.image_path,
+        "height": height,
+        "width": width,
+    }
+    return ItemResult(row, problems)
+
+
+def _load_records(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise PrepareError(f"{path}: cannot read the annotation JSON: {error}") from error
+    if not isinstance(records, list):
+        raise PrepareError(f"{path}: expected a list of records, found {type(records).__name__}.")
+    for index, record in enumerate(records):
+        missing = [
+            key for key in ("file_name", "syms", "polygons") if not isinstance(record, dict) or key not in record
+        ]
+        if missing:
+            raise PrepareError(f"{path}, record {index}: missing {missing}.")
+    return records

@@ -1,0 +1,203 @@
+"""A user's own images + masks → the PNG layout (``cxrseg prepare folder``).
+
+Images (PNG, JPEG, TIFF, BMP; colour or 16-bit are converted to 8-bit gray) are matched to masks (PNG, TIFF, BMP)
+by file name without suffix, which becomes the ImageId; both folders are searched recursively. The label set
+comes from ``--labels`` (a JSON file like the layout's ``labels.json``: ``{"task": "custom", "names":
+["background", "lesion"], "multilabel": false}``; ``task`` ``pneumothorax``/``chestxdet`` name the built-in sets)
+and is pneumothorax when absent. Masks must be:
+
+* two-class single-label (binary): values within {0, 1} or within {0, 255}; written as 0/255;
+* single-label with K > 2 classes: class indices 0..K-1; written as they are;
+* multi-label: bit fields as written by :func:`cxrseg.labels.pack_multilabel` (bit c = class c), 8- or 16-bit.
+
+Bad pairs are handled as in ``prepare siim``: missing mask, mask without image, size mismatch, unreadable file,
+mask values outside the label set or repeated ImageIds are left out and reported in ``problems.csv``
+(``--strict``: an error, nothing written). Resizing (optional ``image_size``): images by area, binary masks and
+multi-label planes by :func:`cxrseg.data.layout_writer.resize_mask`, K-class masks by nearest neighbour.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from cxrseg.data.layout_writer import (
+    IMAGE_SKIPPED,
+    ItemResult,
+    PrepareError,
+    Problem,
+    Summary,
+    check_image_id,
+    read_gray,
+    resize_image,
+    resize_mask,
+    write_layout,
+    write_png,
+)
+from cxrseg.labels import PNEUMOTHORAX, TASKS, LabelSet, pack_multilabel, unpack_multilabel
+
+METADATA_COLUMNS = ("image_id", "split", "is_positive", "source", "height", "width")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
+
+
+@dataclass(frozen=True)
+class FolderItem:
+    image_id: str
+    split: str
+    image_path: str
+    mask_path: str
+    labels: LabelSet
+    image_size: int | None
+
+
+def read_labels_file(path: str | Path) -> LabelSet:
+    """The label set a JSON file declares (the layout's ``labels.json`` format); errors name the file and key."""
+    path = Path(path)
+    try:
+        spec = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise PrepareError(f"{path}: cannot read the labels JSON: {error}") from error
+    task = spec.get("task", "custom") if isinstance(spec, dict) else None
+    if task in TASKS:
+        return TASKS[task]
+    names = spec.get("names") if isinstance(spec, dict) else None
+    if not isinstance(names, list) or len(names) < 1 or not all(isinstance(name, str) for name in names):
+        raise PrepareError(f"{path}: 'names' must be a list of class names (single-label: 'background' first).")
+    labels = LabelSet(str(task), tuple(names), bool(spec.get("multilabel", False)))
+    if labels.multilabel and labels.num_labels > 16:
+        raise PrepareError(f"{path}: at most 16 multi-label classes fit a 16-bit mask, got {labels.num_labels}.")
+    if not labels.multilabel and not 2 <= labels.num_labels <= 255:
+        raise PrepareError(
+            f"{path}: a single-label set needs 2..255 names (background first), got {labels.num_labels}."
+        )
+    return labels
+
+
+def prepare_folder(
+    images_dir: str | Path,
+    masks_dir: str | Path,
+    out: str | Path,
+    *,
+    labels_file: str | Path | None = None,
+    split: str = "train",
+    image_size: int | None = None,
+    num_proc: int = 1,
+    overwrite: bool = False,
+    strict: bool = False,
+    save_dataset: bool = False,
+    push_to_hub: str | None = None,
+) -> Summary:
+    """Convert image/mask folders into split ``split`` of the PNG layout at ``out`` (see the module docstring)."""
+    if image_size is not None and image_size <= 0:
+        raise PrepareError(f"--image-size must be positive, got {image_size}.")
+    check_image_id(split, "--split")
+    labels = read_labels_file(labels_file) if labels_file else PNEUMOTHORAX
+    images, problems = _find(images_dir, IMAGE_SUFFIXES, split, "image")
+    masks, mask_problems = _find(masks_dir, MASK_SUFFIXES, split, "mask")
+    problems += mask_problems
+    items = []
+    for image_id, path in images.items():
+        if image_id in masks:
+            items.append(FolderItem(image_id, split, str(path), str(masks[image_id]), labels, image_size))
+        else:
+            detail = f"{path}: no {image_id}{{{','.join(MASK_SUFFIXES)}}} under {masks_dir}"
+            problems.append(Problem(image_id, split, "missing_mask", IMAGE_SKIPPED, detail))
+    for image_id in sorted(masks.keys() - images.keys()):
+        detail = f"{masks[image_id]}: no image {image_id}{{{','.join(IMAGE_SUFFIXES)}}} under {images_dir}"
+        problems.append(Problem(image_id, split, "missing_image", IMAGE_SKIPPED, detail))
+    return write_layout(
+        out,
+        items,
+        convert_folder_item,
+        labels=labels,
+        splits=[split],
+        metadata_columns=METADATA_COLUMNS,
+        problems=problems,
+        num_proc=num_proc,
+        overwrite=overwrite,
+        strict=strict,
+        save_dataset=save_dataset,
+        push_to_hub=push_to_hub,
+        desc="prepare folder",
+    )
+
+
+def convert_folder_item(item: FolderItem, root: Path) -> ItemResult:
+    """Validate one image/mask pair, resize it and write both PNGs under ``root``."""
+
+    def skip(reason: str, detail: str) -> ItemResult:
+        return ItemResult(None, [Problem(item.image_id, item.split, reason, IMAGE_SKIPPED, detail)])
+
+    try:
+        image = read_gray(item.image_path)
+    except PrepareError as error:
+        return skip("unreadable_image", str(error))
+    mask = cv2.imread(item.mask_path, cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        return skip("unreadable_mask", f"{item.mask_path}: not a readable image file.")
+    if mask.ndim != 2 or mask.dtype not in (np.uint8, np.uint16):
+        return skip(
+            "mask_format", f"{item.mask_path}: expected a single-channel 8/16-bit mask, got {mask.shape} {mask.dtype}."
+        )
+    if mask.shape != image.shape:
+        return skip("size_mismatch", f"{item.mask_path}: mask {mask.shape[::-1]} but image {image.shape[::-1]} (WxH).")
+
+    labels, values = item.labels, np.unique(mask)
+    if labels.multilabel:
+        allowed = f"bit fields of {labels.num_labels} classes (values < {2**labels.num_labels})"
+        valid = int(values.max()) < 2**labels.num_labels
+    elif labels.num_labels == 2:
+        allowed = "{0, 1} or {0, 255}"
+        valid = set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, 255}
+    else:
+        allowed = f"class indices 0..{labels.num_labels - 1}"
+        valid = int(values.max()) < labels.num_labels
+    if not valid:
+        shown = values.tolist()[:10]
+        return skip("mask_values", f"{item.mask_path}: values {shown} are outside the label set ({allowed}).")
+
+    if labels.multilabel:
+        planes = unpack_multilabel(mask, labels.num_labels).transpose(2, 0, 1)
+        stored = pack_multilabel(np.stack([resize_mask(plane, item.image_size) for plane in planes]))
+    elif labels.num_labels == 2:
+        stored = resize_mask(mask, item.image_size) * np.uint8(255)
+    else:
+        size = item.image_size
+        stored = mask.astype(np.uint8)
+        if size is not None and stored.shape != (size, size):
+            stored = cv2.resize(stored, (size, size), interpolation=cv2.INTER_NEAREST)
+    name = f"{item.image_id}.png"
+    write_png(root / "images" / item.split / name, resize_image(image, item.image_size))
+    write_png(root / "masks" / item.split / name, stored)
+    height, width = image.shape
+    row = {
+        "image_id": item.image_id,
+        "split": item.split,
+        "is_positive": bool(stored.any()),
+        "source": item.image_path,
+        "height": height,
+        "width": width,
+    }
+    return ItemResult(row)
+
+
+def _find(
+    folder: str | Path, suffixes: tuple[str, ...], split: str, kind: str
+) -> tuple[dict[str, Path], list[Problem]]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PrepareError(f"{kind.capitalize()} folder {folder} does not exist.")
+    found: dict[str, Path] = {}
+    problems = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes):
+        if path.stem in found:
+            detail = f"{path} has the same name as {found[path.stem]} (kept)"
+            problems.append(Problem(path.stem, split, f"duplicate_{kind}", IMAGE_SKIPPED, detail))
+        else:
+            found[path.stem] = path
+    return found, problems

@@ -1,0 +1,133 @@
+"""`cxrseg prepare folder`: a user's images + masks, with the same validation and reporting as siim."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from cxrseg.data.layout_writer import PrepareError
+from cxrseg.data.prepare_folder import prepare_folder
+from cxrseg.labels import pack_multilabel
+
+
+def write(path, array) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), array)
+
+
+def problems_of(out) -> dict[str, str]:
+    with (out / "problems.csv").open() as handle:
+        return {row["image_id"]: row["reason"] for row in csv.DictReader(handle)}
+
+
+def test_binary_masks_and_every_kind_of_bad_pair(tmp_path):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    rng = np.random.default_rng(0)
+    lesion = np.zeros((32, 32), np.uint8)
+    lesion[4:9, 4:9] = 1
+    write(images / "a.png", rng.integers(0, 256, (32, 32), dtype=np.uint8))
+    write(masks / "a.png", lesion * 255)  # 0/255
+    write(images / "nested" / "b.jpg", rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))  # colour JPEG
+    write(masks / "b.png", lesion)  # 0/1
+    write(images / "c.png", np.zeros((32, 32), np.uint8))
+    write(masks / "c.png", np.zeros((32, 32), np.uint8))  # negative
+    write(images / "no_mask.png", np.zeros((32, 32), np.uint8))
+    write(masks / "no_image.png", np.zeros((32, 32), np.uint8))
+    write(images / "small.png", np.zeros((16, 32), np.uint8))
+    write(masks / "small.png", np.zeros((32, 32), np.uint8))
+    write(images / "values.png", np.zeros((32, 32), np.uint8))
+    write(masks / "values.png", lesion * 128)
+    (images / "broken.png").write_bytes(b"not a png")
+    write(masks / "broken.png", np.zeros((32, 32), np.uint8))
+
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cxrseg",
+            "prepare",
+            "folder",
+            "--images",
+            str(images),
+            "--masks",
+            str(masks),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Wrote 3 images" in result.stdout and "positive 2, negative 1" in result.stdout
+    for name in ("a", "b"):
+        np.testing.assert_array_equal(cv2.imread(str(out / "masks" / "train" / f"{name}.png"), 0), lesion * 255)
+    colour = cv2.imread(str(images / "nested" / "b.jpg"))
+    np.testing.assert_array_equal(
+        cv2.imread(str(out / "images" / "train" / "b.png"), cv2.IMREAD_UNCHANGED),
+        cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY),
+    )
+    assert problems_of(out) == {
+        "no_mask": "missing_mask",
+        "no_image": "missing_image",
+        "small": "size_mismatch",
+        "values": "mask_values",
+        "broken": "unreadable_image",
+    }
+    with (out / "problems.csv").open() as handle:
+        details = {row["image_id"]: row["detail"] for row in csv.DictReader(handle)}
+    assert "values.png: values [0, 128] are outside the label set ({0, 1} or {0, 255})" in details["values"]
+    assert json.loads((out / "labels.json").read_text())["task"] == "pneumothorax"
+
+    with pytest.raises(PrepareError, match=r"--strict: 2 problems \(missing_image: 1, missing_mask: 1\)"):
+        prepare_folder(images, masks, tmp_path / "strict", strict=True)
+    assert not (tmp_path / "strict").exists()
+
+
+def test_class_index_masks_with_a_custom_label_set(tmp_path):
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"task": "custom", "names": ["background", "left", "right"], "multilabel": False}))
+    mask = np.zeros((20, 20), np.uint8)
+    mask[2:6, 2:6], mask[10:14, 10:14] = 1, 2
+    write(tmp_path / "i" / "a.png", np.full((20, 20), 90, np.uint8))
+    write(tmp_path / "m" / "a.png", mask)
+    write(tmp_path / "i" / "b.png", np.full((20, 20), 90, np.uint8))
+    write(tmp_path / "m" / "b.png", mask * 2)  # value 4 is not a class
+    summary = prepare_folder(tmp_path / "i", tmp_path / "m", tmp_path / "out", labels_file=labels, split="val")
+    assert summary.written == 1 and problems_of(tmp_path / "out") == {"b": "mask_values"}
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "out" / "masks" / "val" / "a.png"), 0), mask)
+    assert json.loads((tmp_path / "out" / "labels.json").read_text()) == {
+        "task": "custom",
+        "names": ["background", "left", "right"],
+        "multilabel": False,
+    }
+
+
+def test_multilabel_bit_field_masks_are_resized_per_class(tmp_path):
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"task": "custom", "names": ["a", "b", "c"], "multilabel": True}))
+    planes = np.zeros((3, 40, 40), np.uint8)
+    planes[0, 0:20, 0:20] = 1
+    planes[1, 10:30, 10:30] = 1
+    planes[2, 33, 33] = 1  # one pixel: survives a 4x shrink
+    write(tmp_path / "i" / "x.png", np.full((40, 40), 50, np.uint8))
+    write(tmp_path / "m" / "x.png", pack_multilabel(planes))
+    prepare_folder(tmp_path / "i", tmp_path / "m", tmp_path / "out", labels_file=labels, image_size=10)
+    packed = cv2.imread(str(tmp_path / "out" / "masks" / "train" / "x.png"), cv2.IMREAD_UNCHANGED)
+    assert packed.dtype == np.uint16 and packed.shape == (10, 10)
+    assert packed[3, 3] == 0b011 and packed[8, 8] == 0b100 and packed[0, 0] == 0b001
+
+
+def test_bad_labels_file_names_it(tmp_path):
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"task": "custom", "names": "lesion"}))
+    (tmp_path / "i").mkdir()
+    (tmp_path / "m").mkdir()
+    with pytest.raises(PrepareError, match=r"labels\.json: 'names' must be a list"):
+        prepare_folder(tmp_path / "i", tmp_path / "m", tmp_path / "out", labels_file=labels)
