@@ -165,3 +165,24 @@ def test_synthetic_data_is_deterministic_and_realistic(tmp_path):
     assert fractions[0] < 0.01 < fractions[-1]  # tiny to large
     with pytest.raises(FileExistsError):
         make_demo_data(root, num_images=1)
+
+
+def test_a_saved_datasets_folder_trains_like_the_layout(tmp_path):
+    from cxrseg.data.layout_writer import layout_to_datasetdict
+
+    root = small_layout(tmp_path / "data")
+    layout_to_datasetdict(root).save_to_disk(str(tmp_path / "saved"))
+    kwargs = dict(image_size=16, augmentation="none", mean=MEAN, std=STD, val_fraction=0.3)
+    from_layout = load_training_data(root, PNEUMOTHORAX, tmp_path / "a/splits.json", **kwargs)
+    from_saved = load_training_data(tmp_path / "saved", PNEUMOTHORAX, tmp_path / "b/splits.json", **kwargs)
+    assert from_saved.split == from_layout.split
+    assert from_saved.pixel_counts == from_layout.pixel_counts
+    assert np.array_equal(from_saved.train[0]["labels"].numpy(), from_layout.train[0]["labels"].numpy())
+    assert np.allclose(from_saved.val[1]["pixel_values"].numpy(), from_layout.val[1]["pixel_values"].numpy())
+
+
+def test_index_with_worker_processes_matches_one_process(tmp_path):
+    root = small_layout(tmp_path / "data", n=12)
+    one = index_layout(root, "train", PNEUMOTHORAX)
+    shutil.rmtree(root / ".cxrseg-cache")
+    assert index_layout(root, "train", PNEUMOTHORAX, num_proc=2) == one

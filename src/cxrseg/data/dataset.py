@@ -12,7 +12,7 @@ from typing import Any
 import datasets
 import numpy as np
 
-from cxrseg.data.png_layout import DataError, IndexedImage, index_layout, read_layout_labels
+from cxrseg.data.png_layout import DataError, IndexedImage, index_layout, mask_pixel_counts, read_layout_labels
 from cxrseg.data.splits import load_or_make_split
 from cxrseg.data.transforms import ToModelInputs, build_transforms, to_gray
 from cxrseg.labels import LabelSet, binarize_mask, unpack_multilabel
@@ -75,6 +75,44 @@ def make_transform(
     return transform
 
 
+def is_saved_dataset(path: str | os.PathLike) -> bool:
+    """True for a folder written by ``DatasetDict.save_to_disk`` (e.g. ``cxrseg prepare ... --save-dataset``)."""
+    return (Path(path) / "dataset_dict.json").is_file()
+
+
+def _index_saved_dataset(dataset: datasets.Dataset, labels: LabelSet, num_proc: int) -> list[IndexedImage]:
+    """Validate and count the masks of a saved dataset with ``Dataset.map`` (cached by ``datasets`` beside it)."""
+
+    def count(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        counts, sizes = [], []
+        for image_id, image, mask in zip(batch["image_id"], batch["image"], batch["mask"]):
+            if mask is None:
+                raise DataError(f"Row {image_id!r} of the saved dataset has no mask: only labelled splits train.")
+            mask = np.asarray(mask)
+            if image.size != (mask.shape[1], mask.shape[0]):
+                raise DataError(
+                    f"Row {image_id!r}: image is {image.size[0]}x{image.size[1]}, mask "
+                    f"{mask.shape[1]}x{mask.shape[0]} (width x height)."
+                )
+            counts.append(list(mask_pixel_counts(mask, labels, f"row {image_id!r}")))
+            sizes.append(list(image.size))
+        return {"pixel_counts": counts, "size": sizes}
+
+    columns = dataset.select_columns(["image_id", "image", "mask"])
+    counted = columns.map(
+        count,
+        batched=True,
+        batch_size=64,
+        num_proc=num_proc if num_proc > 1 else None,
+        remove_columns=["image", "mask"],
+        desc="Checking masks",
+    )
+    return [
+        IndexedImage(row["image_id"], "", "", row["size"][0], row["size"][1], tuple(row["pixel_counts"]))
+        for row in counted
+    ]
+
+
 def load_training_data(
     data_dir: str | os.PathLike,
     labels: LabelSet,
@@ -91,34 +129,46 @@ def load_training_data(
     max_eval_samples: int | None = None,
     num_proc: int = 1,
 ) -> TrainingData:
-    """Index and validate ``data_dir`` (PNG layout), split it (``split_path``), and attach the transforms."""
+    """Index and validate ``data_dir``, split it (``split_path``), and attach the transforms.
+
+    ``data_dir`` is a PNG layout root or a saved ``datasets`` folder (its ``train`` split; labels from a
+    ``labels.json`` in the folder or its parent, as ``cxrseg prepare --save-dataset`` writes them).
+    """
     root = Path(data_dir)
     if not root.exists():
         raise DataError(
             f"Data folder {root} does not exist. Prepare data (README, Data) or run `cxrseg make-demo-data`."
         )
-    declared = read_layout_labels(root)
+    saved = is_saved_dataset(root)
+    declared = read_layout_labels(root if (root / "labels.json").exists() or not saved else root.parent)
     if declared.names != labels.names:
         raise DataError(
             f"{root} holds {declared.task} data ({len(declared.names)} classes) but the recipe's task is "
             f"{labels.task}; set `task` to match."
         )
-    index = index_layout(root, "train", labels, num_proc=num_proc)
-    by_id = {row.image_id: row for row in index}
-    split = load_or_make_split(split_path, list(by_id), [row.is_positive for row in index], val_fraction, split_seed)
-    train_rows = [by_id[i] for i in split["train"]][:max_train_samples]
-    val_rows = [by_id[i] for i in split["val"]][:max_eval_samples]
-    train, val = _rows_to_dataset(train_rows), _rows_to_dataset(val_rows)
+    if saved:
+        source = datasets.load_from_disk(str(root))["train"]
+        index = _index_saved_dataset(source, labels, num_proc)
+    else:
+        index = index_layout(root, "train", labels, num_proc=num_proc)
+        source = _rows_to_dataset(index)
+    row_of = {row.image_id: i for i, row in enumerate(index)}
+    split = load_or_make_split(split_path, list(row_of), [row.is_positive for row in index], val_fraction, split_seed)
+    train_ids = split["train"][:max_train_samples]
+    val_ids = split["val"][:max_eval_samples]
+    train = source.select([row_of[i] for i in train_ids])
+    val = source.select([row_of[i] for i in val_ids])
     train.set_transform(make_transform(labels, augmentation, image_size, mean, std, seed))
     val.set_transform(make_transform(labels, "none", image_size, mean, std))
+    train_rows = [index[row_of[i]] for i in train_ids]
     pixel_counts = np.sum([row.pixel_counts for row in train_rows], axis=0).tolist()
+    num_pixels = sum(r.width * r.height for r in train_rows)
     logger.info(
         "Data: %d train (%d positive), %d val (%d positive) from %s",
-        len(train_rows),
+        len(train_ids),
         sum(r.is_positive for r in train_rows),
-        len(val_rows),
-        sum(r.is_positive for r in val_rows),
+        len(val_ids),
+        sum(index[row_of[i]].is_positive for i in val_ids),
         root,
     )
-    num_pixels = sum(r.width * r.height for r in train_rows)
     return TrainingData(train, val, labels, [r.is_positive for r in train_rows], pixel_counts, num_pixels, split)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -83,8 +84,8 @@ def list_pairs(root: str | os.PathLike, split: str) -> list[tuple[str, Path, Pat
     return pairs
 
 
-def _index_pair(args: tuple[str, str, str, int, bool]) -> IndexedImage:
-    image_id, image_path, mask_path, num_labels, multilabel = args
+def _index_pair(args: tuple[str, str, str, LabelSet]) -> IndexedImage:
+    image_id, image_path, mask_path, labels = args
     try:
         with Image.open(image_path) as image:
             image.verify()
@@ -103,26 +104,33 @@ def _index_pair(args: tuple[str, str, str, int, bool]) -> IndexedImage:
             f"Size mismatch: image {image_path} is {size[0]}x{size[1]}, mask {mask_path} is "
             f"{mask.shape[1]}x{mask.shape[0]} (width x height)."
         )
-    if multilabel:
+    counts = mask_pixel_counts(mask, labels, mask_path)
+    return IndexedImage(image_id, str(image_path), str(mask_path), size[0], size[1], counts)
+
+
+def mask_pixel_counts(mask: np.ndarray, labels: LabelSet, where: object) -> tuple[int, ...]:
+    """Per-class pixel counts of one stored mask ([H, W]; see module docstring), validating its values.
+
+    Single-label: (background, class 1, ...) pixels, with any non-zero counted as class 1 for binary tasks.
+    Multi-label: pixels where each class's bit is set. ``where`` names the mask in errors.
+    """
+    num_labels = labels.num_labels
+    if labels.multilabel:
         bits = mask.astype(np.uint32)
         if (bits >> num_labels).any():
-            raise DataError(f"Mask {mask_path} sets bits beyond the {num_labels} classes of labels.json.")
-        counts = tuple(int(((bits >> c) & 1).sum()) for c in range(num_labels))
-    else:
-        values = np.unique(mask)
-        allowed = {0, 1, 255} if num_labels == 2 else set(range(num_labels))
-        bad = sorted(set(values.tolist()) - allowed)
-        if bad:
-            raise DataError(
-                f"Mask {mask_path} has values {bad[:5]}: expected {sorted(allowed)} "
-                "(0 = background; 1 or 255 = finding)."
-            )
-        if num_labels == 2:
-            positive = int(np.count_nonzero(mask))
-            counts = (mask.size - positive, positive)
-        else:
-            counts = tuple(int(n) for n in np.bincount(mask.ravel(), minlength=num_labels))
-    return IndexedImage(image_id, str(image_path), str(mask_path), size[0], size[1], counts)
+            raise DataError(f"Mask {where} sets bits beyond the {num_labels} classes of labels.json.")
+        return tuple(int(((bits >> c) & 1).sum()) for c in range(num_labels))
+    values = np.unique(mask)
+    allowed = {0, 1, 255} if num_labels == 2 else set(range(num_labels))
+    bad = sorted(set(values.tolist()) - allowed)
+    if bad:
+        raise DataError(
+            f"Mask {where} has values {bad[:5]}: expected {sorted(allowed)} (0 = background; 1 or 255 = finding)."
+        )
+    if num_labels == 2:
+        positive = int(np.count_nonzero(mask))
+        return (mask.size - positive, positive)
+    return tuple(int(n) for n in np.bincount(mask.ravel(), minlength=num_labels))
 
 
 def _fingerprint(pairs: list[tuple[str, Path, Path]], labels: LabelSet) -> str:
@@ -142,10 +150,10 @@ def index_layout(root: str | os.PathLike, split: str, labels: LabelSet, num_proc
         return [
             IndexedImage(**{**row, "pixel_counts": tuple(row["pixel_counts"])}) for row in json.loads(cache.read_text())
         ]
-    jobs = [(i, str(image), str(mask), labels.num_labels, labels.multilabel) for i, image, mask in pairs]
+    jobs = [(i, str(image), str(mask), labels) for i, image, mask in pairs]
     progress = dict(total=len(jobs), desc=f"Checking {split} masks", unit="img", disable=len(jobs) < 200)
-    if num_proc > 1:
-        with ProcessPoolExecutor(num_proc) as pool:
+    if num_proc > 1:  # forkserver: forking a process that already runs OpenCV/torch threads can hang
+        with ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("forkserver")) as pool:
             index = list(tqdm(pool.map(_index_pair, jobs, chunksize=32), **progress))
     else:
         index = [_index_pair(job) for job in tqdm(jobs, **progress)]
