@@ -57,8 +57,11 @@ def dice_score(pred: np.ndarray, truth: np.ndarray) -> float:
     if not np.all(positive | (truth == 0) | ~valid):
         raise ValueError(f"dice_score: truth values must be 0, 1 or {IGNORE_INDEX}, got {np.unique(truth)[:10]}.")
     predicted = (pred != 0) & valid
-    return float(dice_from_counts(np.count_nonzero(predicted & positive), np.count_nonzero(predicted),
-                                  np.count_nonzero(positive)))
+    return float(
+        dice_from_counts(
+            np.count_nonzero(predicted & positive), np.count_nonzero(predicted), np.count_nonzero(positive)
+        )
+    )
 
 
 def _as_tensor(x: ArrayLike, name: str) -> torch.Tensor:
@@ -77,8 +80,10 @@ def _check_probs(probs: torch.Tensor, name: str = "probs") -> torch.Tensor:
     if probs.numel():
         low, high = torch.aminmax(probs)
         if not (low >= 0 and high <= 1):
-            raise ValueError(f"{name} must lie in [0, 1] (apply sigmoid/softmax first); got range "
-                             f"[{low.item():.4g}, {high.item():.4g}].")
+            raise ValueError(
+                f"{name} must lie in [0, 1] (apply sigmoid/softmax first); got range "
+                f"[{low.item():.4g}, {high.item():.4g}]."
+            )
     return probs
 
 
@@ -156,8 +161,13 @@ class SegmentationMetrics:
     prediction anywhere scores dice = iou = 1 by the empty/empty rule.
     """
 
-    def __init__(self, threshold: float = 0.5, num_classes: int = 1, num_bins: int = 10_000,
-                 class_names: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        threshold: float = 0.5,
+        num_classes: int = 1,
+        num_bins: int = 10_000,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}.")
         if num_classes < 1:
@@ -169,8 +179,9 @@ class SegmentationMetrics:
         self.threshold = float(threshold)
         self.num_classes = num_classes
         self.num_bins = num_bins
-        self.class_names = tuple(class_names) if class_names is not None else tuple(
-            f"class_{i}" for i in range(num_classes))
+        self.class_names = (
+            tuple(class_names) if class_names is not None else tuple(f"class_{i}" for i in range(num_classes))
+        )
         self.bin_edges = _lower_bin_edges(num_bins)
         self.reset()
 
@@ -213,8 +224,8 @@ class SegmentationMetrics:
         plane_counts = []
         step = max(1, _CHUNK_PIXELS // max(probs.shape[1], 1))
         for start in range(0, batch * c, step):
-            chunk = _check_probs(probs[start:start + step])
-            positive, valid = _split_target(target[start:start + step])
+            chunk = _check_probs(probs[start : start + step])
+            positive, valid = _split_target(target[start : start + step])
             # Histogram: flat index (class * 2 + is_positive) * N + bin; ignored pixels go to one trash bin.
             rows = torch.arange(start, start + chunk.shape[0], device=probs.device, dtype=torch.int32)
             index = _quantise(chunk, n).add_((rows % c * (2 * n)).unsqueeze(1)).add_(positive.to(torch.int32) * n)
@@ -266,9 +277,16 @@ class SegmentationMetrics:
         ranking = [self._ranking_metrics(i) for i in range(self.num_classes)]
         if self.num_classes == 1:
             ap, best_f1, best_threshold = ranking[0]
-            return {"dice": float(dice[0]), "iou": float(iou[0]), "kaggle_dice": float(kaggle[0]), "ap": ap,
-                    "best_f1": best_f1, "best_threshold": best_threshold, "num_images": float(self._num_images),
-                    "num_positive_images": float(self._positive_images[0])}
+            return {
+                "dice": float(dice[0]),
+                "iou": float(iou[0]),
+                "kaggle_dice": float(kaggle[0]),
+                "ap": ap,
+                "best_f1": best_f1,
+                "best_threshold": best_threshold,
+                "num_images": float(self._num_images),
+                "num_positive_images": float(self._positive_images[0]),
+            }
         ap = np.array([r[0] for r in ranking])
         results: dict[str, float] = {}
         for i, name in enumerate(self.class_names):

@@ -64,8 +64,11 @@ class PostProcess:
         object.__setattr__(self, "bottom_threshold", _check_threshold(self.bottom_threshold, "bottom_threshold"))
         object.__setattr__(self, "min_area", _check_area(self.min_area, "min_area"))
         if self.image_size is not None:
-            if isinstance(self.image_size, bool) or not isinstance(self.image_size, (int, np.integer)) \
-                    or self.image_size <= 0:
+            if (
+                isinstance(self.image_size, bool)
+                or not isinstance(self.image_size, (int, np.integer))
+                or self.image_size <= 0
+            ):
                 raise ValueError(f"image_size must be a positive integer or None, got {self.image_size!r}.")
             object.__setattr__(self, "image_size", int(self.image_size))
 
@@ -80,8 +83,10 @@ class PostProcess:
             raise ValueError(f"probs must be [H, W] or [B, H, W], got shape {tuple(probs.shape)}.")
         size = tuple(probs.shape[-2:])
         if self.image_size is not None and size != (self.image_size, self.image_size):
-            raise ValueError(f"PostProcess.min_area is counted at {self.image_size}x{self.image_size} but probs are "
-                             f"{size[0]}x{size[1]}; use .scaled({size[0]}) for square images of that size.")
+            raise ValueError(
+                f"PostProcess.min_area is counted at {self.image_size}x{self.image_size} but probs are "
+                f"{size[0]}x{size[1]}; use .scaled({size[0]}) for square images of that size."
+            )
         probs = _check_probs(probs)
         batch = probs if probs.ndim == 3 else probs.unsqueeze(0)
         keep = (batch >= self.top_threshold).sum((1, 2)) >= self.min_area
@@ -149,15 +154,15 @@ def _triplet_counts(
     step = max(1, _CHUNK_PIXELS // max(probs.shape[1], 1))
     counts = []
     for start in range(0, probs.shape[0], step):
-        chunk = _check_probs(probs[start:start + step])
-        positive, valid = _split_target(target[start:start + step])
+        chunk = _check_probs(probs[start : start + step])
+        positive, valid = _split_target(target[start : start + step])
         rows = [_count(chunk >= t) for t in tops]
         for b in bottoms:
             predicted = (chunk >= b).logical_and_(valid)
             rows += [_count(predicted & positive), _count(predicted)]
         counts.append(torch.stack([*rows, _count(positive)]))
     counts = torch.cat(counts, 1).cpu().numpy()  # [T + 2 Bt + 1, B]
-    top_area, pairs = counts[: len(tops)], counts[len(tops): -1]
+    top_area, pairs = counts[: len(tops)], counts[len(tops) : -1]
     return top_area, pairs[0::2], pairs[1::2], counts[-1]
 
 
@@ -186,23 +191,28 @@ def search_postprocess(
     areas = [_check_area(a, "min_areas") for a in min_areas]
     bottoms = [_check_threshold(b, "bottom_thresholds") for b in bottom_thresholds]
     if not (tops and areas and bottoms):
-        raise ValueError("search_postprocess needs at least one value in each of top_thresholds, min_areas and "
-                         "bottom_thresholds.")
+        raise ValueError(
+            "search_postprocess needs at least one value in each of top_thresholds, min_areas and bottom_thresholds."
+        )
     area_grid = np.array(areas, dtype=np.int64)[None, :, None, None]  # [1, A, 1, 1]
     dice_sums = np.zeros((len(tops), len(areas), len(bottoms)), dtype=np.float64)
     num_images, size = 0, None
     for batch_index, (probs, target) in enumerate(tqdm(prob_batches, desc="post-processing search", leave=False)):
         probs, target = _as_tensor(probs, "probs"), _as_tensor(target, "target")
         if probs.ndim != 3 or target.shape != probs.shape:
-            raise ValueError(f"Batch {batch_index}: probs and target must both be [B, H, W]; got "
-                             f"{tuple(probs.shape)} and {tuple(target.shape)}.")
+            raise ValueError(
+                f"Batch {batch_index}: probs and target must both be [B, H, W]; got "
+                f"{tuple(probs.shape)} and {tuple(target.shape)}."
+            )
         if probs.shape[0] == 0:
             continue
         if size is None:
             size = tuple(probs.shape[1:])
         elif tuple(probs.shape[1:]) != size:
-            raise ValueError(f"Batch {batch_index}: image size {tuple(probs.shape[1:])} differs from {size}; "
-                             "min_area is in pixels, so every image must have the same size.")
+            raise ValueError(
+                f"Batch {batch_index}: image size {tuple(probs.shape[1:])} differs from {size}; "
+                "min_area is in pixels, so every image must have the same size."
+            )
         top_area, intersection, pred_area, truth_area = _triplet_counts(probs, target, tops, bottoms)
         dice_kept = dice_from_counts(intersection, pred_area, truth_area)  # [Bt, B]
         dice_dropped = dice_from_counts(0, 0, truth_area)  # [B]: 1 on empty truth, else 0
@@ -215,7 +225,9 @@ def search_postprocess(
     kaggle_dice = dice_sums / num_images
     table = [
         {"top_threshold": t, "min_area": a, "bottom_threshold": b, "kaggle_dice": float(kaggle_dice[i, j, k])}
-        for i, t in enumerate(tops) for j, a in enumerate(areas) for k, b in enumerate(bottoms)
+        for i, t in enumerate(tops)
+        for j, a in enumerate(areas)
+        for k, b in enumerate(bottoms)
     ]
     table.sort(key=lambda row: -row["kaggle_dice"])  # stable: ties keep grid order
     top = table[0]

@@ -1,0 +1,126 @@
+"""cxrseg visualize predictions|features|curves: pictures of a trained model for a reviewer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from cxrseg.cli.evaluate import add_model_arguments
+from cxrseg.data.png_layout import DataError
+from cxrseg.inference import ModelLoadError, load_segmenter
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "visualize",
+        help="Pictures of a trained model: predictions, feature maps, training curves.",
+        description=__doc__,
+    )
+    kinds = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
+
+    predictions = kinds.add_parser(
+        "predictions",
+        help="input | truth | probability | overlay per image, for true positives, misses, false positives and "
+        "true negatives, titled with the image's Dice",
+    )
+    add_model_arguments(predictions)
+    predictions.add_argument("--data", required=True, help="data root in the PNG layout")
+    predictions.add_argument("--split", default="val", help="as for cxrseg evaluate (default val)")
+    predictions.add_argument("--n", type=int, default=16, help="number of images (default 16)")
+    predictions.add_argument("--out", help="PNG to write (default MODEL/predictions_<split>.png for a local model)")
+    predictions.set_defaults(func=run_predictions)
+
+    features = kinds.add_parser(
+        "features", help="feature maps of each Swin stage and the UperNet heads (mean and most active channels)"
+    )
+    features.add_argument("--model", required=True, help="trained model folder or Hub id")
+    features.add_argument("--image", required=True, help="a PNG, JPEG or DICOM file")
+    features.add_argument("--top", type=int, default=6, help="channels shown per layer (default 6)")
+    features.add_argument("--out", help="PNG to write (default feature_maps_<image id>.png in the current folder)")
+    features.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    features.set_defaults(func=run_features)
+
+    curves = kinds.add_parser("curves", help="loss, eval Dice, Kaggle Dice and AP per step from trainer_state.json")
+    curves.add_argument("--model", required=True, help="a training output folder (holding trainer_state.json)")
+    curves.add_argument("--out", help="PNG to write (default MODEL/training_curves.png)")
+    curves.set_defaults(func=run_curves)
+
+
+def run_predictions(args: argparse.Namespace) -> int:
+    from cxrseg.evaluate import prediction_examples
+    from cxrseg.plots import plot_prediction_grid
+
+    try:
+        segmenter = load_segmenter(args.model, device=args.device, use_postprocess=not args.no_postprocess)
+        examples = prediction_examples(
+            segmenter,
+            args.data,
+            args.split,
+            args.n,
+            tta=args.tta,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+        )
+    except (ModelLoadError, DataError, ValueError) as error:
+        logger.error("%s", error)
+        return 2
+    out = (
+        Path(args.out)
+        if args.out
+        else (
+            segmenter.model_dir / f"predictions_{args.split}.png"
+            if segmenter.is_local
+            else Path(f"predictions_{args.split}.png")
+        )
+    )
+    title = f"{Path(segmenter.source).name} on {args.split} at {segmenter.image_size}x{segmenter.image_size}"
+    plot_prediction_grid(examples, out, segmenter.output_names, title=title)
+    print(f"Wrote {out} ({len(examples)} images)")
+    return 0
+
+
+def run_features(args: argparse.Namespace) -> int:
+    from cxrseg.inference import feature_maps, load_image
+    from cxrseg.plots import plot_feature_maps
+
+    try:
+        segmenter = load_segmenter(args.model, device=args.device, use_postprocess=False)
+        image = load_image(args.image)
+    except (ModelLoadError, OSError, ValueError) as error:
+        logger.error("%s", error)
+        return 2
+    features, probs = feature_maps(segmenter, image)
+    out = Path(args.out) if args.out else Path(f"feature_maps_{Path(args.image).stem}.png")
+    resized = segmenter.preprocessor.resize(image)[0]
+    plot_feature_maps(
+        resized,
+        features,
+        probs.numpy(),
+        out,
+        top=args.top,
+        title=f"{Path(segmenter.source).name}: {Path(args.image).name}",
+    )
+    print(f"Wrote {out} ({len(features)} layers)")
+    return 0
+
+
+def run_curves(args: argparse.Namespace) -> int:
+    from cxrseg.plots import plot_training_curves
+
+    state_path = Path(args.model) / "trainer_state.json"
+    if not state_path.is_file():
+        logger.error("%s does not exist: --model must be a training output folder.", state_path)
+        return 2
+    try:
+        log_history = json.loads(state_path.read_text())["log_history"]
+        out = Path(args.out) if args.out else Path(args.model) / "training_curves.png"
+        plot_training_curves(log_history, out, title=Path(args.model).resolve().name)
+    except (KeyError, ValueError) as error:
+        logger.error("%s: %s", state_path, error)
+        return 2
+    print(f"Wrote {out}")
+    return 0

@@ -1,0 +1,351 @@
+"""Load a trained model (local folder or Hub id) and turn images into probabilities: the one place for inference.
+
+The pipeline is the one training evaluates with: uint8 gray ``[H, W]`` → resize to the model's working size (the
+image processor's ``size``; ``cv2.INTER_AREA`` through ``build_transforms("none")``) → :class:`ToModelInputs`
+(3 channels, the processor's mean and std) → UperNet → probabilities of the foreground outputs at the working size
+(single-label: softmax, every class but background; multi-label: one sigmoid per class) → with ``tta="hflip"``, the
+mean of the probabilities of the image and of its mirror image (mirrored back) → bilinear resize to the original
+size when a caller needs it (:meth:`Segmenter.resize_probabilities`).
+
+Masks follow :meth:`Segmenter.masks`: the model's ``postprocess.json`` (the SIIM triplet, see
+:mod:`cxrseg.postprocess`) when it has one and has one foreground class, else ``prob >= 0.5`` per class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from transformers import AutoImageProcessor, UperNetForSemanticSegmentation
+
+from cxrseg.data.dicom import read_dicom
+from cxrseg.data.transforms import ToModelInputs, build_transforms, to_gray
+from cxrseg.labels import LabelSet, labels_from_config
+from cxrseg.postprocess import POSTPROCESS_FILENAME, PostProcess
+
+logger = logging.getLogger(__name__)
+
+TTA_MODES = ("none", "hflip")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", *DICOM_SUFFIXES)
+"""File types :func:`load_image` reads (case-insensitive)."""
+
+HUB_FILES = (
+    "config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "model-*.safetensors",
+    "preprocessor_config.json",
+    POSTPROCESS_FILENAME,
+    "splits.json",
+    "trainer_state.json",
+)
+"""What is downloaded of a Hub model repository (checkpoints and other large files are not)."""
+
+
+class ModelLoadError(ValueError):
+    """A model that cannot be loaded; the message names the folder or Hub id and what is wrong."""
+
+
+def resolve_model(model: str | os.PathLike) -> tuple[Path, bool]:
+    """(local folder holding the model, whether ``model`` was a local folder rather than a Hub id).
+
+    A Hub id is downloaded (only :data:`HUB_FILES`) to the Hugging Face cache with ``snapshot_download``; offline,
+    a cached copy is used.
+    """
+    path = Path(model)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} is not a model folder: it has no config.json (train one with run_train.py).")
+        return path, True
+    if path.exists():
+        raise ModelLoadError(f"{path} is a file; --model takes a model folder or a Hub id.")
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(repo_id=str(model), allow_patterns=list(HUB_FILES))
+    except Exception as error:  # the hub raises many types (validation, HTTP, offline, not found)
+        raise ModelLoadError(
+            f"{model!r} is neither a local model folder nor a downloadable Hub model: {type(error).__name__}: {error}"
+        ) from error
+    if not (Path(folder) / "config.json").is_file():
+        raise ModelLoadError(f"Hub repository {model!r} has no config.json: it is not a model repository.")
+    return Path(folder), False
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """A radiograph file (PNG, JPEG, DICOM; any size, 8 or 16 bit, gray or colour) as uint8 gray ``[H, W]``.
+
+    DICOM (``.dcm``/``.dicom``) goes through :func:`cxrseg.data.dicom.read_dicom`; the others through Pillow and
+    :func:`cxrseg.data.transforms.to_gray`. Raises ``OSError``/``ValueError`` (with the path) for unreadable files.
+    """
+    path = Path(path)
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return read_dicom(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode not in ("L", "LA", "RGB", "RGBA", "I;16", "I;16B", "I", "F"):
+                image = image.convert("RGB")  # palette, 1-bit, CMYK, ...
+            pixels = np.asarray(image)
+    except Exception as error:  # Pillow raises several types for corrupt or truncated files
+        raise OSError(f"{path}: unreadable image ({type(error).__name__}: {error})") from error
+    if pixels.ndim not in (2, 3) or min(pixels.shape[:2]) == 0:
+        raise ValueError(f"{path}: unexpected image shape {pixels.shape}.")
+    return to_gray(pixels)
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    """uint8 gray ``[H, W]`` → model inputs at the working size, exactly as training's evaluation prepares them.
+
+    Small and picklable, so DataLoader workers can run it. size: (height, width) working size in pixels.
+    """
+
+    size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def resize(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(image uint8 [h, w], mask [h, w] or [h, w, C] or None) at the working size (mask: nearest neighbour)."""
+        if self.size[0] != self.size[1]:
+            raise ValueError(f"Non-square working size {self.size} is not supported.")
+        pipeline = build_transforms("none", self.size[0])
+        if mask is None:
+            return pipeline(image=image)["image"], None
+        out = pipeline(image=image, mask=mask)
+        return out["image"], out["mask"]
+
+    def to_pixel_values(self, resized: np.ndarray) -> torch.Tensor:
+        """uint8 gray at the working size → float32 [3, h, w] (:class:`ToModelInputs`)."""
+        return ToModelInputs(self.mean, self.std).image(resized)
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        """uint8 gray [H, W] (any size) → ``pixel_values`` float32 [3, h, w] at the working size."""
+        return self.to_pixel_values(self.resize(image)[0])
+
+
+def _working_size(processor, config) -> tuple[int, int]:
+    size = getattr(processor, "size", None) or {}
+    if "height" in size and "width" in size:
+        return int(size["height"]), int(size["width"])
+    if "shortest_edge" in size:
+        return int(size["shortest_edge"]), int(size["shortest_edge"])
+    image_size = getattr(config.backbone_config, "image_size", None)
+    if image_size is None:
+        raise ModelLoadError("The model's image processor has no size and its backbone config no image_size.")
+    return int(image_size), int(image_size)
+
+
+@dataclass
+class Segmenter:
+    """A loaded model ready for inference (build it with :func:`load_segmenter`).
+
+    labels: the model's label set (:func:`cxrseg.labels.labels_from_config`); outputs are ``labels.foreground``
+    (K planes). preprocessor: the input pipeline. postprocess: the mask rule for a single-foreground model,
+    ``min_area`` at the working size; None means ``prob >= 0.5``. model_dir: the folder the model was read from
+    (the Hub cache for Hub ids); is_local: whether ``source`` named a local folder.
+    """
+
+    model: UperNetForSemanticSegmentation
+    labels: LabelSet
+    preprocessor: Preprocessor
+    postprocess: PostProcess | None
+    source: str
+    model_dir: Path
+    is_local: bool
+    device: torch.device
+    splits: dict[str, list[str]] | None = None
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """Names of the K probability planes: the foreground classes."""
+        return self.labels.foreground
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square working size (pixels): where evaluation runs and ``min_area`` is counted."""
+        return self.preprocessor.size[0]
+
+    @property
+    def rule(self) -> PostProcess:
+        """The mask rule in effect (``PostProcess()`` = ``prob >= 0.5`` when the model has none)."""
+        return self.postprocess if self.postprocess is not None else PostProcess()
+
+    @torch.inference_mode()
+    def probabilities(self, pixel_values: torch.Tensor, tta: str = "none") -> torch.Tensor:
+        """pixel_values float32 [B, 3, h, w] → probabilities float32 [B, K, h, w] in [0, 1], on the CPU."""
+        if tta not in TTA_MODES:
+            raise ValueError(f"Unknown TTA {tta!r}; choose one of {TTA_MODES}.")
+        pixel_values = pixel_values.to(self.device, non_blocking=True)
+        probs = self._forward(pixel_values)
+        if tta == "hflip":
+            probs = (probs + self._forward(pixel_values.flip(-1)).flip(-1)) / 2
+        return probs.float().cpu()
+
+    def _forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        logits = self.model(pixel_values=pixel_values).logits.float()
+        if logits.shape[-2:] != pixel_values.shape[-2:]:
+            logits = F.interpolate(logits, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
+        if self.labels.multilabel:
+            return logits.sigmoid()
+        return logits.softmax(dim=1)[:, 1:]
+
+    @staticmethod
+    def resize_probabilities(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """probs float32 [K, h, w] (or [B, K, h, w]) → same at ``size`` (height, width), bilinear."""
+        if tuple(probs.shape[-2:]) == tuple(size):
+            return probs
+        batch = probs if probs.ndim == 4 else probs.unsqueeze(0)
+        out = F.interpolate(batch, size=tuple(size), mode="bilinear", align_corners=False).clamp_(0, 1)
+        return out if probs.ndim == 4 else out[0]
+
+    def masks(self, probs: torch.Tensor, probs_at_size: torch.Tensor | None = None) -> np.ndarray:
+        """Binary masks uint8 0/1 [K, H, W] from one image's probabilities.
+
+        probs: float32 [K, h, w] at the working size, where the rule decides whether each plane's mask is kept
+        (the ``min_area`` gate was counted there). probs_at_size: the same probabilities at another size (e.g. the
+        original image's, :meth:`resize_probabilities`); when given, a kept mask is ``probs_at_size >=
+        bottom_threshold`` (smooth outlines at full size), else the mask is at the working size.
+        """
+        kept = self.rule.apply(probs)  # [K, h, w]: gate and bottom threshold at the working size
+        if probs_at_size is None:
+            return kept
+        keep = torch.from_numpy(kept.reshape(kept.shape[0], -1).any(1))
+        return ((probs_at_size >= self.rule.bottom_threshold) & keep.view(-1, 1, 1)).to(torch.uint8).numpy()
+
+    def predict(self, images: Sequence[np.ndarray], tta: str = "none", batch_size: int = 8) -> list[torch.Tensor]:
+        """uint8 gray images [H_i, W_i] → probabilities float32 [K, H_i, W_i] at each image's original size."""
+        results = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            probs = self.probabilities(torch.stack([self.preprocessor(image) for image in chunk]), tta)
+            results += [self.resize_probabilities(p, image.shape[:2]) for p, image in zip(probs, chunk)]
+        return results
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """ "auto": the first CUDA GPU if there is one, else the CPU; otherwise ``torch.device(device)``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_segmenter(
+    model: str | os.PathLike,
+    *,
+    device: str = "auto",
+    use_postprocess: bool = True,
+    postprocess_path: str | os.PathLike | None = None,
+) -> Segmenter:
+    """Load a model folder or Hub id, its image processor and its ``postprocess.json`` / ``splits.json``.
+
+    use_postprocess: False ignores any post-processing (masks are ``prob >= 0.5``). postprocess_path: a
+    ``postprocess.json`` to use instead of the model's own. Post-processing needs one foreground output; for other
+    models it is ignored with a warning.
+    """
+    model_dir, is_local = resolve_model(model)
+    try:
+        network = UperNetForSemanticSegmentation.from_pretrained(model_dir)
+    except Exception as error:
+        raise ModelLoadError(f"Cannot load a UperNet model from {model}: {type(error).__name__}: {error}") from error
+    try:
+        processor = AutoImageProcessor.from_pretrained(model_dir)
+    except Exception as error:
+        raise ModelLoadError(
+            f"{model}: cannot load its image processor (preprocessor_config.json): {type(error).__name__}: {error}"
+        ) from error
+    labels = labels_from_config(network.config.id2label)
+    preprocessor = Preprocessor(
+        _working_size(processor, network.config), tuple(processor.image_mean), tuple(processor.image_std)
+    )
+    postprocess = None
+    if use_postprocess:
+        path = Path(postprocess_path) if postprocess_path is not None else model_dir / POSTPROCESS_FILENAME
+        if postprocess_path is not None and not path.exists():
+            raise ModelLoadError(f"Post-processing file {path} does not exist.")
+        if path.exists():
+            if len(labels.foreground) != 1:
+                logger.warning(
+                    "Ignoring %s: post-processing applies to one foreground class; %s has %d.",
+                    path,
+                    model,
+                    len(labels.foreground),
+                )
+            else:
+                postprocess = _at_size(PostProcess.load(path), preprocessor.size[0], path)
+                logger.info("Post-processing from %s: %s", path, postprocess)
+    splits_path = model_dir / "splits.json"
+    splits = json.loads(splits_path.read_text()) if splits_path.is_file() else None
+    torch_device = pick_device(device)
+    network.to(torch_device).eval()
+    return Segmenter(network, labels, preprocessor, postprocess, str(model), model_dir, is_local, torch_device, splits)
+
+
+def _at_size(postprocess: PostProcess, image_size: int, path: Path) -> PostProcess:
+    """The rule with ``min_area`` at the working size (a file tuned at another size is rescaled, with a note)."""
+    if postprocess.image_size is None:
+        logger.warning(
+            "%s does not say which size min_area was counted at; assuming the working size %d.", path, image_size
+        )
+        return dataclasses.replace(postprocess, image_size=image_size)
+    if postprocess.image_size != image_size:
+        logger.info(
+            "Rescaling min_area of %s from %d² to the working size %d².", path, postprocess.image_size, image_size
+        )
+        return postprocess.scaled(image_size)
+    return postprocess
+
+
+FEATURE_LAYERS = (
+    ("decode_head.bottleneck", "UperNet PPM"),
+    ("decode_head.fpn_convs.0", "UperNet FPN 1/4"),
+    ("decode_head.fpn_convs.1", "UperNet FPN 1/8"),
+    ("decode_head.fpn_convs.2", "UperNet FPN 1/16"),
+    ("decode_head.fpn_bottleneck", "UperNet fused"),
+    ("auxiliary_head.convs", "auxiliary FCN"),
+)
+"""Head modules whose outputs :func:`feature_maps` records (after the Swin stages), with display names."""
+
+
+@torch.inference_mode()
+def feature_maps(segmenter: Segmenter, image: np.ndarray) -> tuple[list[tuple[str, torch.Tensor]], torch.Tensor]:
+    """Intermediate activations of one image, recorded with forward hooks during one forward pass.
+
+    image: uint8 gray [H, W]. Returns ([(name, float32 [C, h, w]) for each Swin stage (the backbone's
+    ``feature_maps``) and each :data:`FEATURE_LAYERS` module present], probabilities float32 [K, S, S]).
+    """
+    model = segmenter.model
+    recorded: list[tuple[str, torch.Tensor]] = []
+    stages = list(getattr(model.backbone, "out_features", None) or [])
+
+    def backbone_hook(module, inputs, output) -> None:
+        for name, value in zip(stages or range(len(output.feature_maps)), output.feature_maps):
+            recorded.append((f"Swin {name}", value[0].float().cpu()))
+
+    def make_hook(name: str):
+        def hook(module, inputs, output) -> None:
+            recorded.append((name, output[0].float().cpu()))
+
+        return hook
+
+    modules = dict(model.named_modules())
+    handles = [model.backbone.register_forward_hook(backbone_hook)]
+    handles += [
+        modules[path].register_forward_hook(make_hook(name)) for path, name in FEATURE_LAYERS if path in modules
+    ]
+    try:
+        probs = segmenter.probabilities(segmenter.preprocessor(image).unsqueeze(0))[0]
+    finally:
+        for handle in handles:
+            handle.remove()
+    return recorded, probs  # in forward order: Swin stages, then the heads
