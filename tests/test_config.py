@@ -73,3 +73,11 @@ def test_saved_recipe_reproduces_the_run(tmp_path):
     assert again.resolved == recipe.resolved
     assert again.training.num_train_epochs == 7
     assert yaml.safe_load(text)["negative_keep_ratio"] == 0.15
+
+
+def test_single_label_sampling_settings_on_a_multilabel_task_fail_at_parse_time(tmp_path):
+    config = _write(tmp_path, "task: chestxdet\nnegative_keep_ratio: 0.15\n")
+    with pytest.raises(ValueError, match="class_balance_power"):
+        parse_recipe(["--config", config])
+    with pytest.raises(ValueError, match="Unknown task"):
+        parse_recipe(["--task", "lungs"])

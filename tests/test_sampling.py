@@ -1,8 +1,11 @@
 from collections import Counter
 
 import pytest
+import torch
+from accelerate.data_loader import BatchSamplerShard
+from torch.utils.data import BatchSampler
 
-from cxrseg.sampling import BalancedSampler
+from cxrseg.sampling import BalancedSampler, ClassBalancedSampler
 
 FLAGS = [True] * 20 + [False] * 80
 
@@ -38,3 +41,87 @@ def test_bad_arguments():
         BalancedSampler(FLAGS, negative_keep_ratio=1.5)
     with pytest.raises(ValueError, match="nothing to draw"):
         BalancedSampler([False] * 3, negative_keep_ratio=0.0)
+
+
+# Class-balanced (multi-label): 80 images of a common class A, 20 of a rare class B, 100 without findings.
+PRESENCE = [(True, False)] * 80 + [(False, True)] * 20 + [(False, False)] * 100
+
+
+def draw_fractions(sampler, epochs=100):
+    """Fraction of draws that are A images, B images and empty images over ``epochs`` epochs."""
+    drawn = Counter(PRESENCE[i] for epoch in range(epochs) for i in sampler.indices(epoch))
+    total = sum(drawn.values())
+    return drawn[(True, False)] / total, drawn[(False, True)] / total, drawn[(False, False)] / total
+
+
+def test_class_balanced_weights_follow_the_rarest_class():
+    presence = [(True, False, False), (True, True, False), (False, True, False), (False, False, False)] + [
+        (True, False, False)
+    ] * 6
+    sampler = ClassBalancedSampler(presence, class_balance_power=1.0, empty_image_weight=0.5)
+    # images holding each class: A 8, B 2, C 0 → class weights (8/8)^1 = 1, (8/2)^1 = 4, and 0 for the absent class
+    assert sampler.image_counts.tolist() == [8, 2, 0]
+    assert sampler.class_weights.tolist() == [1.0, 4.0, 0.0]
+    # an image holding A and B weighs as its rarest class, B; the empty image weighs empty_image_weight
+    assert sampler.weights.tolist() == [1.0, 4.0, 4.0, 0.5] + [1.0] * 6
+    half = ClassBalancedSampler(presence, class_balance_power=0.5)
+    assert half.class_weights.tolist() == pytest.approx([1.0, 2.0, 0.0])
+
+
+def test_rare_class_is_drawn_more_often_than_uniform_by_the_expected_factor():
+    uniform = ClassBalancedSampler(PRESENCE, class_balance_power=0.0, empty_image_weight=1.0, seed=1)
+    balanced = ClassBalancedSampler(PRESENCE, class_balance_power=1.0, empty_image_weight=1.0, seed=1)
+    # power 0: every image weighs 1 → B is drawn as often as it occurs, 20 / 200
+    assert draw_fractions(uniform)[1] == pytest.approx(0.1, abs=0.01)
+    # power 1: B images weigh 80/20 = 4 → 20·4 / (80·1 + 20·4 + 100·1) = 80 / 260, i.e. 3.08x uniform
+    a, b, empty = draw_fractions(balanced)
+    assert b == pytest.approx(80 / 260, abs=0.01)
+    assert a == pytest.approx(80 / 260, abs=0.01) and empty == pytest.approx(100 / 260, abs=0.01)
+    # power 0.5: B images weigh 2 → 40 / 220
+    assert draw_fractions(ClassBalancedSampler(PRESENCE, 0.5, seed=1))[1] == pytest.approx(40 / 220, abs=0.01)
+
+
+def test_empty_image_weight_scales_images_without_findings():
+    a, b, empty = draw_fractions(ClassBalancedSampler(PRESENCE, 1.0, empty_image_weight=0.0, seed=2))
+    assert empty == 0.0
+    assert b == pytest.approx(0.5, abs=0.015)  # power 1 with one class per image: the classes come up equally often
+
+
+def test_class_balanced_epoch_length_and_determinism():
+    a = ClassBalancedSampler(PRESENCE, 0.5, seed=3)
+    b = ClassBalancedSampler(PRESENCE, 0.5, seed=3)
+    assert len(a) == len(PRESENCE)
+    for epoch in range(3):
+        a.set_epoch(epoch)
+        b.set_epoch(epoch)
+        assert list(a) == list(b)
+        assert len(list(a)) == len(PRESENCE)
+    assert a.indices(0) != a.indices(1)
+    assert ClassBalancedSampler(PRESENCE, 0.5, seed=4).indices(0) != a.indices(0)
+    torch.manual_seed(123)  # global RNG state must not matter
+    first = a.indices(5)
+    torch.manual_seed(456)
+    assert a.indices(5) == first
+
+
+def test_class_balanced_shards_partition_the_epoch_across_processes():
+    """Accelerate gives each process a slice of the same sequence: together they draw exactly one epoch."""
+    shards = []
+    for rank in range(2):
+        sampler = ClassBalancedSampler(PRESENCE, 0.5, seed=7)  # one instance per process
+        sampler.set_epoch(2)
+        shards.append(list(BatchSamplerShard(BatchSampler(sampler, 4, drop_last=False), 2, rank)))
+    epoch = ClassBalancedSampler(PRESENCE, 0.5, seed=7).indices(2)
+    interleaved = [i for pair in zip(*shards) for batch in pair for i in batch]
+    assert interleaved == epoch
+
+
+def test_class_balanced_bad_arguments():
+    with pytest.raises(ValueError, match="class_balance_power"):
+        ClassBalancedSampler(PRESENCE, class_balance_power=-1)
+    with pytest.raises(ValueError, match="empty_image_weight"):
+        ClassBalancedSampler(PRESENCE, empty_image_weight=-0.5)
+    with pytest.raises(ValueError, match="nothing to draw"):
+        ClassBalancedSampler([(False, False)] * 3, empty_image_weight=0.0)
+    with pytest.raises(ValueError, match="non-empty"):
+        ClassBalancedSampler([])

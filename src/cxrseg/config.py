@@ -21,6 +21,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from cxrseg.data.transforms import AUGMENTATIONS
+from cxrseg.labels import get_labels
 
 
 @dataclass
@@ -94,9 +95,30 @@ class LossArguments:
 
 @dataclass
 class SamplingArguments:
-    balanced_sampling: bool = field(default=False, metadata={"help": "Use the balanced sampler for training."})
-    negative_keep_ratio: float = field(default=1.0, metadata={"help": "Fraction of negatives kept each epoch."})
-    positive_weight: float = field(default=1.0, metadata={"help": "Draw weight of a positive relative to a negative."})
+    balanced_sampling: bool = field(
+        default=False,
+        metadata={
+            "help": "Balance the training draws: single-label tasks undersample negatives and oversample positives "
+            "(BalancedSampler); multi-label tasks favour images with rare classes (ClassBalancedSampler)."
+        },
+    )
+    negative_keep_ratio: float = field(
+        default=1.0, metadata={"help": "Single-label: fraction of negatives kept each epoch."}
+    )
+    positive_weight: float = field(
+        default=1.0, metadata={"help": "Single-label: draw weight of a positive relative to a negative."}
+    )
+    class_balance_power: float = field(
+        default=0.5,
+        metadata={
+            "help": "Multi-label: an image is drawn with weight (n_max / n_c) ** power of its rarest class c "
+            "(n_c: training images holding c); 0 = uniform, 0.5 = LVIS repeat-factor style, 1 = inverse frequency."
+        },
+    )
+    empty_image_weight: float = field(
+        default=1.0,
+        metadata={"help": "Multi-label: draw weight of an image without findings (the most frequent class weighs 1)."},
+    )
 
 
 @dataclass
@@ -210,6 +232,7 @@ def parse_recipe(argv: list[str] | None = None) -> Recipe:
     parser = HfArgumentParser(ARGUMENT_CLASSES, allow_abbrev=False)
     parser.set_defaults(**{**RECIPE_DEFAULTS, **precision, **recipe})
     model, data, loss, sampling, precision_args, training = parser.parse_args_into_dataclasses(args=rest)
+    _check_task_settings(model, sampling)
     explicit = set(RECIPE_DEFAULTS) | set(recipe) | set(_cli_keys(rest))
     resolved: dict[str, Any] = {}
     for args in (model, data, loss, sampling, precision_args):
@@ -218,6 +241,15 @@ def parse_recipe(argv: list[str] | None = None) -> Recipe:
         if f.name in explicit and f.name not in SECRET_KEYS:
             resolved[f.name] = _plain(getattr(training, f.name))
     return Recipe(model, data, loss, sampling, precision_args, training, resolved, known.config)
+
+
+def _check_task_settings(model: ModelArguments, sampling: SamplingArguments) -> None:
+    """Settings that only one kind of task uses are an error on the other, before any data is read."""
+    if get_labels(model.task).multilabel and (sampling.negative_keep_ratio, sampling.positive_weight) != (1.0, 1.0):
+        raise ValueError(
+            f"negative_keep_ratio and positive_weight apply to single-label tasks; task {model.task} balances its "
+            "classes with class_balance_power and empty_image_weight."
+        )
 
 
 def _class_names() -> str:

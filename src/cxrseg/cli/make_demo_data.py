@@ -1,17 +1,25 @@
-"""``cxrseg make-demo-data``: write the synthetic demo dataset in the PNG layout."""
+"""``cxrseg make-demo-data``: write a synthetic demo dataset in the PNG layout."""
 
 from __future__ import annotations
 
 import argparse
 
-from cxrseg.data.synthetic import make_demo_data
+from cxrseg.data.synthetic import DEMO_DATA_MAKERS, MULTILABEL_DEMO_CLASSES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "make-demo-data", help="Write a synthetic chest-radiograph-like pneumothorax dataset (PNG layout)."
+        "make-demo-data",
+        help="Write a synthetic chest-radiograph-like dataset (PNG layout): pneumothorax, or multi-label ChestX-Det.",
     )
     parser.add_argument("--out", required=True, help="New folder to create (must not exist).")
+    parser.add_argument(
+        "--task",
+        choices=sorted(DEMO_DATA_MAKERS),
+        default="pneumothorax",
+        help="pneumothorax (binary, default) or chestxdet (multi-label, 16-bit masks; draws "
+        f"{', '.join(MULTILABEL_DEMO_CLASSES)}, overlapping).",
+    )
     parser.add_argument("--num-images", type=int, default=400, help="Number of images (default 400).")
     parser.add_argument("--size", type=int, default=256, help="Image side, pixels (default 256).")
     parser.add_argument("--seed", type=int, default=0, help="Seed; the same seed gives the same files.")
@@ -19,6 +27,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = make_demo_data(args.out, num_images=args.num_images, size=args.size, seed=args.seed)
-    print(f"Wrote {args.num_images} images to {out}")
+    out = DEMO_DATA_MAKERS[args.task](args.out, num_images=args.num_images, size=args.size, seed=args.seed)
+    print(f"Wrote {args.num_images} {args.task} images to {out}")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 @dataclass
 class TrainingData:
     """train/val: ``datasets.Dataset`` with columns image, mask, image_id, is_positive and a transform that yields
-    ``pixel_values`` and ``labels``. pixel_counts: per class, summed over the training split (stored resolution)."""
+    ``pixel_values`` and ``labels``. pixel_counts: per class, summed over the training split (stored resolution).
+    train_class_presence: per training row, one flag per foreground class (``labels.foreground``): any pixel of it."""
 
     train: datasets.Dataset
     val: datasets.Dataset
@@ -32,6 +33,7 @@ class TrainingData:
     pixel_counts: list[int]
     num_pixels: int
     split: dict[str, list[str]]
+    train_class_presence: list[tuple[bool, ...]] = field(default_factory=list)
 
 
 def _rows_to_dataset(rows: list[IndexedImage]) -> datasets.Dataset:
@@ -171,4 +173,8 @@ def load_training_data(
         sum(index[row_of[i]].is_positive for i in val_ids),
         root,
     )
-    return TrainingData(train, val, labels, [r.is_positive for r in train_rows], pixel_counts, num_pixels, split)
+    first_foreground = labels.num_labels - len(labels.foreground)  # 1 skips single-label background
+    presence = [tuple(n > 0 for n in r.pixel_counts[first_foreground:]) for r in train_rows]
+    return TrainingData(
+        train, val, labels, [r.is_positive for r in train_rows], pixel_counts, num_pixels, split, presence
+    )

@@ -6,6 +6,9 @@ A pneumothorax is a region along the pleural border (lateral or apical) where lu
 field is darker, bounded by a faint thin pleural line — not a bright blob. Lesion sizes are log-normal from a few
 pixels to ~15% of the image (median ~0.8%, as in SIIM), some images have two regions, ~22% of images are positive.
 
+:func:`make_multilabel_demo_data` draws the ChestX-Det-like multi-label variant on the same anatomy: an enlarged
+heart (Cardiomegaly), basal effusions with a meniscus, masses and nodules, and the same pneumothorax, overlapping.
+
 Drawing by hand because no library generates radiograph-like phantoms; cv2 does the filtering and rasterising.
 """
 
@@ -20,6 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 from tqdm.auto import tqdm
+
+from cxrseg.labels import CHESTXDET_CLASSES, pack_multilabel
 
 POSITIVE_FRACTION = 0.22
 MEDIAN_LESION_FRACTION = 0.008  # of the image area, as SIIM's median lesion
@@ -117,21 +122,68 @@ def _pneumothorax(rng: np.random.Generator, lung: np.ndarray, target_pixels: flo
     return region.astype(np.uint8)
 
 
+def _heart(size: int, width_scale: float = 1.0, height_scale: float = 1.0) -> np.ndarray:
+    """The heart shadow: an ellipse low in the chest, left of the midline; float32 0/1 [S, S]. Scales enlarge it."""
+    s = size
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    rx, ry = s * 0.16 * width_scale, s * 0.13 * height_scale
+    return (((xx - s * 0.55) / rx) ** 2 + ((yy - s * 0.66) / ry) ** 2 < 1).astype(np.float32)
+
+
+def _render(
+    rng: np.random.Generator,
+    size: int,
+    right_lung: np.ndarray,
+    left_lung: np.ndarray,
+    hila: list[tuple[float, float]],
+    heart: np.ndarray,
+    pneumothorax: np.ndarray,
+    opacity: np.ndarray | None = None,
+) -> np.ndarray:
+    """Draw the radiograph (uint8 [S, S]) of given anatomy and findings.
+
+    pneumothorax: uint8 0/1 [S, S] (no markings, darker, a faint pleural line). opacity: optional float [S, S] in
+    [0, 1] of airless lung (effusion, nodules, masses): it removes the markings there and brightens towards soft
+    tissue. Draws from ``rng`` in a fixed order, so the binary generator's images stay the same.
+    """
+    s = size
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    torso = (((xx - s / 2) / (s * 0.44)) ** 2 + ((yy - s * 0.62) / (s * 0.62)) ** 2 < 1).astype(np.float32)
+    torso = cv2.GaussianBlur(torso, (0, 0), s / 25)
+    lungs = np.maximum(right_lung, left_lung).astype(np.float32)
+    mediastinum = ((np.abs(xx - s / 2) < s * 0.07) & (yy > s * 0.1)).astype(np.float32)
+    soft = cv2.GaussianBlur(np.maximum(heart, mediastinum), (0, 0), s / 60)
+    mask = pneumothorax
+
+    markings = _lung_markings(rng, s, hila) * lungs * (1 - mask)
+    if opacity is not None:
+        markings *= 1 - opacity
+    lung_field = cv2.GaussianBlur(lungs * (1 - 0.35 * soft), (0, 0), s / 100)
+    image = 15 + 125 * torso  # soft tissue
+    aeration = 85 * lung_field * (0.9 + 0.1 * _smooth_noise(rng, s, s / 30))
+    image -= aeration  # aerated lungs are dark
+    image += 95 * soft * torso
+    image += 38 * markings
+    image += 22 * _ribs(rng, s) * torso
+    if mask.any():  # a collapsed margin: no markings, darker, a faint pleural line on its inner edge
+        pleura = cv2.morphologyEx(mask, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) * (1 - mask) * right_lung
+        pleura |= cv2.morphologyEx(mask, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) * (1 - mask) * left_lung
+        image -= 30 * cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 0.8)
+        image += 30 * cv2.GaussianBlur(pleura.astype(np.float32), (0, 0), 0.6)
+    if opacity is not None:  # water density: the lung's darkness is filled in, a little brighter than soft tissue
+        image += opacity * (aeration + 25 * torso)
+    image += 3 * _smooth_noise(rng, s, 1.0) + 2.5 * rng.standard_normal((s, s))
+    image = cv2.GaussianBlur(image.astype(np.float32), (0, 0), 0.5)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
 def synthetic_radiograph(seed: int, size: int = 256, positive: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic image and mask: uint8 [size, size] gray, uint8 [size, size] 0/255 pneumothorax."""
     rng = np.random.default_rng(seed)
     s = size
     if positive is None:
         positive = rng.random() < POSITIVE_FRACTION
-    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
-    torso = (((xx - s / 2) / (s * 0.44)) ** 2 + ((yy - s * 0.62) / (s * 0.62)) ** 2 < 1).astype(np.float32)
-    torso = cv2.GaussianBlur(torso, (0, 0), s / 25)
     right_lung, left_lung, hila = _lung_masks(rng, s)
-    lungs = np.maximum(right_lung, left_lung).astype(np.float32)
-    heart = (((xx - s * 0.55) / (s * 0.16)) ** 2 + ((yy - s * 0.66) / (s * 0.13)) ** 2 < 1).astype(np.float32)
-    mediastinum = ((np.abs(xx - s / 2) < s * 0.07) & (yy > s * 0.1)).astype(np.float32)
-    soft = cv2.GaussianBlur(np.maximum(heart, mediastinum), (0, 0), s / 60)
-
     mask = np.zeros((s, s), np.uint8)
     if positive:
         fraction = np.exp(rng.normal(np.log(MEDIAN_LESION_FRACTION), 1.5))
@@ -141,30 +193,99 @@ def synthetic_radiograph(seed: int, size: int = 256, positive: bool | None = Non
         rng.shuffle(lungs_hit)
         for lung in lungs_hit[:regions]:
             mask |= _pneumothorax(rng, lung, fraction * s * s / regions)
-
-    markings = _lung_markings(rng, s, hila) * lungs * (1 - mask)
-    lung_field = cv2.GaussianBlur(lungs * (1 - 0.35 * soft), (0, 0), s / 100)
-    image = 15 + 125 * torso  # soft tissue
-    image -= 85 * lung_field * (0.9 + 0.1 * _smooth_noise(rng, s, s / 30))  # aerated lungs are dark
-    image += 95 * soft * torso
-    image += 38 * markings
-    image += 22 * _ribs(rng, s) * torso
-    if mask.any():  # a collapsed margin: no markings, darker, a faint pleural line on its inner edge
-        pleura = cv2.morphologyEx(mask, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) * (1 - mask) * right_lung
-        pleura |= cv2.morphologyEx(mask, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) * (1 - mask) * left_lung
-        image -= 30 * cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 0.8)
-        image += 30 * cv2.GaussianBlur(pleura.astype(np.float32), (0, 0), 0.6)
-    image += 3 * _smooth_noise(rng, s, 1.0) + 2.5 * rng.standard_normal((s, s))
-    image = cv2.GaussianBlur(image.astype(np.float32), (0, 0), 0.5)
-    return np.clip(image, 0, 255).astype(np.uint8), mask * 255
+    image = _render(rng, s, right_lung, left_lung, hila, _heart(s), mask)
+    return image, mask * 255
 
 
-def make_demo_data(out: str | os.PathLike, num_images: int = 400, size: int = 256, seed: int = 0) -> Path:
-    """Write ``num_images`` synthetic pairs to ``OUT/images/train`` and ``OUT/masks/train`` (plus labels.json).
+# --------------------------------------------------------------------------- multi-label (ChestX-Det-like)
 
-    Written into a temporary folder beside ``out`` and renamed at the end, so ``out`` is complete or absent.
-    ``out`` must not exist yet. Returns ``out``.
+MULTILABEL_DEMO_CLASSES = ("Cardiomegaly", "Effusion", "Mass", "Nodule", "Pneumothorax")
+"""The ChestX-Det findings the multi-label demo draws; the other 8 planes stay empty."""
+MULTILABEL_DEMO_PREVALENCE = {"Cardiomegaly": 0.3, "Effusion": 0.35, "Mass": 0.15, "Nodule": 0.25, "Pneumothorax": 0.15}
+"""Fraction of images holding each finding (drawn independently; Mass and Pneumothorax rare, as in ChestX-Det)."""
+
+
+def _effusion(rng: np.random.Generator, lung: np.ndarray) -> np.ndarray:
+    """Fluid in the base of ``lung`` below a meniscus that rises towards the lateral chest wall; uint8 0/1."""
+    ys, xs = np.nonzero(lung)
+    top, bottom, left, right = ys.min(), ys.max(), xs.min(), xs.max()
+    columns = np.arange(lung.shape[1], dtype=np.float32)
+    towards_wall = (right - columns) if (left + right) / 2 < lung.shape[1] / 2 else (columns - left)
+    lateral = np.clip(towards_wall / max(right - left, 1), 0, 1)  # 1 at the chest wall, 0 at the mediastinum
+    height = (bottom - top) * rng.uniform(0.12, 0.32)
+    boundary = bottom - height * (0.45 + 0.55 * lateral**1.5)  # y of the fluid's upper edge, per column
+    rows = np.arange(lung.shape[0], dtype=np.float32)[:, None]
+    return ((rows >= boundary[None, :]) & (lung > 0)).astype(np.uint8)
+
+
+def _disk(size: int, centre: tuple[float, float], radius: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    return (((xx - centre[0]) ** 2 + (yy - centre[1]) ** 2) <= radius**2).astype(np.uint8)
+
+
+def _point_in(rng: np.random.Generator, region: np.ndarray) -> tuple[float, float]:
+    ys, xs = np.nonzero(region)
+    k = int(rng.integers(len(xs)))
+    return float(xs[k]), float(ys[k])
+
+
+def synthetic_multilabel_radiograph(seed: int, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """One ChestX-Det-like image and its planes: uint8 [S, S] gray, uint8 0/1 [13, S, S] in CHESTXDET_CLASSES order.
+
+    Findings (:data:`MULTILABEL_DEMO_PREVALENCE`), each drawn its own way: Cardiomegaly = an enlarged heart (the
+    plane is the heart; a normal heart is unlabelled), Effusion = a bright homogeneous basal region with a meniscus,
+    Mass = a dense lobulated opacity of radius ~8-11% of the image, Nodule = 1-3 round opacities of radius ~3%,
+    Pneumothorax as the binary demo draws it. Regions overlap as in ChestX-Det: a left effusion runs into an
+    enlarged heart, a mass may sit on the heart border, nodules may lie in fluid, a pneumothorax may meet an effusion.
     """
+    rng = np.random.default_rng(seed)
+    s = size
+    has = {name: rng.random() < p for name, p in MULTILABEL_DEMO_PREVALENCE.items()}
+    planes = np.zeros((len(CHESTXDET_CLASSES), s, s), np.uint8)
+    plane = {name: planes[CHESTXDET_CLASSES.index(name)] for name in MULTILABEL_DEMO_CLASSES}  # views
+    right_lung, left_lung, hila = _lung_masks(rng, s)
+    lungs = np.maximum(right_lung, left_lung)
+    if has["Cardiomegaly"]:
+        heart = _heart(s, rng.uniform(1.35, 1.5), rng.uniform(1.1, 1.2))
+        plane["Cardiomegaly"][:] = heart.astype(np.uint8)
+    else:
+        heart = _heart(s, rng.uniform(0.92, 1.05), rng.uniform(0.95, 1.05))
+    opacity = np.zeros((s, s), np.float32)
+    if has["Effusion"]:
+        sides = ([right_lung], [left_lung], [right_lung, left_lung])[rng.choice(3, p=[0.35, 0.4, 0.25])]
+        for lung in sides:
+            plane["Effusion"][:] |= _effusion(rng, lung)
+        opacity = np.maximum(opacity, cv2.GaussianBlur(plane["Effusion"].astype(np.float32), (0, 0), s / 200 + 0.3))
+    heart_border = cv2.morphologyEx(heart.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) & lungs
+    if has["Mass"]:  # one dense lobulated opacity, half the time on the border of an enlarged heart
+        radius = s * rng.uniform(0.08, 0.11)
+        on_heart = has["Cardiomegaly"] and heart_border.any() and rng.random() < 0.5
+        centre = np.array(_point_in(rng, heart_border if on_heart else lungs))
+        mass = _disk(s, tuple(centre), radius)
+        for angle in rng.uniform(0, 2 * np.pi, 2):  # two lobes
+            lobe = centre + 0.6 * radius * np.array([np.cos(angle), np.sin(angle)])
+            mass |= _disk(s, tuple(lobe), radius * rng.uniform(0.5, 0.7))
+        plane["Mass"][:] = mass
+        density = rng.uniform(0.85, 1.0)
+        opacity = np.maximum(opacity, density * cv2.GaussianBlur(mass.astype(np.float32), (0, 0), radius / 8))
+    if has["Nodule"]:  # one to three small round opacities anywhere in the lungs (maybe in fluid)
+        for _ in range(int(rng.integers(1, 4))):
+            radius = s * rng.uniform(0.025, 0.035)
+            nodule = _disk(s, _point_in(rng, lungs), radius)
+            plane["Nodule"][:] |= nodule
+            density = rng.uniform(0.75, 0.9)
+            opacity = np.maximum(opacity, density * cv2.GaussianBlur(nodule.astype(np.float32), (0, 0), radius / 5))
+    if has["Pneumothorax"]:
+        lung = right_lung if rng.random() < 0.5 else left_lung
+        fraction = float(np.clip(np.exp(rng.normal(np.log(0.025), 0.5)), 0.006, 0.08))
+        plane["Pneumothorax"][:] = _pneumothorax(rng, lung, fraction * s * s)
+    image = _render(rng, s, right_lung, left_lung, hila, heart, plane["Pneumothorax"], opacity)
+    return image, planes
+
+
+def _write_demo_layout(out: str | os.PathLike, num_images: int, draw, task: str, desc: str) -> Path:
+    """Write ``num_images`` pairs ``draw(i) -> (image uint8 [S, S], mask)`` (mask: uint8 or uint16 [S, S]) and
+    labels.json ``{"task": task}`` into a temporary folder beside ``out``, then rename it to ``out``."""
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} already exists; remove it or choose another --out.")
@@ -173,13 +294,46 @@ def make_demo_data(out: str | os.PathLike, num_images: int = 400, size: int = 25
     try:
         for sub in ("images/train", "masks/train"):
             (tmp / sub).mkdir(parents=True)
-        for i in tqdm(range(num_images), desc="Drawing demo radiographs", unit="img"):
-            image, mask = synthetic_radiograph(seed * 1_000_003 + i, size)
+        for i in tqdm(range(num_images), desc=desc, unit="img"):
+            image, mask = draw(i)
             image_id = f"demo_{i:05d}"
             cv2.imwrite(str(tmp / "images/train" / f"{image_id}.png"), image)
             cv2.imwrite(str(tmp / "masks/train" / f"{image_id}.png"), mask)
-        (tmp / "labels.json").write_text(json.dumps({"task": "pneumothorax"}))
+        (tmp / "labels.json").write_text(json.dumps({"task": task}))
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def make_demo_data(out: str | os.PathLike, num_images: int = 400, size: int = 256, seed: int = 0) -> Path:
+    """Write ``num_images`` synthetic pairs to ``OUT/images/train`` and ``OUT/masks/train`` (plus labels.json).
+
+    Written into a temporary folder beside ``out`` and renamed at the end, so ``out`` is complete or absent.
+    ``out`` must not exist yet. Returns ``out``.
+    """
+    return _write_demo_layout(
+        out,
+        num_images,
+        lambda i: synthetic_radiograph(seed * 1_000_003 + i, size),
+        "pneumothorax",
+        "Drawing demo radiographs",
+    )
+
+
+def make_multilabel_demo_data(out: str | os.PathLike, num_images: int = 400, size: int = 256, seed: int = 0) -> Path:
+    """The ChestX-Det-like multi-label demo (:func:`synthetic_multilabel_radiograph`) in the PNG layout: 16-bit
+    bit-field masks (:func:`cxrseg.labels.pack_multilabel`) and labels.json ``{"task": "chestxdet"}``.
+
+    Complete or absent, like :func:`make_demo_data`; ``out`` must not exist yet. Returns ``out``.
+    """
+
+    def draw(i: int) -> tuple[np.ndarray, np.ndarray]:
+        image, planes = synthetic_multilabel_radiograph(seed * 1_000_003 + i, size)
+        return image, pack_multilabel(planes)
+
+    return _write_demo_layout(out, num_images, draw, "chestxdet", "Drawing multi-label demo radiographs")
+
+
+DEMO_DATA_MAKERS = {"pneumothorax": make_demo_data, "chestxdet": make_multilabel_demo_data}
+"""The demo generator of each task (the recipe key ``task``): ``maker(out, num_images, size, seed) -> out``."""
