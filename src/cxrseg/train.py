@@ -4,6 +4,7 @@ trainer → train → save → evaluate. Each stage is a call into the library; 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -14,12 +15,15 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from cxrseg.config import Recipe, parse_recipe, save_recipe
 from cxrseg.data.dataset import load_training_data
-from cxrseg.data.synthetic import make_demo_data
+from cxrseg.data.synthetic import DEMO_DATA_MAKERS
+from cxrseg.hub import HubAccessError, check_hub_access, push_folder, write_model_card
 from cxrseg.labels import get_labels
 from cxrseg.losses import build_loss
 from cxrseg.model import build_model
-from cxrseg.sampling import BalancedSampler
-from cxrseg.trainer import SegmentationTrainer, streaming_metrics
+from cxrseg.plots import plot_training_curves
+from cxrseg.sampling import BalancedSampler, ClassBalancedSampler
+from cxrseg.tracking import TrackingSetupError, check_tracking
+from cxrseg.trainer import SegmentationTrainer, record_image_ids, streaming_metrics
 
 logger = logging.getLogger("cxrseg.train")
 
@@ -45,6 +49,16 @@ def train(recipe: Recipe) -> dict[str, float]:
     datasets.utils.logging.set_verbosity(log_level)
     output_dir = Path(args.output_dir)
 
+    # ------------------------------------------------------------------ Start-up checks (tracking, Hub)
+    # Fail now rather than after training. We push ourselves at the end (our model card, no checkpoints), so the
+    # Trainer's own push is off.
+    push_to_hub, args.push_to_hub = args.push_to_hub, False
+    hub_model_id = args.hub_model_id
+    if args.process_index == 0:
+        check_tracking(args.report_to)
+        if push_to_hub:
+            hub_model_id = check_hub_access(args.hub_model_id or output_dir.name, args.hub_token)
+
     # ------------------------------------------------------------------ Last checkpoint
     # resume_from_checkpoint: a checkpoint folder, or "last" for the newest checkpoint-N in output_dir.
     last_checkpoint = args.resume_from_checkpoint
@@ -63,7 +77,7 @@ def train(recipe: Recipe) -> dict[str, float]:
     with args.main_process_first(desc="demo data and mask index"):
         if data_args.generate_demo_data and not Path(data_args.data_dir).exists():
             logger.info("Writing the synthetic demo dataset to %s", data_args.data_dir)
-            make_demo_data(data_args.data_dir, num_images=data_args.demo_num_images, seed=0)
+            DEMO_DATA_MAKERS[labels.task](data_args.data_dir, num_images=data_args.demo_num_images, seed=0)
         model, processor = build_model(
             model_args.model_name_or_path, model_args.model_config, labels, data_args.image_size
         )
@@ -82,6 +96,8 @@ def train(recipe: Recipe) -> dict[str, float]:
             max_eval_samples=data_args.max_eval_samples,
             num_proc=data_args.preprocessing_num_workers,
         )
+    if os.environ.get("CXRSEG_RECORD_TRAIN_IDS"):  # opt-in: which rows each process trained on (tests/test_ddp.py)
+        record_image_ids(data.train, Path(os.environ["CXRSEG_RECORD_TRAIN_IDS"]) / f"rank{args.process_index}.txt")
 
     # ------------------------------------------------------------------ Loss and sampler
     loss_fn = build_loss(
@@ -101,7 +117,14 @@ def train(recipe: Recipe) -> dict[str, float]:
     if weights is not None:
         logger.info("Class weights: %s", dict(zip(labels.names, [round(w, 4) for w in weights.tolist()])))
     sampler = None
-    if sampling_args.balanced_sampling:
+    if sampling_args.balanced_sampling and labels.multilabel:
+        sampler = ClassBalancedSampler(
+            data.train_class_presence,
+            sampling_args.class_balance_power,
+            sampling_args.empty_image_weight,
+            seed=args.seed,
+        )
+    elif sampling_args.balanced_sampling:
         sampler = BalancedSampler(
             data.train_is_positive, sampling_args.negative_keep_ratio, sampling_args.positive_weight, seed=args.seed
         )
@@ -133,11 +156,20 @@ def train(recipe: Recipe) -> dict[str, float]:
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
     if trainer.is_world_process_zero():
+        plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png", title=output_dir.name)
         logger.info(
             "Model saved to %s: load it with UperNetForSemanticSegmentation.from_pretrained(%r)",
             output_dir,
             str(output_dir),
         )
+
+    # ------------------------------------------------------------------ Model card and push to the Hub
+    if trainer.is_world_process_zero():
+        write_model_card(output_dir, hub_model_id)
+        if push_to_hub:
+            url = push_folder(output_dir, hub_model_id, private=args.hub_private_repo, token=args.hub_token)
+            logger.info("Pushed %s to %s", output_dir.name, url)
+    trainer.end()  # finish the trackers and leave the process group (without it DDP processes can abort at exit)
     return metrics
 
 
@@ -147,5 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    train(recipe)
+    try:
+        train(recipe)
+    except (TrackingSetupError, HubAccessError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0

@@ -4,6 +4,7 @@ evaluation and checkpoint loading that restores every tensor."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -42,6 +43,8 @@ class SegmentationTrainer(Trainer):
         self.auxiliary_loss_weight = auxiliary_loss_weight
         self.train_sampler = train_sampler
         self.auxiliary_logits = AuxiliaryLogits(self.model)
+        self._auxiliary_in_outputs = False
+        self.model.register_forward_hook(self._add_auxiliary_output)
         # Our loss is a per-batch mean: the Trainer must divide it by the gradient-accumulation steps.
         self.loss_is_scaled_for_ga = False
 
@@ -53,7 +56,13 @@ class SegmentationTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         labels = inputs["labels"]
-        outputs = model(pixel_values=inputs["pixel_values"])
+        self._auxiliary_in_outputs = model.training
+        try:
+            outputs = model(pixel_values=inputs["pixel_values"])
+        finally:
+            self._auxiliary_in_outputs = False
+        if model.training and isinstance(outputs, tuple):  # (outputs, auxiliary logits): _add_auxiliary_output
+            outputs = outputs[0]
         size = labels.shape[-2:]
         logits = outputs.logits
         if logits.shape[-2:] != size:
@@ -63,6 +72,18 @@ class SegmentationTrainer(Trainer):
         if auxiliary is not None and self.auxiliary_loss_weight:
             loss = loss + self.auxiliary_loss_weight * self.loss_fn(auxiliary, labels)
         return (loss, outputs) if return_outputs else loss
+
+    def _add_auxiliary_output(self, module: nn.Module, inputs: Any, output: Any) -> Any:
+        """In :meth:`compute_loss`'s training forward, make the model return ``(output, auxiliary logits)``.
+
+        DDP (with the Trainer's default ``find_unused_parameters=True``) marks as unused, right after the forward,
+        every parameter that none of the forward's outputs depends on. The auxiliary head feeds the loss only through
+        :class:`AuxiliaryLogits`' hook, so without this its gradients would arrive for parameters already marked
+        ("marked as ready twice") and multi-GPU training would fail at the first step.
+        """
+        if self._auxiliary_in_outputs and self.auxiliary_logits.value is not None:
+            return output, self.auxiliary_logits.value
+        return output
 
     def _init_training_state(
         self, max_steps: int, num_update_steps_per_epoch: int, num_train_epochs: int, resume_from_checkpoint, trial
@@ -97,6 +118,22 @@ def load_every_tensor(model: nn.Module, checkpoint: str | os.PathLike) -> None:
     logger.info("Restored %d tensors from %s (%s).", len(saved.state_dict()), checkpoint, result)
 
 
+def record_image_ids(dataset: Any, path: str | os.PathLike) -> None:
+    """Opt-in debugging hook: append to ``path`` the ``image_id`` of every row ``dataset`` yields, one per line.
+
+    Wraps the transform set by ``set_transform`` on a ``datasets.Dataset`` with an ``image_id`` column, so what is
+    recorded is what this process's data loader really read (in order), e.g. to check DDP sharding.
+    """
+    transform = dataset.format["format_kwargs"]["transform"]
+
+    def recording(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        with open(path, "a") as file:
+            file.writelines(f"{image_id}\n" for image_id in batch["image_id"])
+        return transform(batch)
+
+    dataset.set_transform(recording)
+
+
 def streaming_metrics(
     multilabel: bool, class_names: list[str], threshold: float = 0.5
 ) -> tuple[Callable[..., dict[str, float]], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
@@ -126,6 +163,7 @@ def streaming_metrics(
             return {}
         result = metrics.compute()
         metrics.reset()
-        return result
+        # Undefined values (AP of a class without positive pixels) are left out: the Trainer writes JSON files.
+        return {key: value for key, value in result.items() if not math.isnan(value)}
 
     return compute, preprocess

@@ -11,20 +11,26 @@ import logging
 import sys
 
 # Subcommand modules under cxrseg.cli, in the order `cxrseg --help` lists them.
-SUBCOMMANDS = ("make_demo_data", "prepare")
+SUBCOMMANDS = ("make_demo_data", "prepare", "evaluate", "predict", "visualize", "push", "env")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cxrseg", description=__doc__.splitlines()[0])
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; with a known subcommand in ``argv`` only that module is imported (some import torch, which
+    takes seconds), otherwise all of them (``cxrseg --help``)."""
+    parser = argparse.ArgumentParser(
+        prog="cxrseg", description="Chest X-ray segmentation with UperNet-Swin: data, evaluation, prediction, Hub."
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in SUBCOMMANDS:
+    chosen = next((arg.replace("-", "_") for arg in (argv or []) if not arg.startswith("-")), None)
+    for name in [chosen] if chosen in SUBCOMMANDS else SUBCOMMANDS:
         importlib.import_module(f"cxrseg.cli.{name}").register(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     return int(args.func(args) or 0)
 
 

@@ -1,0 +1,190 @@
+"""Distributed training for real: two processes (DDP over gloo on CPU) launched by the documented accelerate command,
+checked against the balanced sampler and a single-process evaluation; plus the accelerate configs and SLURM script."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from accelerate.commands.config.config_args import load_config_from_file
+from transformers import TrainingArguments, UperNetForSemanticSegmentation
+
+from cxrseg.data.dataset import load_training_data
+from cxrseg.labels import PNEUMOTHORAX
+from cxrseg.losses import DiceCELoss
+from cxrseg.model import build_image_processor
+from cxrseg.sampling import BalancedSampler
+from cxrseg.trainer import SegmentationTrainer, streaming_metrics
+from tests.conftest import TINY_MODEL_CONFIG
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCH = 2  # per process
+ACCUMULATION = 2  # gradient accumulation exercises DDP's no_sync steps too
+
+# Loaded into every process of the run (PYTHONPATH): logs, per rank, each Python-level write under the output folder
+# (open for writing, mkdir, rename/replace, remove). safetensors writes from Rust and is not seen.
+AUDIT_HOOK = textwrap.dedent(
+    """
+    import os, sys
+    _root, _rank = os.environ.get("AUDIT_ROOT"), os.environ.get("RANK")
+    if _root and _rank is not None:
+        _log = open(os.path.join(os.environ["AUDIT_DIR"], f"rank{_rank}.txt"), "a", buffering=1)
+        _flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+        def _hook(event, args):
+            if event == "open":
+                path, mode, flags = args
+                writing = any(c in mode for c in "wax+") if isinstance(mode, str) else bool((flags or 0) & _flags)
+            elif event in ("os.mkdir", "os.remove", "shutil.rmtree"):
+                path, writing = args[0], True
+            elif event == "os.rename":  # also os.replace: the destination is what gets written
+                path, writing = args[1], True
+            else:
+                return
+            if writing and isinstance(path, (str, os.PathLike)):
+                path = os.path.abspath(os.fspath(path))
+                if path == _root or path.startswith(_root + os.sep):
+                    _log.write(f"{event} {os.path.relpath(path, _root)}\\n")
+
+        sys.addaudithook(_hook)
+    """
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def expected_shards(indices: list[int], batch: int, world: int) -> list[list[int]]:
+    """Accelerate's sharding of a sampler (``even_batches=True``): the sequence is cut into batches, batch ``k`` goes
+    to process ``k % world``, and the sequence is completed with its own first items so every process gets the
+    same number of full batches."""
+    step = batch * world
+    total = -(-len(indices) // step) * step
+    padded = (indices * (total // len(indices) + 1))[:total]
+    batches = [padded[i : i + batch] for i in range(0, total, batch)]
+    return [[i for b in batches[rank::world] for i in b] for rank in range(world)]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run(tmp_path, demo_root):
+    out, ids, audit, site = (tmp_path / name for name in ("out", "ids", "audit", "site"))
+    for folder in (ids, audit, site):
+        folder.mkdir()
+    (site / "sitecustomize.py").write_text(AUDIT_HOOK)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+        "AUDIT_ROOT": str(out),
+        "AUDIT_DIR": str(audit),
+        "CXRSEG_RECORD_TRAIN_IDS": str(ids),
+        "OMP_NUM_THREADS": "1",
+    }
+    accelerate = Path(sys.executable).parent / "accelerate"
+    cmd = [
+        str(accelerate), "launch", "--config_file", "accelerate_configs/cpu_ddp.yaml",
+        "--main_process_port", str(free_port()),
+        "run_train.py", "--config", "recipe/demo.yaml",
+        "--data_dir", str(demo_root), "--image_size", "64", "--model_config", json.dumps(TINY_MODEL_CONFIG),
+        "--num_train_epochs", "1", "--per_device_train_batch_size", str(BATCH), "--per_device_eval_batch_size", "2",
+        "--gradient_accumulation_steps", str(ACCUMULATION), "--output_dir", str(out), "--logging_steps", "1",
+        "--report_to", "none",
+    ]  # fmt: skip
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    # Two processes trained, and each read its own shard of the balanced sampler's draws (the test process
+    # rebuilds the sampler from the saved split and recipe).
+    recipe = yaml.safe_load((out / "recipe.yaml").read_text())
+    processor = build_image_processor(64)
+    data = load_training_data(
+        demo_root, PNEUMOTHORAX, out / "splits.json", image_size=64, augmentation="none",
+        mean=processor.image_mean, std=processor.image_std, val_fraction=recipe["val_fraction"],
+    )  # fmt: skip
+    sampler = BalancedSampler(
+        data.train_is_positive, recipe["negative_keep_ratio"], recipe["positive_weight"], seed=recipe["seed"]
+    )
+    drawn = [data.split["train"][i] for i in sampler.indices(0)]  # dataset rows are the split's train ids, in order
+    consumed = [(ids / f"rank{rank}.txt").read_text().split() for rank in range(2)]
+    assert sorted(p.name for p in ids.iterdir()) == ["rank0.txt", "rank1.txt"]
+    assert consumed == expected_shards(drawn, BATCH, 2)
+    assert consumed[0] != consumed[1]
+    # Optimizer steps from each process's batches: half a single process's, so the Trainer ran with world size 2.
+    state = json.loads((out / "trainer_state.json").read_text())
+    batches = len(consumed[0]) // BATCH
+    assert batches == -(-len(drawn) // (2 * BATCH))
+    assert state["global_step"] == -(-batches // ACCUMULATION)
+
+    # The 2-process evaluation (sharded, gathered, padding dropped) equals a one-process evaluation of the saved model.
+    distributed = json.loads((out / "eval_results.json").read_text())
+    model = UperNetForSemanticSegmentation.from_pretrained(out)
+    compute, preprocess = streaming_metrics(False, ["pneumothorax"])
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "single"), per_device_eval_batch_size=3, use_cpu=True, report_to="none",
+        batch_eval_metrics=True, remove_unused_columns=False, label_names=["labels"],
+    )  # fmt: skip
+    trainer = SegmentationTrainer(
+        model=model, args=args, eval_dataset=data.val, compute_metrics=compute,
+        preprocess_logits_for_metrics=preprocess, loss_fn=DiceCELoss(),
+    )  # fmt: skip
+    single = trainer.evaluate()
+    assert distributed["eval_num_images"] == len(data.val) == single["eval_num_images"]
+    for key in ("dice", "iou", "kaggle_dice", "ap", "best_f1", "best_threshold", "num_positive_images"):
+        assert distributed[f"eval_{key}"] == pytest.approx(single[f"eval_{key}"], rel=1e-6, abs=1e-9, nan_ok=True), key
+
+    # Only the main process wrote outputs, except each process's RNG state in a checkpoint (needed to resume exactly).
+    writes = [(audit / f"rank{rank}.txt").read_text().split("\n") for rank in range(2)]
+    writes = [[line.split(" ", 1)[1] for line in lines if line] for lines in writes]
+    assert {"recipe.yaml", "trainer_state.json", "all_results.json", "README.md"} <= {Path(w).name for w in writes[0]}
+    for path in writes[1]:
+        parts = Path(path).parts
+        assert parts[0].startswith("checkpoint-") and (len(parts) == 1 or parts[1] == "rng_state_1.pth"), path
+
+
+def test_accelerate_configs_load():
+    """Every config parses with accelerate's own loader; the launch settings the README relies on hold."""
+    configs = {p.stem: load_config_from_file(str(p)) for p in (ROOT / "accelerate_configs").glob("*.yaml")}
+    assert {"single_gpu", "multi_gpu", "multi_node", "cpu_ddp"} <= configs.keys()
+    assert configs["single_gpu"].num_processes == 1
+    assert configs["cpu_ddp"].distributed_type == "MULTI_GPU" and configs["cpu_ddp"].num_processes == 2
+    assert configs["multi_gpu"].num_processes == -1  # accelerate then requires --num_processes
+    assert configs["multi_node"].num_machines == 2
+    for name, config in configs.items():
+        # a precision here would override a recipe that says mixed_precision: "no"
+        assert config.mixed_precision == "no", name
+
+
+def test_slurm_script_launches_each_node_with_its_rank(tmp_path):
+    """The SLURM script with stand-ins for srun/scontrol/accelerate: one launch per node, rank from SLURM_NODEID."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stubs = {
+        "srun": 'shift; for i in $(seq 0 $((SLURM_NNODES - 1))); do SLURM_NODEID=$i "$@"; done',
+        "scontrol": 'printf "node-a\\nnode-b\\n"',
+        "accelerate": f'echo "$@" >> {tmp_path}/launches.txt',
+    }
+    for name, body in stubs.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_NNODES": "2",
+           "SLURM_JOB_NODELIST": "node-[a-b]", "GPUS_PER_NODE": "4"}  # fmt: skip
+    result = subprocess.run(
+        ["bash", "scripts/slurm_train.sh", "recipe/balanced.yaml", "--learning_rate", "5.0e-5"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    launches = (tmp_path / "launches.txt").read_text().splitlines()
+    assert len(launches) == 2
+    for rank, line in enumerate(launches):
+        assert line.startswith("launch --config_file accelerate_configs/multi_node.yaml --num_machines 2 ")
+        assert f"--num_processes 8 --machine_rank {rank} --main_process_ip node-a --main_process_port 29500" in line
+        assert line.endswith("run_train.py --config recipe/balanced.yaml --learning_rate 5.0e-5")
