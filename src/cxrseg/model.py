@@ -11,8 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoImageProcessor, UperNetConfig, UperNetForSemanticSegmentation
 
-# The PIL backend: the default one needs torchvision, which has no wheel matching our pinned torch on every platform.
-from transformers import SegformerImageProcessorPil as SegformerImageProcessor
+try:  # the PIL backend: the default one needs torchvision, which has no wheel matching our pinned torch everywhere
+    from transformers import SegformerImageProcessorPil as SegformerImageProcessor
+except ImportError:  # transformers releases before the backend split
+    from transformers import SegformerImageProcessor
 
 from cxrseg.labels import IGNORE_INDEX, LabelSet
 
