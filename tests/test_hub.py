@@ -200,7 +200,7 @@ def test_model_card_chestxdet_and_synthetic(tmp_path):
     out = tmp_path / "cxd"
     model, _ = build_model(None, TINY_MODEL_CONFIG, CHESTXDET, 64)
     model.config.save_pretrained(out)
-    recipe = parse_recipe(["--config", "recipe/demo.yaml", "--task", "chestxdet", "--generate_demo_data", "false"])
+    recipe = parse_recipe(["--config", "recipe/chestxdet_demo.yaml", "--generate_demo_data", "false"])
     save_recipe(recipe, out / "recipe.yaml")
     (out / "all_results.json").write_text(json.dumps({"eval_dice": 0.5, "eval_dice/Nodule": 0.25, "eval_ap": 0.4}))
     text = model_card(out, "lab/cxd")

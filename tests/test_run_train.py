@@ -25,6 +25,8 @@ def test_run_train_writes_a_complete_output_folder(tmp_path):
         str(tmp_path / "demo"),
         "--demo_num_images",
         "16",
+        "--val_fraction",
+        "0.5",  # 16 demo images hold 2 positives: one lands in validation, so AP is defined
         "--image_size",
         "64",
         "--model_config",
@@ -48,6 +50,8 @@ def test_run_train_writes_a_complete_output_folder(tmp_path):
         "splits.json",
         "all_results.json",
         "trainer_state.json",
+        "training_curves.png",
+        "README.md",
     ):
         assert (out / name).is_file(), name
     config = json.loads((out / "config.json").read_text())
