@@ -354,3 +354,23 @@ def test_chestxdet_demo_recipe_trains_and_predicts_end_to_end(tmp_path):
     packed = cv2.imread(str(tmp_path / "pred" / "masks" / "demo_00000.png"), cv2.IMREAD_UNCHANGED)
     assert packed.dtype == np.uint16 and packed.shape == (256, 256)
     assert json.loads((tmp_path / "pred" / "labels.json").read_text())["names"] == list(CHESTXDET_CLASSES)
+    evaluated = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cxrseg",
+            "evaluate",
+            "--model",
+            str(out),
+            "--data",
+            str(tmp_path / "demo"),
+            "--out",
+            str(tmp_path / "eval"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]  # a multi-label summary table, no KeyError
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["dice"] == pytest.approx(results["eval_dice"], abs=1e-6)  # equals training's evaluation
