@@ -21,6 +21,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from cxrseg.data.transforms import AUGMENTATIONS
+from cxrseg.files import atomic_write_text
 from cxrseg.labels import get_labels
 
 
@@ -259,7 +260,5 @@ def _class_names() -> str:
 def save_recipe(recipe: Recipe, path: str | os.PathLike) -> None:
     """Write the resolved recipe as YAML (atomically); reloading it with ``--config`` reproduces the run."""
     path = Path(path)
-    tmp = path.with_suffix(".tmp")
     header = f"# Resolved recipe (from {Path(recipe.source).name if recipe.source else 'defaults'} + overrides)\n"
-    tmp.write_text(header + yaml.safe_dump(recipe.resolved, sort_keys=False))
-    os.replace(tmp, path)
+    atomic_write_text(path, header + yaml.safe_dump(recipe.resolved, sort_keys=False))

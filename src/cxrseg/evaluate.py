@@ -11,13 +11,11 @@ batches to :func:`~cxrseg.postprocess.search_postprocess`. Only one batch of pro
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,13 +26,14 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from cxrseg.data.dataset import _rows_to_dataset, make_transform
+from cxrseg.data.dataset import make_transform, rows_to_dataset
 from cxrseg.data.png_layout import DataError, IndexedImage, index_layout, list_pairs, read_layout_labels
 from cxrseg.data.transforms import to_gray
+from cxrseg.files import AtomicCsv, atomic_write_text
 from cxrseg.inference import Segmenter
 from cxrseg.labels import IGNORE_INDEX, binarize_mask, unpack_multilabel
 from cxrseg.metrics import SegmentationMetrics, dice_from_counts
-from cxrseg.plots import PRCurve, PredictionExample, atomic_write_bytes, default_file_mode, plot_pr_curve
+from cxrseg.plots import PRCurve, PredictionExample, plot_pr_curve
 from cxrseg.postprocess import POSTPROCESS_FILENAME, PostProcess, search_postprocess
 
 logger = logging.getLogger(__name__)
@@ -111,7 +110,7 @@ def evaluation_loader(
 ) -> DataLoader:
     """Batches of ``{"pixel_values": float32 [B, 3, S, S], "labels": int64 [B, S, S] or float32 [B, C, S, S],
     "image_id": list[str]}`` at the working size S, read and transformed in ``num_workers`` processes."""
-    dataset = _rows_to_dataset(list(rows))
+    dataset = rows_to_dataset(list(rows))
     pre = segmenter.preprocessor
     dataset.set_transform(_with_ids(make_transform(segmenter.labels, "none", pre.size[0], pre.mean, pre.std)))
     return DataLoader(
@@ -202,39 +201,6 @@ def default_out_dir(segmenter: Segmenter, split: str) -> Path:
     if segmenter.is_local:
         return segmenter.model_dir / "evaluation" / split
     return Path("evaluation") / segmenter.source.replace("/", "--") / split
-
-
-class AtomicCsv:
-    """A CSV written to a temporary file and renamed into place by :meth:`commit` (never half-written)."""
-
-    def __init__(self, path: Path, header: Sequence[str]) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        self.handle = os.fdopen(fd, "w", newline="")
-        self.writer = csv.writer(self.handle)
-        self.writer.writerow(header)
-
-    def writerow(self, row: Sequence) -> None:
-        self.writer.writerow(row)
-
-    def commit(self) -> None:
-        self.handle.close()
-        os.chmod(self.tmp, default_file_mode())
-        os.replace(self.tmp, self.path)
-
-    def discard(self) -> None:
-        self.handle.close()
-        Path(self.tmp).unlink(missing_ok=True)
-
-    def __enter__(self) -> AtomicCsv:
-        return self
-
-    def __exit__(self, kind, value, traceback) -> None:
-        if kind is None:
-            self.commit()
-        else:
-            self.discard()
 
 
 def _json_safe(value):
@@ -368,7 +334,7 @@ def evaluate(
         f"{segmenter.image_size}x{segmenter.image_size}",
     )
     text = json.dumps(_json_safe(result), indent=2) + "\n"
-    atomic_write_bytes(out / "metrics.json", text.encode())
+    atomic_write_text(out / "metrics.json", text)
     logger.info("Wrote %s, %s and %s.", out / "metrics.json", out / "per_image.csv", out / "pr_curve.png")
     return evaluation
 

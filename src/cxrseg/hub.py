@@ -26,6 +26,7 @@ from huggingface_hub import CommitOperationAdd, HfApi, ModelCardData
 from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import LocalTokenNotFoundError
 
+from cxrseg.files import atomic_write_text
 from cxrseg.labels import labels_from_config
 from cxrseg.postprocess import POSTPROCESS_FILENAME
 
@@ -352,10 +353,7 @@ def model_card(folder: str | os.PathLike, repo_id: str | None = None) -> str:
 def write_model_card(folder: str | os.PathLike, repo_id: str | None = None) -> Path:
     """Write :func:`model_card` to ``folder/README.md`` (atomically); returns its path."""
     path = Path(folder) / CARD_FILENAME
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(model_card(folder, repo_id))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, model_card(folder, repo_id))
 
 
 # ---------------------------------------------------------------------------------------------------- push

@@ -107,7 +107,9 @@ def build_model(
 
 class AuxiliaryLogits:
     """Captures the auxiliary head's output during the model's own forward pass (a forward hook), so the main and
-    auxiliary logits come from one forward without the built-in loss, and it works through DDP wrappers."""
+    auxiliary logits come from one forward without the built-in loss; it also works under ``torch.compile``
+    (``bench/compile_check.py``). Under DDP the logits must also leave the forward as an output, or DDP takes the
+    auxiliary head for unused: :class:`cxrseg.trainer.SegmentationTrainer` does that."""
 
     def __init__(self, model: UperNetForSemanticSegmentation) -> None:
         self.value: torch.Tensor | None = None

@@ -15,7 +15,6 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from cxrseg.files import atomic_write_text
 from cxrseg.metrics import _CHUNK_PIXELS, ArrayLike, _as_tensor, _check_probs, _count, _split_target, dice_from_counts
 
 logger = logging.getLogger(__name__)
@@ -104,15 +104,7 @@ class PostProcess:
         """Write JSON atomically (temporary file, then rename) to ``path``, or to ``path/postprocess.json`` if
         ``path`` is a directory. Returns the file written."""
         path = _resolve(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(dataclasses.asdict(self), f, indent=2)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
         return path
 
     @classmethod

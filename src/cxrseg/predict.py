@@ -34,10 +34,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from cxrseg.data.rle import rle_encode
-from cxrseg.evaluate import AtomicCsv
+from cxrseg.files import AtomicCsv, atomic_write_text
 from cxrseg.inference import IMAGE_SUFFIXES, Preprocessor, Segmenter, load_image
 from cxrseg.labels import pack_multilabel
-from cxrseg.plots import atomic_write_bytes, class_colours, overlay, write_png
+from cxrseg.plots import class_colours, overlay, write_png
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def predict(
     out.mkdir(parents=True, exist_ok=True)
     if multilabel:
         spec = {"task": segmenter.labels.task, "names": list(names), "multilabel": True}
-        atomic_write_bytes(out / "labels.json", (json.dumps(spec, indent=1) + "\n").encode())
+        atomic_write_text(out / "labels.json", json.dumps(spec, indent=1) + "\n")
     colours = class_colours(len(names))
     loader = DataLoader(
         InputImages(files, segmenter.preprocessor),

@@ -36,7 +36,7 @@ class TrainingData:
     train_class_presence: list[tuple[bool, ...]] = field(default_factory=list)
 
 
-def _rows_to_dataset(rows: list[IndexedImage]) -> datasets.Dataset:
+def rows_to_dataset(rows: list[IndexedImage]) -> datasets.Dataset:
     features = datasets.Features(
         {
             "image": datasets.Image(),
@@ -153,7 +153,7 @@ def load_training_data(
         index = _index_saved_dataset(source, labels, num_proc)
     else:
         index = index_layout(root, "train", labels, num_proc=num_proc)
-        source = _rows_to_dataset(index)
+        source = rows_to_dataset(index)
     row_of = {row.image_id: i for i, row in enumerate(index)}
     split = load_or_make_split(split_path, list(row_of), [row.is_positive for row in index], val_fraction, split_seed)
     train_ids = split["train"][:max_train_samples]

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from cxrseg.files import atomic_write_text
 from cxrseg.labels import PNEUMOTHORAX, LabelSet, get_labels
 
 logger = logging.getLogger(__name__)
@@ -158,10 +159,7 @@ def index_layout(root: str | os.PathLike, split: str, labels: LabelSet, num_proc
     else:
         index = [_index_pair(job) for job in tqdm(jobs, **progress)]
     try:
-        cache.parent.mkdir(exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps([asdict(row) for row in index]))
-        os.replace(tmp, cache)
+        atomic_write_text(cache, json.dumps([asdict(row) for row in index]))
     except OSError as error:  # a read-only dataset still trains; it is just indexed again next time
         logger.warning("Could not cache the index in %s (%s); it will be rebuilt next run.", cache.parent, error)
     return index

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from sklearn.model_selection import train_test_split
 
+from cxrseg.files import atomic_write_text
+
 
 def make_split(
     image_ids: Sequence[str], is_positive: Sequence[bool], val_fraction: float, seed: int
@@ -42,8 +44,5 @@ def load_or_make_split(
                 raise ValueError(f"{path}: {len(unknown)} {name} ids are not in the data (first: {unknown[0]!r}).")
         return {"train": split["train"], "val": split["val"]}
     split = make_split(image_ids, is_positive, val_fraction, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(split, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(split, indent=1))
     return split
