@@ -48,7 +48,6 @@ def ours(root: Path, augmentation: str, image_size: int, batch_size: int, out: P
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         val_fraction=0.05,
-        seed=0,
     )
     loader = torch.utils.data.DataLoader(data.train, batch_size=batch_size, collate_fn=default_data_collator)
     start = time.perf_counter()

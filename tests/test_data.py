@@ -186,3 +186,27 @@ def test_index_with_worker_processes_matches_one_process(tmp_path):
     one = index_layout(root, "train", PNEUMOTHORAX)
     shutil.rmtree(root / ".cxrseg-cache")
     assert index_layout(root, "train", PNEUMOTHORAX, num_proc=2) == one
+
+
+def test_data_loader_workers_draw_different_augmentations(tmp_path):
+    root = tmp_path / "data"
+    image = np.zeros((64, 64), np.uint8)
+    image[10:40, 20:30] = 255
+    for i in range(4):  # four identical pairs: any difference between outputs comes from the augmentation draws
+        write_pair(root, f"same{i}", image, (image > 0).astype(np.uint8))
+    data = load_training_data(
+        root,
+        PNEUMOTHORAX,
+        tmp_path / "splits.json",
+        image_size=64,
+        augmentation="standard",
+        mean=MEAN,
+        std=STD,
+        val_fraction=0.25,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    loader = torch.utils.data.DataLoader(data.train, batch_size=1, num_workers=2)
+    first, second, _ = [batch["pixel_values"] for batch in loader]  # worker 0's and worker 1's first items
+    assert not torch.equal(first, second)

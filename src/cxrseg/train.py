@@ -91,7 +91,6 @@ def train(recipe: Recipe) -> dict[str, float]:
             std=processor.image_std,
             val_fraction=data_args.val_fraction,
             split_seed=data_args.split_seed,
-            seed=args.seed,
             max_train_samples=data_args.max_train_samples,
             max_eval_samples=data_args.max_eval_samples,
             num_proc=data_args.preprocessing_num_workers,

@@ -11,6 +11,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+import torch
 
 from cxrseg.data.png_layout import DataError, IndexedImage, index_layout, mask_pixel_counts, read_layout_labels
 from cxrseg.data.splits import load_or_make_split
@@ -57,14 +58,24 @@ def rows_to_dataset(rows: list[IndexedImage]) -> datasets.Dataset:
 
 
 def make_transform(
-    labels: LabelSet, augmentation: str, image_size: int, mean, std, seed: int | None = None
+    labels: LabelSet, augmentation: str, image_size: int, mean, std
 ) -> Callable[[dict[str, list[Any]]], dict[str, list[Any]]]:
     """The ``set_transform`` function: a batch of decoded rows → ``pixel_values`` and ``labels`` (see
-    :class:`~cxrseg.data.transforms.ToModelInputs`). Masks become class indices or planes here, exactly once."""
-    pipeline = build_transforms(augmentation, image_size, seed=seed)
+    :class:`~cxrseg.data.transforms.ToModelInputs`). Masks become class indices or planes here, exactly once.
+
+    Random augmentations are reseeded from torch's generator for every batch: each data-loader worker has its own
+    torch seed, so workers draw different augmentations (a fixed albumentations seed would repeat one stream in
+    every worker), and a seeded run is reproducible. A run resumed mid-epoch draws them one batch shifted
+    (Accelerate fetches a batch ahead of the step a checkpoint saves), so only runs without random augmentation
+    resume bit-exactly.
+    """
+    pipeline = build_transforms(augmentation, image_size)
     to_inputs = ToModelInputs(mean, std)
+    random = augmentation != "none"
 
     def transform(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        if random:
+            pipeline.set_random_seed(int(torch.randint(2**31 - 1, ()).item()))
         pixel_values, targets = [], []
         for image, mask in zip(batch["image"], batch["mask"]):
             mask = np.asarray(mask)
@@ -126,7 +137,6 @@ def load_training_data(
     std,
     val_fraction: float = 0.1,
     split_seed: int = 42,
-    seed: int | None = None,
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
     num_proc: int = 1,
@@ -160,7 +170,7 @@ def load_training_data(
     val_ids = split["val"][:max_eval_samples]
     train = source.select([row_of[i] for i in train_ids])
     val = source.select([row_of[i] for i in val_ids])
-    train.set_transform(make_transform(labels, augmentation, image_size, mean, std, seed))
+    train.set_transform(make_transform(labels, augmentation, image_size, mean, std))
     val.set_transform(make_transform(labels, "none", image_size, mean, std))
     train_rows = [index[row_of[i]] for i in train_ids]
     pixel_counts = np.sum([row.pixel_counts for row in train_rows], axis=0).tolist()
