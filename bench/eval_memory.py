@@ -26,20 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-TINY_MODEL_CONFIG = {
-    "backbone_config": {
-        "model_type": "swin",
-        "image_size": 128,
-        "embed_dim": 16,
-        "depths": [1, 1, 1, 1],
-        "num_heads": [1, 1, 1, 1],
-        "window_size": 4,
-        "out_features": ["stage1", "stage2", "stage3", "stage4"],
-    },
-    "hidden_size": 16,
-    "auxiliary_channels": 8,
-    "auxiliary_in_channels": 64,
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_step import MODELS  # noqa: E402  (one home for the bench models)
+
+TINY_MODEL_CONFIG = MODELS["tiny"]
 
 
 def child(args: argparse.Namespace) -> None:
