@@ -29,10 +29,10 @@ from PIL import Image  # noqa: E402
 from transformers import default_data_collator  # noqa: E402
 
 from cxrseg.data.dataset import load_training_data  # noqa: E402
-from cxrseg.data.synthetic import make_demo_data  # noqa: E402
 from cxrseg.data.transforms import ToModelInputs, build_transforms  # noqa: E402
 from cxrseg.labels import PNEUMOTHORAX, binarize_mask  # noqa: E402
 from cxrseg.model import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from cxrseg.synthetic import make_demo_data  # noqa: E402
 
 torch.set_num_threads(1)
 cv2.setNumThreads(1)

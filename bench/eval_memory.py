@@ -90,9 +90,9 @@ def measure(script: Path, model: Path, data: Path, split: str, out: Path, batch_
 
 
 def parent(args: argparse.Namespace) -> None:
-    from cxrseg.data.synthetic import make_demo_data
     from cxrseg.labels import PNEUMOTHORAX
     from cxrseg.model import build_model
+    from cxrseg.synthetic import make_demo_data
 
     with tempfile.TemporaryDirectory(prefix="cxrseg-eval-memory-") as tmp:
         root = Path(tmp)

@@ -27,9 +27,9 @@ import numpy as np
 import pydicom
 from PIL import Image
 
-from cxrseg.data.dicom import write_dicom
-from cxrseg.data.prepare_siim import prepare_siim
-from cxrseg.data.rle import rle_encode
+from cxrseg.prepare.dicom import write_dicom
+from cxrseg.prepare.rle import rle_encode
+from cxrseg.prepare.siim import prepare_siim
 
 
 def make_raw(root: Path, num_images: int, seed: int = 0) -> tuple[Path, Path]:

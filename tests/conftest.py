@@ -29,6 +29,6 @@ TINY_MODEL_CONFIG = {
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory):
     """A 24-image synthetic dataset (64 px) in the PNG layout, shared read-only by the session's tests."""
-    from cxrseg.data.synthetic import make_demo_data
+    from cxrseg.synthetic import make_demo_data
 
     return make_demo_data(tmp_path_factory.mktemp("data") / "demo", num_images=24, size=64, seed=1)

@@ -17,14 +17,14 @@ from transformers import TrainingArguments, default_data_collator
 from cxrseg.cli import main as cxrseg_main
 from cxrseg.data.dataset import load_training_data
 from cxrseg.data.png_layout import read_layout_labels
-from cxrseg.data.prepare_chestxdet import prepare_chestxdet
-from cxrseg.data.synthetic import MULTILABEL_DEMO_CLASSES, synthetic_multilabel_radiograph
 from cxrseg.inference import load_segmenter
 from cxrseg.labels import CHESTXDET, CHESTXDET_CLASSES, unpack_multilabel
 from cxrseg.losses import build_loss
 from cxrseg.model import build_model
 from cxrseg.predict import predict
+from cxrseg.prepare.chestxdet import prepare_chestxdet
 from cxrseg.sampling import ClassBalancedSampler
+from cxrseg.synthetic import MULTILABEL_DEMO_CLASSES, synthetic_multilabel_radiograph
 from cxrseg.trainer import SegmentationTrainer, streaming_metrics
 from tests.conftest import TINY_MODEL_CONFIG
 

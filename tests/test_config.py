@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from cxrseg.config import parse_recipe, save_recipe
+from cxrseg.errors import RecipeError
 
 RECIPES = sorted(Path("recipe").glob("*.yaml"))
 
@@ -39,12 +40,12 @@ def test_yaml_exponent_without_dot_is_still_a_float(tmp_path):
 
 def test_unknown_yaml_key_names_key_and_file(tmp_path):
     config = _write(tmp_path, "learning_rat: 1.0e-4\n")
-    with pytest.raises(ValueError, match=r"'learning_rat'.*r\.yaml"):
+    with pytest.raises(RecipeError, match=r"'learning_rat'.*r\.yaml"):
         parse_recipe(["--config", config])
 
 
 def test_unknown_cli_key_is_an_error(tmp_path):
-    with pytest.raises(ValueError, match=r"'negative_keep'.*command line"):
+    with pytest.raises(RecipeError, match=r"'negative_keep'.*command line"):
         parse_recipe(["--config", _write(tmp_path, "{}\n"), "--negative_keep", "0.1"])
 
 
@@ -77,7 +78,7 @@ def test_saved_recipe_reproduces_the_run(tmp_path):
 
 def test_single_label_sampling_settings_on_a_multilabel_task_fail_at_parse_time(tmp_path):
     config = _write(tmp_path, "task: chestxdet\nnegative_keep_ratio: 0.15\n")
-    with pytest.raises(ValueError, match="class_balance_power"):
+    with pytest.raises(RecipeError, match="class_balance_power"):
         parse_recipe(["--config", config])
-    with pytest.raises(ValueError, match="Unknown task"):
+    with pytest.raises(RecipeError, match="task must be one of"):
         parse_recipe(["--task", "lungs"])

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from cxrseg.data.dataset import load_training_data
-from cxrseg.data.png_layout import DataError, index_layout
+from cxrseg.data.png_layout import index_layout
 from cxrseg.data.splits import load_or_make_split, make_split
-from cxrseg.data.synthetic import make_demo_data, synthetic_radiograph
 from cxrseg.data.transforms import AUGMENTATIONS, ToModelInputs, build_transforms
+from cxrseg.errors import DataError
 from cxrseg.labels import PNEUMOTHORAX
+from cxrseg.synthetic import make_demo_data, synthetic_radiograph
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -111,7 +112,7 @@ def test_split_is_stratified_and_seeded():
 def test_saved_split_with_unknown_ids_is_an_error(tmp_path):
     path = tmp_path / "splits.json"
     path.write_text(json.dumps({"train": ["a", "zzz"], "val": ["b"]}))
-    with pytest.raises(ValueError, match="zzz"):
+    with pytest.raises(DataError, match="zzz"):
         load_or_make_split(path, ["a", "b"], [False, True], 0.5, 0)
 
 
@@ -168,7 +169,7 @@ def test_synthetic_data_is_deterministic_and_realistic(tmp_path):
 
 
 def test_a_saved_datasets_folder_trains_like_the_layout(tmp_path):
-    from cxrseg.data.layout_writer import layout_to_datasetdict
+    from cxrseg.prepare.writer import layout_to_datasetdict
 
     root = small_layout(tmp_path / "data")
     layout_to_datasetdict(root).save_to_disk(str(tmp_path / "saved"))

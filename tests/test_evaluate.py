@@ -16,8 +16,9 @@ from PIL import Image
 from torch import nn
 
 from cxrseg.cli import main
-from cxrseg.data.png_layout import DataError, index_layout
+from cxrseg.data.png_layout import index_layout
 from cxrseg.data.splits import make_split
+from cxrseg.errors import DataError, UsageError
 from cxrseg.evaluate import ImageResult, evaluate, search_grid, select_examples, split_rows
 from cxrseg.inference import Preprocessor, Segmenter, load_segmenter
 from cxrseg.labels import PNEUMOTHORAX, LabelSet, pack_multilabel
@@ -235,7 +236,7 @@ def test_multilabel_model_is_scored_per_class(tmp_path):
     rows = read_csv(out / "per_image.csv")
     assert len(rows) == 6 * 3 and [r["class"] for r in rows[:3]] == list(names)
     assert result.out_dir == out and Image.open(out / "pr_curve.png").size == (800, 640)
-    with pytest.raises(ValueError, match="one foreground class"):
+    with pytest.raises(UsageError, match="one foreground class"):
         evaluate(segmenter, root, "train", tmp_path / "x", search=True)
 
 

@@ -21,11 +21,11 @@ from transformers import AutoImageProcessor, UperNetForSemanticSegmentation, pip
 import cxrseg.hub
 from cxrseg.cli import main as cli_main
 from cxrseg.config import parse_recipe, save_recipe
-from cxrseg.data.synthetic import synthetic_radiograph
 from cxrseg.hub import HubAccessError, check_hub_access, model_card, push_folder, upload_plan
 from cxrseg.labels import CHESTXDET, PNEUMOTHORAX
 from cxrseg.model import build_model
 from cxrseg.postprocess import PostProcess
+from cxrseg.synthetic import synthetic_radiograph
 from cxrseg.train import main as train_main
 from tests.conftest import TINY_MODEL_CONFIG
 
@@ -290,5 +290,5 @@ def test_push_cli(output_folder, hub, capsys):
     assert ("create_repo", "lab/cli", True) in hub.calls
     assert 'model="lab/cli"' in (hub.repo / "README.md").read_text()
     hub.error = OSError("Failed to resolve 'huggingface.co'")
-    assert cli_main(["push", "--model", str(output_folder), "--repo-id", "lab/cli"]) == 1
+    assert cli_main(["push", "--model", str(output_folder), "--repo-id", "lab/cli"]) == 2
     assert "cannot be reached" in capsys.readouterr().err

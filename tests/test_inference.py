@@ -15,12 +15,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cxrseg.data.dataset import make_transform
-from cxrseg.data.dicom import write_dicom
+from cxrseg.errors import DataError, ModelLoadError
 from cxrseg.evaluate import default_out_dir
-from cxrseg.inference import ModelLoadError, feature_maps, load_image, load_segmenter
+from cxrseg.inference import feature_maps, load_image, load_segmenter
 from cxrseg.labels import PNEUMOTHORAX, LabelSet
 from cxrseg.model import build_model
 from cxrseg.postprocess import PostProcess
+from cxrseg.prepare.dicom import write_dicom
 from tests.conftest import TINY_MODEL_CONFIG
 
 
@@ -149,7 +150,7 @@ def test_load_image_reads_png_jpeg_dicom_and_names_a_corrupt_file(tmp_path):
     ct = load_image(pydicom.data.get_testdata_file("CT_small.dcm"))  # 16-bit, rescaled
     assert ct.dtype == np.uint8 and ct.shape == (128, 128)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    with pytest.raises(OSError, match="broken.png"):
+    with pytest.raises(DataError, match="broken.png"):
         load_image(tmp_path / "broken.png")
 
 

@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
 
+from cxrseg.errors import DataError, RecipeError
 from cxrseg.labels import IGNORE_INDEX
 from cxrseg.losses import DiceBCELoss, DiceCELoss, build_loss, class_weights_from_counts, positive_weights_from_counts
 
@@ -50,14 +51,14 @@ def test_class_weights_inverse_frequency():
     weights = class_weights_from_counts([990_780, 9_220])
     assert weights == pytest.approx([1_000_000 / (2 * 990_780), 1_000_000 / (2 * 9_220)])
     assert weights[0] == pytest.approx(0.5047, abs=1e-4)
-    with pytest.raises(ValueError, match=r"\[1\]"):
+    with pytest.raises(DataError, match=r"\[1\]"):
         class_weights_from_counts([10, 0])
 
 
 def test_build_loss_auto_weights_are_used():
     loss = build_loss(False, "auto", [900, 100], 1000)
     assert loss.class_weights.tolist() == pytest.approx([1000 / 1800, 1000 / 200])
-    with pytest.raises(ValueError, match="3 values"):
+    with pytest.raises(RecipeError, match="3 values"):
         build_loss(False, [1.0, 2.0, 3.0], [900, 100], 1000)
 
 
@@ -115,5 +116,5 @@ def test_build_loss_auto_multilabel_uses_capped_positive_weights():
     assert isinstance(loss, DiceBCELoss)
     assert loss.pos_weight.tolist() == [1.0, 20.0, 20.0]
     assert build_loss(True, [1.0, 2.0, 3.0], counts, num_pixels).pos_weight.tolist() == [1.0, 2.0, 3.0]
-    with pytest.raises(ValueError, match="2 values"):
+    with pytest.raises(RecipeError, match="2 values"):
         build_loss(True, [1.0, 2.0], counts, num_pixels)

@@ -16,12 +16,13 @@ import pytest
 from PIL import Image
 
 from cxrseg.cli import main
-from cxrseg.data.dicom import write_dicom
-from cxrseg.data.rle import rle_decode
+from cxrseg.errors import PredictError
 from cxrseg.inference import load_image, load_segmenter
 from cxrseg.labels import LabelSet, unpack_multilabel
 from cxrseg.postprocess import PostProcess
-from cxrseg.predict import PredictError, list_inputs, predict
+from cxrseg.predict import list_inputs, predict
+from cxrseg.prepare.dicom import write_dicom
+from cxrseg.prepare.rle import rle_decode
 from tests.test_inference import save_tiny_model
 
 # A real radiograph (NIH ChestX-ray14, 512 x 512) from the shared/ folder beside the checkout; read-only.

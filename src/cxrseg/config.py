@@ -21,8 +21,9 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from cxrseg.data.transforms import AUGMENTATIONS
+from cxrseg.errors import RecipeError
 from cxrseg.files import atomic_write_text
-from cxrseg.labels import get_labels
+from cxrseg.labels import TASKS, get_labels
 
 
 @dataclass
@@ -41,8 +42,10 @@ class ModelArguments:
     task: str = field(default="pneumothorax", metadata={"help": "pneumothorax (softmax) or chestxdet (multi-label)."})
 
     def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise RecipeError(f"task must be one of {sorted(TASKS)}, got {self.task!r}.")
         if self.model_name_or_path is None and self.model_config is None:
-            raise ValueError("Set model_name_or_path (a Hub id or folder) or model_config (an inline config).")
+            raise RecipeError("Set model_name_or_path (a Hub id or folder) or model_config (an inline config).")
 
 
 @dataclass
@@ -62,9 +65,9 @@ class DataArguments:
 
     def __post_init__(self) -> None:
         if self.augmentation not in AUGMENTATIONS:
-            raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {self.augmentation!r}.")
+            raise RecipeError(f"augmentation must be one of {AUGMENTATIONS}, got {self.augmentation!r}.")
         if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}.")
+            raise RecipeError(f"val_fraction must be in (0, 1), got {self.val_fraction}.")
 
 
 @dataclass
@@ -134,7 +137,7 @@ class PrecisionArguments:
 
     def __post_init__(self) -> None:
         if self.mixed_precision not in PRECISIONS:
-            raise ValueError(f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}.")
+            raise RecipeError(f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}.")
 
 
 PRECISIONS = ("auto", "bf16", "fp16", "no")
@@ -209,7 +212,7 @@ def _cli_keys(argv: list[str]) -> list[str]:
 
 
 def parse_recipe(argv: list[str] | None = None) -> Recipe:
-    """Parse ``--config FILE`` plus overrides (see module docstring). Raises ``ValueError`` on unknown keys."""
+    """Parse ``--config FILE`` plus overrides (see module docstring). Raises :class:`~cxrseg.errors.RecipeError`."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, rest = pre.parse_known_args(argv)
@@ -217,17 +220,19 @@ def parse_recipe(argv: list[str] | None = None) -> Recipe:
     if known.config is not None:
         path = Path(known.config)
         if not path.is_file():
-            raise FileNotFoundError(f"Recipe {path} does not exist (recipes live in recipe/).")
+            raise RecipeError(f"Recipe {path} does not exist (recipes live in recipe/).")
         recipe = yaml.safe_load(path.read_text()) or {}
         if not isinstance(recipe, dict):
-            raise ValueError(f"Recipe {path} must be a flat mapping of keys to values.")
+            raise RecipeError(f"Recipe {path} must be a flat mapping of keys to values.")
     keys = _known_keys()
     for key in recipe:
         if key not in keys:
-            raise ValueError(f"Unknown key {key!r} in {known.config}. Known keys are the fields of {_class_names()}.")
+            raise RecipeError(f"Unknown key {key!r} in {known.config}. Known keys are the fields of {_class_names()}.")
     for key in _cli_keys(rest):
         if key not in keys and key not in ("help", "h"):
-            raise ValueError(f"Unknown key {key!r} on the command line. Known keys are the fields of {_class_names()}.")
+            raise RecipeError(
+                f"Unknown key {key!r} on the command line. Known keys are the fields of {_class_names()}."
+            )
     pre.add_argument("--mixed_precision", default=recipe.get("mixed_precision", "auto"))
     precision = precision_defaults(pre.parse_known_args(rest)[0].mixed_precision)
     parser = HfArgumentParser(ARGUMENT_CLASSES, allow_abbrev=False)
@@ -247,7 +252,7 @@ def parse_recipe(argv: list[str] | None = None) -> Recipe:
 def _check_task_settings(model: ModelArguments, sampling: SamplingArguments) -> None:
     """Settings that only one kind of task uses are an error on the other, before any data is read."""
     if get_labels(model.task).multilabel and (sampling.negative_keep_ratio, sampling.positive_weight) != (1.0, 1.0):
-        raise ValueError(
+        raise RecipeError(
             f"negative_keep_ratio and positive_weight apply to single-label tasks; task {model.task} balances its "
             "classes with class_balance_power and empty_image_weight."
         )

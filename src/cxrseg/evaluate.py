@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from cxrseg.data.dataset import make_transform, rows_to_dataset
 from cxrseg.data.png_layout import DataError, IndexedImage, index_layout, list_pairs, read_layout_labels
 from cxrseg.data.transforms import to_gray
+from cxrseg.errors import UsageError
 from cxrseg.files import AtomicCsv, atomic_write_text
 from cxrseg.inference import Segmenter
 from cxrseg.labels import IGNORE_INDEX, binarize_mask, unpack_multilabel
@@ -237,7 +238,7 @@ def evaluate(
     """
     names = segmenter.output_names
     if search and len(names) != 1:
-        raise ValueError(
+        raise UsageError(
             f"--search-postprocess needs a model with one foreground class; {segmenter.source} has "
             f"{len(names)} ({', '.join(names)})."
         )

@@ -26,6 +26,7 @@ from huggingface_hub import CommitOperationAdd, HfApi, ModelCardData
 from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import LocalTokenNotFoundError
 
+from cxrseg.errors import HubAccessError, ModelLoadError
 from cxrseg.files import atomic_write_text
 from cxrseg.labels import labels_from_config
 from cxrseg.postprocess import POSTPROCESS_FILENAME
@@ -75,10 +76,6 @@ DATASETS = {
         (CHESTXDET_CITATION, NIH_CITATION),
     ),
 }
-
-
-class HubAccessError(RuntimeError):
-    """The Hub cannot be used for this push (offline, no or read-only token, foreign namespace)."""
 
 
 # ---------------------------------------------------------------------------------------------------- start-up check
@@ -195,7 +192,7 @@ def model_card(folder: str | os.PathLike, repo_id: str | None = None) -> str:
     folder = Path(folder)
     config = _read_json(folder / "config.json")
     if "id2label" not in config:
-        raise FileNotFoundError(f"{folder / 'config.json'} with id2label is missing: is {folder} an output folder?")
+        raise ModelLoadError(f"{folder / 'config.json'} with id2label is missing: is {folder} an output folder?")
     labels = labels_from_config(config["id2label"])
     recipe_path = folder / RECIPE_FILENAME
     recipe = yaml.safe_load(recipe_path.read_text()) if recipe_path.is_file() else {}
@@ -215,7 +212,7 @@ def model_card(folder: str | os.PathLike, repo_id: str | None = None) -> str:
     )
     title = repo_id.split("/")[-1] if repo_id else f"cxrseg {labels.task} model"
     data_line = (
-        "the synthetic demo dataset of `cxrseg.data.synthetic` (drawn radiograph-like images, **not real X-rays**)"
+        "the synthetic demo dataset of `cxrseg.synthetic` (drawn radiograph-like images, **not real X-rays**)"
         if synthetic
         else f"[{dataset_name}]({dataset_url})"
         if dataset_url
@@ -392,7 +389,7 @@ def push_folder(
     """
     folder = Path(folder)
     if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
-        raise FileNotFoundError(f"{folder} has no config.json and *.safetensors: not a saved model folder.")
+        raise ModelLoadError(f"{folder} has no config.json and *.safetensors: not a saved model folder.")
     write_model_card(folder, repo_id)
     plan = upload_plan(folder, token)
     api = HfApi(token=token)

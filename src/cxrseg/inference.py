@@ -27,10 +27,11 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import AutoImageProcessor, UperNetForSemanticSegmentation
 
-from cxrseg.data.dicom import read_dicom
 from cxrseg.data.transforms import ToModelInputs, build_transforms, to_gray
+from cxrseg.errors import DataError, ModelLoadError
 from cxrseg.labels import LabelSet, labels_from_config
 from cxrseg.postprocess import POSTPROCESS_FILENAME, PostProcess
+from cxrseg.prepare.dicom import read_dicom
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +51,6 @@ HUB_FILES = (
     "trainer_state.json",
 )
 """What is downloaded of a Hub model repository (checkpoints and other large files are not)."""
-
-
-class ModelLoadError(ValueError):
-    """A model that cannot be loaded; the message names the folder or Hub id and what is wrong."""
 
 
 def resolve_model(model: str | os.PathLike) -> tuple[Path, bool]:
@@ -85,8 +82,9 @@ def resolve_model(model: str | os.PathLike) -> tuple[Path, bool]:
 def load_image(path: str | os.PathLike) -> np.ndarray:
     """A radiograph file (PNG, JPEG, DICOM; any size, 8 or 16 bit, gray or colour) as uint8 gray ``[H, W]``.
 
-    DICOM (``.dcm``/``.dicom``) goes through :func:`cxrseg.data.dicom.read_dicom`; the others through Pillow and
-    :func:`cxrseg.data.transforms.to_gray`. Raises ``OSError``/``ValueError`` (with the path) for unreadable files.
+    DICOM (``.dcm``/``.dicom``) goes through :func:`cxrseg.prepare.dicom.read_dicom`; the others through Pillow and
+    :func:`cxrseg.data.transforms.to_gray`. Raises :class:`~cxrseg.errors.DataError` or
+    :class:`~cxrseg.errors.DicomError` (naming the path) for unreadable files.
     """
     path = Path(path)
     if path.suffix.lower() in DICOM_SUFFIXES:
@@ -98,9 +96,9 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
                 image = image.convert("RGB")  # palette, 1-bit, CMYK, ...
             pixels = np.asarray(image)
     except Exception as error:  # Pillow raises several types for corrupt or truncated files
-        raise OSError(f"{path}: unreadable image ({type(error).__name__}: {error})") from error
+        raise DataError(f"{path}: unreadable image ({type(error).__name__}: {error})") from error
     if pixels.ndim not in (2, 3) or min(pixels.shape[:2]) == 0:
-        raise ValueError(f"{path}: unexpected image shape {pixels.shape}.")
+        raise DataError(f"{path}: unexpected image shape {pixels.shape}.")
     return to_gray(pixels)
 
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxrseg.errors import DataError, RecipeError
 from cxrseg.labels import IGNORE_INDEX
 
 
@@ -109,7 +110,7 @@ def class_weights_from_counts(pixel_counts: Sequence[int]) -> list[float]:
     counts = [int(n) for n in pixel_counts]
     if any(n <= 0 for n in counts):
         missing = [i for i, n in enumerate(counts) if n <= 0]
-        raise ValueError(f"Cannot weight classes {missing}: they have no pixels in the training masks.")
+        raise DataError(f"Cannot weight classes {missing}: they have no pixels in the training masks.")
     total = sum(counts)
     return [total / (len(counts) * n) for n in counts]
 
@@ -139,6 +140,8 @@ def build_loss(
             else class_weights_from_counts(pixel_counts)
         )
     if class_weights is not None and len(class_weights) != len(pixel_counts):
-        raise ValueError(f"class_weights has {len(class_weights)} values but the task has {len(pixel_counts)} classes.")
+        raise RecipeError(
+            f"class_weights has {len(class_weights)} values but the task has {len(pixel_counts)} classes."
+        )
     loss_class = DiceBCELoss if multilabel else DiceCELoss
     return loss_class(class_weights, lambda_ce=lambda_ce, lambda_dice=lambda_dice, smooth=smooth, batch_dice=batch_dice)

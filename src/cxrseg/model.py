@@ -16,6 +16,7 @@ try:  # the PIL backend: the default one needs torchvision, which has no wheel m
 except ImportError:  # transformers releases before the backend split
     from transformers import SegformerImageProcessor
 
+from cxrseg.errors import RecipeError
 from cxrseg.labels import IGNORE_INDEX, LabelSet
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def build_image_processor(image_size: int) -> SegformerImageProcessor:
 def _inline_config(model_config: str | dict[str, Any], labels: LabelSet) -> UperNetConfig:
     spec = json.loads(model_config) if isinstance(model_config, str) else dict(model_config)
     if "backbone_config" not in spec:
-        raise ValueError("model_config needs a 'backbone_config' mapping (e.g. model_type: swin, embed_dim: 16).")
+        raise RecipeError("model_config needs a 'backbone_config' mapping (e.g. model_type: swin, embed_dim: 16).")
     return UperNetConfig(
         **spec,
         num_labels=labels.num_labels,

@@ -10,7 +10,7 @@ Outputs in ``OUT`` (each file written atomically: temporary file, then rename):
 * with ``save_probabilities``: ``probabilities/<id>.png`` (single-label) or ``probabilities/<id>/<class>.png``
   (multi-label, spaces in names → ``_``), 8-bit ``round(255 * p)`` at the original size.
 * with ``submission``: the SIIM Kaggle CSV ``ImageId,EncodedPixels``, one row per image in input order, ``-1`` when
-  empty, RLE (:func:`cxrseg.data.rle.rle_encode`) of the mask at 1024x1024 — an input of another size has its mask
+  empty, RLE (:func:`cxrseg.prepare.rle.rle_encode`) of the mask at 1024x1024 — an input of another size has its mask
   resized there with nearest neighbour. Single-foreground models only.
 * ``problems.csv`` (``path,error``) when an input could not be read; it is skipped and the others complete.
 
@@ -33,20 +33,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from cxrseg.data.rle import rle_encode
+from cxrseg.errors import PredictError
 from cxrseg.files import AtomicCsv, atomic_write_text
 from cxrseg.inference import IMAGE_SUFFIXES, Preprocessor, Segmenter, load_image
 from cxrseg.labels import pack_multilabel
 from cxrseg.plots import class_colours, overlay, write_png
+from cxrseg.prepare.rle import rle_encode
 
 logger = logging.getLogger(__name__)
 
 SUBMISSION_SIZE = 1024
 """Side of the masks the SIIM-ACR submission RLE encodes (the competition's images are 1024x1024)."""
-
-
-class PredictError(ValueError):
-    """Bad arguments or inputs found before any prediction; the message names the file."""
 
 
 def list_inputs(path: str | os.PathLike) -> list[Path]:

@@ -11,13 +11,11 @@ import logging
 import os
 from collections.abc import Iterable
 
+from cxrseg.errors import TrackingSetupError
+
 logger = logging.getLogger(__name__)
 
 WANDB_LOCAL_MODES = ("offline", "dryrun", "disabled")
-
-
-class TrackingSetupError(RuntimeError):
-    """A ``report_to`` integration cannot work in this environment."""
 
 
 def check_tracking(report_to: Iterable[str] | str | None) -> None:

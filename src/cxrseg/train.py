@@ -15,14 +15,15 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from cxrseg.config import Recipe, parse_recipe, save_recipe
 from cxrseg.data.dataset import load_training_data
-from cxrseg.data.synthetic import DEMO_DATA_MAKERS
-from cxrseg.hub import HubAccessError, check_hub_access, push_folder, write_model_card
+from cxrseg.errors import CxrsegError, report
+from cxrseg.hub import check_hub_access, push_folder, write_model_card
 from cxrseg.labels import get_labels
 from cxrseg.losses import build_loss
 from cxrseg.model import build_model
 from cxrseg.plots import plot_training_curves
 from cxrseg.sampling import BalancedSampler, ClassBalancedSampler
-from cxrseg.tracking import TrackingSetupError, check_tracking
+from cxrseg.synthetic import DEMO_DATA_MAKERS
+from cxrseg.tracking import check_tracking
 from cxrseg.trainer import SegmentationTrainer, record_image_ids, streaming_metrics
 
 logger = logging.getLogger("cxrseg.train")
@@ -174,13 +175,7 @@ def train(recipe: Recipe) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        recipe = parse_recipe(argv)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    try:
-        train(recipe)
-    except (TrackingSetupError, HubAccessError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        train(parse_recipe(argv))
+    except CxrsegError as error:  # a user error: one line, its exit status; anything else is a bug (traceback)
+        return report(error)
     return 0

@@ -10,6 +10,8 @@ import importlib
 import logging
 import sys
 
+from cxrseg.errors import CxrsegError, report
+
 # Subcommand modules under cxrseg.cli, in the order `cxrseg --help` lists them.
 SUBCOMMANDS = ("make_demo_data", "prepare", "evaluate", "predict", "visualize", "push", "env")
 
@@ -31,7 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except CxrsegError as error:  # a user error: one line, its exit status; anything else is a bug (traceback)
+        return report(error)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from cxrseg.data.png_layout import DataError
-from cxrseg.inference import TTA_MODES, ModelLoadError, load_segmenter
+from cxrseg.inference import TTA_MODES, load_segmenter
 
 logger = logging.getLogger(__name__)
 
@@ -61,21 +60,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from cxrseg.evaluate import evaluate, summary_table
 
-    try:
-        segmenter = load_segmenter(args.model, device=args.device, use_postprocess=not args.no_postprocess)
-        result = evaluate(
-            segmenter,
-            args.data,
-            args.split,
-            args.out,
-            tta=args.tta,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            search=args.search_postprocess,
-        )
-    except (ModelLoadError, DataError, ValueError) as error:
-        logger.error("%s", error)
-        return 2
+    segmenter = load_segmenter(args.model, device=args.device, use_postprocess=not args.no_postprocess)
+    result = evaluate(
+        segmenter,
+        args.data,
+        args.split,
+        args.out,
+        tta=args.tta,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        search=args.search_postprocess,
+    )
     print(summary_table(result))
     print(f"Wrote {result.out_dir}/metrics.json, per_image.csv, pr_curve.png")
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cxrseg.data.synthetic import DEMO_DATA_MAKERS, MULTILABEL_DEMO_CLASSES
+from cxrseg.synthetic import DEMO_DATA_MAKERS, MULTILABEL_DEMO_CLASSES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

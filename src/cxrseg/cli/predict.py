@@ -6,7 +6,8 @@ import argparse
 import logging
 
 from cxrseg.cli.evaluate import add_model_arguments
-from cxrseg.inference import ModelLoadError, load_segmenter
+from cxrseg.errors import EXIT_INPUTS_SKIPPED, EXIT_OK
+from cxrseg.inference import load_segmenter
 
 logger = logging.getLogger(__name__)
 
@@ -45,24 +46,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxrseg.predict import PredictError, predict
+    from cxrseg.predict import predict
 
-    try:
-        segmenter = load_segmenter(
-            args.model, device=args.device, use_postprocess=not args.no_postprocess, postprocess_path=args.postprocess
-        )
-        summary = predict(
-            segmenter,
-            args.input,
-            args.out,
-            tta=args.tta,
-            submission=args.submission,
-            save_probabilities=args.save_probabilities,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-        )
-    except (ModelLoadError, PredictError, ValueError) as error:
-        logger.error("%s", error)
-        return 2
+    segmenter = load_segmenter(
+        args.model, device=args.device, use_postprocess=not args.no_postprocess, postprocess_path=args.postprocess
+    )
+    summary = predict(
+        segmenter,
+        args.input,
+        args.out,
+        tta=args.tta,
+        submission=args.submission,
+        save_probabilities=args.save_probabilities,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+    )
     print("\n".join(summary.lines()))
-    return 1 if summary.problems else 0
+    return EXIT_INPUTS_SKIPPED if summary.problems else EXIT_OK

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from cxrseg.data.dicom import DicomError
-from cxrseg.data.layout_writer import PrepareError
-from cxrseg.data.rle import RLEError
+from cxrseg.errors import EXIT_INPUTS_SKIPPED, EXIT_OK
 
 logger = logging.getLogger(__name__)
 
@@ -91,17 +89,13 @@ def _common(args: argparse.Namespace) -> dict:
 
 
 def _run(prepare, **kwargs) -> int:
-    try:
-        summary = prepare(**kwargs)
-    except (PrepareError, RLEError, DicomError) as error:
-        logger.error("%s", error)
-        return 1
+    summary = prepare(**kwargs)
     print(summary)
-    return 0
+    return EXIT_INPUTS_SKIPPED if summary.skipped else EXIT_OK
 
 
 def _run_siim(args: argparse.Namespace) -> int:
-    from cxrseg.data.prepare_siim import prepare_siim
+    from cxrseg.prepare.siim import prepare_siim
 
     return _run(
         prepare_siim,
@@ -113,13 +107,13 @@ def _run_siim(args: argparse.Namespace) -> int:
 
 
 def _run_chestxdet(args: argparse.Namespace) -> int:
-    from cxrseg.data.prepare_chestxdet import prepare_chestxdet
+    from cxrseg.prepare.chestxdet import prepare_chestxdet
 
     return _run(prepare_chestxdet, images_dir=args.images, annotations=args.annotations, **_common(args))
 
 
 def _run_folder(args: argparse.Namespace) -> int:
-    from cxrseg.data.prepare_folder import prepare_folder
+    from cxrseg.prepare.folder import prepare_folder
 
     return _run(
         prepare_folder,

@@ -4,9 +4,8 @@ of training (model, image processor, postprocess.json, shareable recipe, model c
 from __future__ import annotations
 
 import argparse
-import sys
 
-from cxrseg.hub import HubAccessError, check_hub_access, push_folder
+from cxrseg.hub import check_hub_access, push_folder
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,11 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # The token comes from HF_TOKEN or `hf auth login`, never from the command line (shell history, process list).
-    try:
-        repo_id = check_hub_access(args.repo_id)
-        url = push_folder(args.model, repo_id, private=True if args.private else None)
-    except (HubAccessError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    repo_id = check_hub_access(args.repo_id)
+    url = push_folder(args.model, repo_id, private=True if args.private else None)
     print(f"Pushed {args.model} to https://huggingface.co/{repo_id} ({url})")
     return 0

@@ -8,8 +8,8 @@ import logging
 from pathlib import Path
 
 from cxrseg.cli.evaluate import add_model_arguments
-from cxrseg.data.png_layout import DataError
-from cxrseg.inference import ModelLoadError, load_segmenter
+from cxrseg.errors import DataError
+from cxrseg.inference import load_segmenter
 
 logger = logging.getLogger(__name__)
 
@@ -54,20 +54,16 @@ def run_predictions(args: argparse.Namespace) -> int:
     from cxrseg.evaluate import prediction_examples
     from cxrseg.plots import plot_prediction_grid
 
-    try:
-        segmenter = load_segmenter(args.model, device=args.device, use_postprocess=not args.no_postprocess)
-        examples = prediction_examples(
-            segmenter,
-            args.data,
-            args.split,
-            args.n,
-            tta=args.tta,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-        )
-    except (ModelLoadError, DataError, ValueError) as error:
-        logger.error("%s", error)
-        return 2
+    segmenter = load_segmenter(args.model, device=args.device, use_postprocess=not args.no_postprocess)
+    examples = prediction_examples(
+        segmenter,
+        args.data,
+        args.split,
+        args.n,
+        tta=args.tta,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+    )
     out = (
         Path(args.out)
         if args.out
@@ -87,12 +83,8 @@ def run_features(args: argparse.Namespace) -> int:
     from cxrseg.inference import feature_maps, load_image
     from cxrseg.plots import plot_feature_maps
 
-    try:
-        segmenter = load_segmenter(args.model, device=args.device, use_postprocess=False)
-        image = load_image(args.image)
-    except (ModelLoadError, OSError, ValueError) as error:
-        logger.error("%s", error)
-        return 2
+    segmenter = load_segmenter(args.model, device=args.device, use_postprocess=False)
+    image = load_image(args.image)
     features, probs = feature_maps(segmenter, image)
     out = Path(args.out) if args.out else Path(f"feature_maps_{Path(args.image).stem}.png")
     resized = segmenter.preprocessor.resize(image)[0]
@@ -113,14 +105,12 @@ def run_curves(args: argparse.Namespace) -> int:
 
     state_path = Path(args.model) / "trainer_state.json"
     if not state_path.is_file():
-        logger.error("%s does not exist: --model must be a training output folder.", state_path)
-        return 2
+        raise DataError(f"{state_path} does not exist: --model must be a training output folder.")
     try:
         log_history = json.loads(state_path.read_text())["log_history"]
-        out = Path(args.out) if args.out else Path(args.model) / "training_curves.png"
-        plot_training_curves(log_history, out, title=Path(args.model).resolve().name)
     except (KeyError, ValueError) as error:
-        logger.error("%s: %s", state_path, error)
-        return 2
+        raise DataError(f"{state_path}: not a Trainer state file ({type(error).__name__}: {error}).") from error
+    out = Path(args.out) if args.out else Path(args.model) / "training_curves.png"
+    plot_training_curves(log_history, out, title=Path(args.model).resolve().name)
     print(f"Wrote {out}")
     return 0

@@ -24,16 +24,13 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from cxrseg.errors import DataError
 from cxrseg.files import atomic_write_text
 from cxrseg.labels import PNEUMOTHORAX, LabelSet, get_labels
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png",)
-
-
-class DataError(ValueError):
-    """Bad input data: the message names the file and says what to do."""
 
 
 @dataclass(frozen=True)

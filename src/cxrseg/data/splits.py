@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sklearn.model_selection import train_test_split
 
+from cxrseg.errors import DataError
 from cxrseg.files import atomic_write_text
 
 
@@ -24,7 +25,7 @@ def make_split(
     )
     train, val = train_test_split(list(image_ids), test_size=val_fraction, random_state=seed, stratify=stratify)
     if not train or not val:
-        raise ValueError(f"val_fraction={val_fraction} of {len(image_ids)} images leaves an empty split.")
+        raise DataError(f"val_fraction={val_fraction} of {len(image_ids)} images leaves an empty split.")
     return {"train": sorted(train), "val": sorted(val)}
 
 
@@ -38,10 +39,10 @@ def load_or_make_split(
         known = set(image_ids)
         for name in ("train", "val"):
             if not split.get(name):
-                raise ValueError(f"{path}: split {name!r} is missing or empty.")
+                raise DataError(f"{path}: split {name!r} is missing or empty.")
             unknown = [i for i in split[name] if i not in known]
             if unknown:
-                raise ValueError(f"{path}: {len(unknown)} {name} ids are not in the data (first: {unknown[0]!r}).")
+                raise DataError(f"{path}: {len(unknown)} {name} ids are not in the data (first: {unknown[0]!r}).")
         return {"train": split["train"], "val": split["val"]}
     split = make_split(image_ids, is_positive, val_fraction, seed)
     atomic_write_text(path, json.dumps(split, indent=1))

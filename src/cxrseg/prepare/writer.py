@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from cxrseg.errors import PrepareError
 from cxrseg.labels import LabelSet
 
 logger = logging.getLogger(__name__)
@@ -40,10 +41,6 @@ logger = logging.getLogger(__name__)
 PROBLEM_COLUMNS = ("image_id", "split", "reason", "action", "detail")
 IMAGE_SKIPPED = "image skipped"
 """``Problem.action`` of a problem that left the whole image out of the layout."""
-
-
-class PrepareError(ValueError):
-    """A prepare run that cannot go on (bad arguments, unusable input, or problems under ``--strict``)."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 from pydicom.uid import MPEG2MPML
 
-from cxrseg.data.dicom import DicomError, read_dicom, read_dicom_metadata, read_dicom_with_metadata, write_dicom
+from cxrseg.prepare.dicom import DicomError, read_dicom, read_dicom_metadata, read_dicom_with_metadata, write_dicom
 
 
 def real(name: str) -> str:

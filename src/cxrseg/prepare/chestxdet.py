@@ -9,7 +9,7 @@ otherwise the order decides (first file train, second test). Each polygon is ras
 centres at integer coordinates) into the plane of its class, in :data:`cxrseg.labels.CHESTXDET_CLASSES` order;
 regions of different classes overlap, so the mask is written with :func:`cxrseg.labels.pack_multilabel` as a
 16-bit PNG (bit c = class c). Each plane is resized with
-:func:`cxrseg.data.layout_writer.resize_mask` (small findings are kept).
+:func:`cxrseg.prepare.writer.resize_mask` (small findings are kept).
 
 Reported in ``problems.csv`` (image kept unless said otherwise): unknown class names (region dropped), polygons
 partly outside the image (clipped), polygons wholly outside or with fewer than 3 points (region dropped), records
@@ -27,7 +27,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from cxrseg.data.layout_writer import (
+from cxrseg.labels import CHESTXDET, CHESTXDET_CLASSES, pack_multilabel
+from cxrseg.prepare.writer import (
     IMAGE_SKIPPED,
     ItemResult,
     PrepareError,
@@ -40,7 +41,6 @@ from cxrseg.data.layout_writer import (
     write_layout,
     write_png,
 )
-from cxrseg.labels import CHESTXDET, CHESTXDET_CLASSES, pack_multilabel
 
 METADATA_COLUMNS = ("image_id", "split", "is_positive", "findings", "source", "height", "width")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

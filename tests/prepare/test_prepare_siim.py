@@ -12,9 +12,10 @@ import cv2
 import numpy as np
 import pytest
 
-from cxrseg.data.dicom import read_dicom
-from cxrseg.data.layout_writer import PrepareError, resize_mask
-from cxrseg.data.prepare_siim import prepare_siim
+from cxrseg.errors import PrepareError, RLEError
+from cxrseg.prepare.dicom import read_dicom
+from cxrseg.prepare.siim import prepare_siim
+from cxrseg.prepare.writer import resize_mask
 
 
 def read_png(path: Path) -> np.ndarray:
@@ -48,7 +49,7 @@ def test_cli_writes_exact_layout_and_reports_problems(siim_raw, tmp_path):
         "--image-size",
         str(siim_raw.size),
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # finished, with skipped images listed in problems.csv
     assert "Wrote 4 images" in result.stdout and "positive 2, negative 1, without mask 1" in result.stdout
     assert "missing_dicom: 1" in result.stdout and "unlabelled: 1" in result.stdout
 
@@ -106,7 +107,7 @@ def test_stage2_csv_spelling(make_siim_raw, tmp_path):
     )
 
 
-def test_strict_fails_and_writes_nothing(siim_raw, tmp_path, caplog):
+def test_strict_fails_and_writes_nothing(siim_raw, tmp_path, capsys):
     out = tmp_path / "out"
     with pytest.raises(PrepareError, match="--strict: 2 problems.*missing_dicom: 1, unlabelled: 1"):
         prepare_siim(siim_raw.dicom_dir, siim_raw.csv, out, strict=True)
@@ -114,8 +115,8 @@ def test_strict_fails_and_writes_nothing(siim_raw, tmp_path, caplog):
     from cxrseg.cli import main  # in-process: the CLI's exit code and message (the subprocess path is tested above)
 
     raw = ["--dicom-dir", str(siim_raw.dicom_dir), "--rle-csv", str(siim_raw.csv)]
-    assert main(["prepare", "siim", *raw, "--out", str(out), "--strict"]) == 1
-    assert "--strict: 2 problems" in caplog.text and not out.exists()
+    assert main(["prepare", "siim", *raw, "--out", str(out), "--strict"]) == 2
+    assert "error: --strict: 2 problems" in capsys.readouterr().err and not out.exists()
 
 
 def test_refuses_non_empty_out_unless_overwrite(siim_raw, tmp_path):
@@ -131,7 +132,7 @@ def test_refuses_non_empty_out_unless_overwrite(siim_raw, tmp_path):
 
 
 def test_interrupted_run_leaves_no_half_dataset(siim_raw, tmp_path, monkeypatch):
-    import cxrseg.data.prepare_siim as module
+    import cxrseg.prepare.siim as module
 
     calls = []
 
@@ -152,7 +153,7 @@ def test_interrupted_run_leaves_no_half_dataset(siim_raw, tmp_path, monkeypatch)
 @pytest.mark.parametrize("image_id", ["../evil", "a/b", "..", ""])
 def test_rejects_image_ids_that_are_not_file_names(siim_raw, tmp_path, image_id):
     siim_raw.csv.write_text(siim_raw.csv.read_text() + f'"{image_id}", 1 2\n')
-    with pytest.raises(ValueError, match="ImageId|empty ImageId"):
+    with pytest.raises((PrepareError, RLEError), match="ImageId|empty ImageId"):
         prepare_siim(siim_raw.dicom_dir, siim_raw.csv, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

@@ -25,6 +25,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from cxrseg.errors import DicomError
+
 METADATA_FIELDS = ("PatientID", "PatientSex", "PatientAge", "ViewPosition", "Rows", "Columns")
 """DICOM keywords recorded per image (``metadata.csv``): what users filter and group on."""
 
@@ -32,10 +34,6 @@ DECODER_HINT = (
     "install a decoder for it: `pip install pylibjpeg pylibjpeg-libjpeg` (JPEG, JPEG-LS), "
     "`pip install pylibjpeg-openjpeg` (JPEG 2000) or `pip install python-gdcm` (most others)"
 )
-
-
-class DicomError(ValueError):
-    """A DICOM file that cannot be turned into an image; the message names the file and the fix."""
 
 
 def read_dicom(path: str | Path) -> np.ndarray:

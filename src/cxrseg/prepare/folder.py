@@ -13,7 +13,7 @@ and is pneumothorax when absent. Masks must be:
 Bad pairs are handled as in ``prepare siim``: missing mask, mask without image, size mismatch, unreadable file,
 mask values outside the label set or repeated ImageIds are left out and reported in ``problems.csv``
 (``--strict``: an error, nothing written). Resizing (optional ``image_size``): images by area, binary masks and
-multi-label planes by :func:`cxrseg.data.layout_writer.resize_mask`, K-class masks by nearest neighbour.
+multi-label planes by :func:`cxrseg.prepare.writer.resize_mask`, K-class masks by nearest neighbour.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cxrseg.data.layout_writer import (
+from cxrseg.labels import PNEUMOTHORAX, TASKS, LabelSet, pack_multilabel, unpack_multilabel
+from cxrseg.prepare.writer import (
     IMAGE_SKIPPED,
     ItemResult,
     PrepareError,
@@ -38,7 +39,6 @@ from cxrseg.data.layout_writer import (
     write_layout,
     write_png,
 )
-from cxrseg.labels import PNEUMOTHORAX, TASKS, LabelSet, pack_multilabel, unpack_multilabel
 
 METADATA_COLUMNS = ("image_id", "split", "is_positive", "source", "height", "width")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")

@@ -14,17 +14,10 @@ Drawing by hand because no library generates radiograph-like phantoms; cv2 does 
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
-from pathlib import Path
-
 import cv2
 import numpy as np
-from tqdm.auto import tqdm
 
-from cxrseg.labels import CHESTXDET_CLASSES, pack_multilabel
+from cxrseg.labels import CHESTXDET_CLASSES
 
 POSITIVE_FRACTION = 0.22
 MEDIAN_LESION_FRACTION = 0.008  # of the image area, as SIIM's median lesion
@@ -281,59 +274,3 @@ def synthetic_multilabel_radiograph(seed: int, size: int = 256) -> tuple[np.ndar
         plane["Pneumothorax"][:] = _pneumothorax(rng, lung, fraction * s * s)
     image = _render(rng, s, right_lung, left_lung, hila, heart, plane["Pneumothorax"], opacity)
     return image, planes
-
-
-def _write_demo_layout(out: str | os.PathLike, num_images: int, draw, task: str, desc: str) -> Path:
-    """Write ``num_images`` pairs ``draw(i) -> (image uint8 [S, S], mask)`` (mask: uint8 or uint16 [S, S]) and
-    labels.json ``{"task": task}`` into a temporary folder beside ``out``, then rename it to ``out``."""
-    out = Path(out)
-    if out.exists():
-        raise FileExistsError(f"{out} already exists; remove it or choose another --out.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        for sub in ("images/train", "masks/train"):
-            (tmp / sub).mkdir(parents=True)
-        for i in tqdm(range(num_images), desc=desc, unit="img"):
-            image, mask = draw(i)
-            image_id = f"demo_{i:05d}"
-            cv2.imwrite(str(tmp / "images/train" / f"{image_id}.png"), image)
-            cv2.imwrite(str(tmp / "masks/train" / f"{image_id}.png"), mask)
-        (tmp / "labels.json").write_text(json.dumps({"task": task}))
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def make_demo_data(out: str | os.PathLike, num_images: int = 400, size: int = 256, seed: int = 0) -> Path:
-    """Write ``num_images`` synthetic pairs to ``OUT/images/train`` and ``OUT/masks/train`` (plus labels.json).
-
-    Written into a temporary folder beside ``out`` and renamed at the end, so ``out`` is complete or absent.
-    ``out`` must not exist yet. Returns ``out``.
-    """
-    return _write_demo_layout(
-        out,
-        num_images,
-        lambda i: synthetic_radiograph(seed * 1_000_003 + i, size),
-        "pneumothorax",
-        "Drawing demo radiographs",
-    )
-
-
-def make_multilabel_demo_data(out: str | os.PathLike, num_images: int = 400, size: int = 256, seed: int = 0) -> Path:
-    """The ChestX-Det-like multi-label demo (:func:`synthetic_multilabel_radiograph`) in the PNG layout: 16-bit
-    bit-field masks (:func:`cxrseg.labels.pack_multilabel`) and labels.json ``{"task": "chestxdet"}``.
-
-    Complete or absent, like :func:`make_demo_data`; ``out`` must not exist yet. Returns ``out``.
-    """
-
-    def draw(i: int) -> tuple[np.ndarray, np.ndarray]:
-        image, planes = synthetic_multilabel_radiograph(seed * 1_000_003 + i, size)
-        return image, pack_multilabel(planes)
-
-    return _write_demo_layout(out, num_images, draw, "chestxdet", "Drawing multi-label demo radiographs")
-
-
-DEMO_DATA_MAKERS = {"pneumothorax": make_demo_data, "chestxdet": make_multilabel_demo_data}
-"""The demo generator of each task (the recipe key ``task``): ``maker(out, num_images, size, seed) -> out``."""

@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from cxrseg.data.layout_writer import PrepareError
-from cxrseg.data.prepare_chestxdet import prepare_chestxdet, split_of_annotation_file
+from cxrseg.errors import PrepareError
 from cxrseg.labels import CHESTXDET_CLASSES, unpack_multilabel
+from cxrseg.prepare.chestxdet import prepare_chestxdet, split_of_annotation_file
 
 SIZE = 64
 
@@ -100,7 +100,8 @@ def test_cli_writes_multilabel_masks_without_losing_overlaps(chestxdet_raw, tmp_
         "64",
     ]
     result = subprocess.run(command, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # finished, with skipped images listed in problems.csv
+    assert "Skipped" in result.stdout and "problems.csv" in result.stdout
     assert "train: 3" in result.stdout and "test: 1" in result.stdout
 
     first = planes_of(out / "masks" / "train" / "1.png")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxrseg.data.rle import RLEError, read_rle_csv, rle_decode, rle_decode_union, rle_encode
+from cxrseg.prepare.rle import RLEError, read_rle_csv, rle_decode, rle_decode_union, rle_encode
 
 WHEEL = "torchxrayvision==1.5.7"
 WHEEL_FILE = "torchxrayvision-1.5.7-py3-none-any.whl"

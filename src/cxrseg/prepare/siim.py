@@ -5,7 +5,7 @@ ImageId is the file name without ``.dcm``) and the RLE CSV, stage 1 ``train-rle.
 ``stage_2_train.csv``. Output: ``OUT/images/train/<ImageId>.png`` (uint8 gray), ``OUT/masks/train/<ImageId>.png``
 (uint8 0/255, the union of the image's RLE rows), ``OUT/images/test/<ImageId>.png`` for ``test_dicom_dir`` (no
 masks), ``metadata.csv`` (PatientID, PatientSex, PatientAge, ViewPosition, source size), ``problems.csv`` and
-``labels.json`` (pneumothorax). Resizing: :func:`cxrseg.data.layout_writer.resize_image` / ``resize_mask``.
+``labels.json`` (pneumothorax). Resizing: :func:`cxrseg.prepare.writer.resize_image` / ``resize_mask``.
 
 Matching: a train DICOM without a CSV row is unlabelled (not negative) and a CSV row without a DICOM cannot be
 used; both are left out and reported in ``problems.csv`` (``--strict``: an error). If the same ImageId appears in
@@ -20,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrseg.data.dicom import METADATA_FIELDS, DicomError, read_dicom_with_metadata
-from cxrseg.data.layout_writer import (
+from cxrseg.labels import PNEUMOTHORAX
+from cxrseg.prepare.dicom import METADATA_FIELDS, DicomError, read_dicom_with_metadata
+from cxrseg.prepare.rle import RLEError, read_rle_csv, rle_decode_union
+from cxrseg.prepare.writer import (
     IMAGE_SKIPPED,
     ItemResult,
     PrepareError,
@@ -33,8 +35,6 @@ from cxrseg.data.layout_writer import (
     write_layout,
     write_png,
 )
-from cxrseg.data.rle import RLEError, read_rle_csv, rle_decode_union
-from cxrseg.labels import PNEUMOTHORAX
 
 METADATA_COLUMNS = ("image_id", "split", "is_positive", "source", *METADATA_FIELDS)
 
@@ -93,8 +93,8 @@ def prepare_siim(
     """Convert the SIIM-ACR download to the PNG layout at ``out`` (see the module docstring).
 
     image_size: output side in pixels (square; None or the source size keeps the pixels and masks exactly).
-    Returns the run's :class:`~cxrseg.data.layout_writer.Summary`; raises
-    :class:`~cxrseg.data.layout_writer.PrepareError` for unusable input or, with ``strict``, any problem.
+    Returns the run's :class:`~cxrseg.prepare.writer.Summary`; raises
+    :class:`~cxrseg.prepare.writer.PrepareError` for unusable input or, with ``strict``, any problem.
     """
     if image_size is not None and image_size <= 0:
         raise PrepareError(f"--image-size must be positive, got {image_size}.")

@@ -17,12 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrseg.errors import RLEError
+
 EMPTY = "-1"
 """``EncodedPixels`` of an image without pneumothorax."""
-
-
-class RLEError(ValueError):
-    """A malformed ``EncodedPixels`` string; the message names the row or ImageId."""
 
 
 def rle_decode(rle: str, height: int = 1024, width: int = 1024, context: str | None = None) -> np.ndarray:

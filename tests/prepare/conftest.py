@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxrseg.data.dicom import write_dicom
-from cxrseg.data.rle import rle_encode
+from cxrseg.prepare.dicom import write_dicom
+from cxrseg.prepare.rle import rle_encode
 
 
 def radiograph(size: int, seed: int) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Conversion of raw downloads (SIIM-ACR DICOMs + RLE, ChestX-Det JSON, plain folders) into the PNG layout."""
