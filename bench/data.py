@@ -28,6 +28,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from transformers import default_data_collator  # noqa: E402
 
+from cxrseg.config import DataArguments  # noqa: E402
 from cxrseg.data.dataset import load_training_data  # noqa: E402
 from cxrseg.data.transforms import ToModelInputs, build_transforms  # noqa: E402
 from cxrseg.labels import PNEUMOTHORAX, binarize_mask  # noqa: E402
@@ -39,16 +40,9 @@ cv2.setNumThreads(1)
 
 
 def ours(root: Path, augmentation: str, image_size: int, batch_size: int, out: Path) -> float:
-    data = load_training_data(
-        root,
-        PNEUMOTHORAX,
-        out / f"splits-{augmentation}.json",
-        image_size=image_size,
-        augmentation=augmentation,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        val_fraction=0.05,
-    )
+    data_args = DataArguments(data_dir=str(root), image_size=image_size, augmentation=augmentation, val_fraction=0.05)
+    split_path = out / f"splits-{augmentation}.json"
+    data = load_training_data(data_args, PNEUMOTHORAX, split_path, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     loader = torch.utils.data.DataLoader(data.train, batch_size=batch_size, collate_fn=default_data_collator)
     start = time.perf_counter()
     count = sum(len(batch["pixel_values"]) for batch in loader)

@@ -15,15 +15,16 @@ import torch
 from transformers import TrainingArguments, default_data_collator
 
 from cxrseg.cli import main as cxrseg_main
+from cxrseg.config import DataArguments, LossArguments, SamplingArguments
 from cxrseg.data.dataset import load_training_data
 from cxrseg.data.png_layout import read_layout_labels
 from cxrseg.inference import load_segmenter
 from cxrseg.labels import CHESTXDET, CHESTXDET_CLASSES, unpack_multilabel
 from cxrseg.losses import build_loss
-from cxrseg.model import build_model
+from cxrseg.model import IMAGENET_MEAN, IMAGENET_STD, build_model
 from cxrseg.predict import predict
 from cxrseg.prepare.chestxdet import prepare_chestxdet
-from cxrseg.sampling import ClassBalancedSampler
+from cxrseg.sampling import build_sampler
 from cxrseg.synthetic import MULTILABEL_DEMO_CLASSES, synthetic_multilabel_radiograph
 from cxrseg.trainer import SegmentationTrainer, streaming_metrics
 from tests.conftest import TINY_MODEL_CONFIG
@@ -114,17 +115,8 @@ def overlap_pixel(regions, first: str, second: str) -> tuple[int, int]:
 
 
 def load(root, out_dir, augmentation="none"):
-    processor_mean, processor_std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    return load_training_data(
-        root,
-        CHESTXDET,
-        out_dir / "splits.json",
-        image_size=SIZE,
-        augmentation=augmentation,
-        mean=processor_mean,
-        std=processor_std,
-        val_fraction=0.25,
-    )
+    data_args = DataArguments(data_dir=str(root), image_size=SIZE, augmentation=augmentation, val_fraction=0.25)
+    return load_training_data(data_args, CHESTXDET, out_dir / "splits.json", mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
 PAIRS = (("Cardiomegaly", "Mass"), ("Cardiomegaly", "Effusion"), ("Effusion", "Mass"))
@@ -276,8 +268,10 @@ def test_tiny_model_learns_overlapping_classes(chestxdet_root, tmp_path):
         processing_class=processor,
         compute_metrics=compute,
         preprocess_logits_for_metrics=preprocess,
-        loss_fn=build_loss(True, "auto", data.pixel_counts, data.num_pixels, max_pos_weight=5.0),
-        train_sampler=ClassBalancedSampler(data.train_class_presence, 0.5, seed=0),
+        loss_fn=build_loss(
+            LossArguments(class_weights="auto", max_pos_weight=5.0), CHESTXDET, data.pixel_counts, data.num_pixels
+        ),
+        train_sampler=build_sampler(SamplingArguments(balanced_sampling=True), CHESTXDET, data, seed=0),
     )
     before = trainer.evaluate()
     trainer.train()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import warnings
@@ -10,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from cxrseg.config import DataArguments
 from cxrseg.data.dataset import load_training_data
 from cxrseg.data.png_layout import index_layout
 from cxrseg.data.splits import load_or_make_split, make_split
@@ -38,16 +40,8 @@ def small_layout(root, n=10):
 
 def test_load_training_data_columns_split_and_counts(tmp_path):
     root = small_layout(tmp_path / "data")
-    data = load_training_data(
-        root,
-        PNEUMOTHORAX,
-        tmp_path / "out/splits.json",
-        image_size=16,
-        augmentation="none",
-        mean=MEAN,
-        std=STD,
-        val_fraction=0.3,
-    )
+    data_args = DataArguments(data_dir=str(root), image_size=16, augmentation="none", val_fraction=0.3)
+    data = load_training_data(data_args, PNEUMOTHORAX, tmp_path / "out/splits.json", mean=MEAN, std=STD)
     assert set(data.train.column_names) >= {"image", "mask", "image_id", "is_positive"}
     assert len(data.train) + len(data.val) == 10
     assert set(data.split["train"]).isdisjoint(data.split["val"])
@@ -57,16 +51,8 @@ def test_load_training_data_columns_split_and_counts(tmp_path):
     assert row["pixel_values"].shape == (3, 16, 16) and row["labels"].shape == (16, 16)
     assert set(np.unique(row["labels"].numpy())) <= {0, 1}
     # the split is saved and reused
-    again = load_training_data(
-        root,
-        PNEUMOTHORAX,
-        tmp_path / "out/splits.json",
-        image_size=16,
-        augmentation="none",
-        mean=MEAN,
-        std=STD,
-        val_fraction=0.5,
-    )
+    data_args.val_fraction = 0.5
+    again = load_training_data(data_args, PNEUMOTHORAX, tmp_path / "out/splits.json", mean=MEAN, std=STD)
     assert again.split == data.split
 
 
@@ -173,9 +159,10 @@ def test_a_saved_datasets_folder_trains_like_the_layout(tmp_path):
 
     root = small_layout(tmp_path / "data")
     layout_to_datasetdict(root).save_to_disk(str(tmp_path / "saved"))
-    kwargs = dict(image_size=16, augmentation="none", mean=MEAN, std=STD, val_fraction=0.3)
-    from_layout = load_training_data(root, PNEUMOTHORAX, tmp_path / "a/splits.json", **kwargs)
-    from_saved = load_training_data(tmp_path / "saved", PNEUMOTHORAX, tmp_path / "b/splits.json", **kwargs)
+    layout_args = DataArguments(data_dir=str(root), image_size=16, augmentation="none", val_fraction=0.3)
+    saved_args = dataclasses.replace(layout_args, data_dir=str(tmp_path / "saved"))
+    from_layout = load_training_data(layout_args, PNEUMOTHORAX, tmp_path / "a/splits.json", mean=MEAN, std=STD)
+    from_saved = load_training_data(saved_args, PNEUMOTHORAX, tmp_path / "b/splits.json", mean=MEAN, std=STD)
     assert from_saved.split == from_layout.split
     assert from_saved.pixel_counts == from_layout.pixel_counts
     assert np.array_equal(from_saved.train[0]["labels"].numpy(), from_layout.train[0]["labels"].numpy())
@@ -195,16 +182,8 @@ def test_data_loader_workers_draw_different_augmentations(tmp_path):
     image[10:40, 20:30] = 255
     for i in range(4):  # four identical pairs: any difference between outputs comes from the augmentation draws
         write_pair(root, f"same{i}", image, (image > 0).astype(np.uint8))
-    data = load_training_data(
-        root,
-        PNEUMOTHORAX,
-        tmp_path / "splits.json",
-        image_size=64,
-        augmentation="standard",
-        mean=MEAN,
-        std=STD,
-        val_fraction=0.25,
-    )
+    data_args = DataArguments(data_dir=str(root), image_size=64, augmentation="standard", val_fraction=0.25)
+    data = load_training_data(data_args, PNEUMOTHORAX, tmp_path / "splits.json", mean=MEAN, std=STD)
     import torch
 
     torch.manual_seed(0)

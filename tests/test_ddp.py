@@ -1,5 +1,6 @@
-"""Distributed training for real: two processes (DDP over gloo on CPU) launched by the documented accelerate command,
-checked against the balanced sampler and a single-process evaluation; plus the accelerate configs and SLURM script."""
+"""Distributed training for real: two processes (DDP over gloo on CPU) launched once by the documented accelerate
+command, checked property by property against the balanced sampler and a single-process evaluation; plus the
+accelerate configs and SLURM script."""
 
 from __future__ import annotations
 
@@ -9,18 +10,20 @@ import socket
 import subprocess
 import sys
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-import yaml
 from accelerate.commands.config.config_args import load_config_from_file
-from transformers import TrainingArguments, UperNetForSemanticSegmentation
+from transformers import TrainerCallback, TrainingArguments, UperNetForSemanticSegmentation
 
-from cxrseg.data.dataset import load_training_data
-from cxrseg.labels import PNEUMOTHORAX
+from cxrseg.config import Recipe, parse_recipe
+from cxrseg.data.dataset import TrainingData, load_training_data
+from cxrseg.labels import get_labels
 from cxrseg.losses import DiceCELoss
 from cxrseg.model import build_image_processor
-from cxrseg.sampling import BalancedSampler
+from cxrseg.sampling import BalancedSampler, build_sampler
 from cxrseg.trainer import SegmentationTrainer, streaming_metrics
 from tests.conftest import TINY_MODEL_CONFIG
 
@@ -58,6 +61,39 @@ AUDIT_HOOK = textwrap.dedent(
 )
 
 
+class RecordRows(TrainerCallback):
+    """Appends to ``folder/rank{process_index}.txt`` the ``image_id`` of every training row this process's data
+    loader really read, in order, by wrapping the transform (``set_transform``) of the loader's dataset when
+    training begins (the Trainer passes ``train_dataloader`` to its callbacks)."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        dataset = train_dataloader.dataset
+        transform = dataset.format["format_kwargs"]["transform"]
+        path = self.folder / f"rank{args.process_index}.txt"
+
+        def recording(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+            with open(path, "a") as file:
+                file.writelines(f"{image_id}\n" for image_id in batch["image_id"])
+            return transform(batch)
+
+        dataset.set_transform(recording)
+
+
+# What run_train.py does, plus the callback above: the recipe comes from the command line.
+LAUNCHER = """\
+import sys
+
+from cxrseg.config import parse_recipe
+from cxrseg.train import train
+from tests.test_ddp import RecordRows
+
+train(parse_recipe(sys.argv[1:]), callbacks=[RecordRows({rows!r})])
+"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -75,25 +111,40 @@ def expected_shards(indices: list[int], batch: int, world: int) -> list[list[int
     return [[i for b in batches[rank::world] for i in b] for rank in range(world)]
 
 
-@pytest.mark.slow
-def test_two_process_ddp_run(tmp_path, demo_root):
-    out, ids, audit, site = (tmp_path / name for name in ("out", "ids", "audit", "site"))
-    for folder in (ids, audit, site):
+@dataclass
+class DistributedRun:
+    """One finished 2-process run: its output folder, and per rank the rows it trained on and its writes."""
+
+    out: Path
+    rows: list[list[str]]
+    writes: list[list[str]]
+    recipe: Recipe  # reloaded from the run's recipe.yaml
+    data: TrainingData  # reloaded from the run's recipe and splits.json
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory, demo_root) -> DistributedRun:
+    """Train the demo recipe (tiny model, one epoch) with two processes, once for every test in this module."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    out, rows, audit, site = (tmp / name for name in ("out", "rows", "audit", "site"))
+    for folder in (rows, audit, site):
         folder.mkdir()
     (site / "sitecustomize.py").write_text(AUDIT_HOOK)
+    launcher = tmp / "launch_train.py"
+    launcher.write_text(LAUNCHER.format(rows=str(rows)))
+    python_path = [str(site), str(ROOT), os.environ.get("PYTHONPATH", "")]  # ROOT: the launcher imports this module
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join(python_path),
         "AUDIT_ROOT": str(out),
         "AUDIT_DIR": str(audit),
-        "CXRSEG_RECORD_TRAIN_IDS": str(ids),
         "OMP_NUM_THREADS": "1",
     }
     accelerate = Path(sys.executable).parent / "accelerate"
     cmd = [
         str(accelerate), "launch", "--config_file", "accelerate_configs/cpu_ddp.yaml",
         "--main_process_port", str(free_port()),
-        "run_train.py", "--config", "recipe/demo.yaml",
+        str(launcher), "--config", "recipe/demo.yaml",
         "--data_dir", str(demo_root), "--image_size", "64", "--model_config", json.dumps(TINY_MODEL_CONFIG),
         "--num_train_epochs", "1", "--per_device_train_batch_size", str(BATCH), "--per_device_eval_batch_size", "2",
         "--gradient_accumulation_steps", str(ACCUMULATION), "--output_dir", str(out), "--logging_steps", "1",
@@ -101,51 +152,73 @@ def test_two_process_ddp_run(tmp_path, demo_root):
     ]  # fmt: skip
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-
-    # Two processes trained, and each read its own shard of the balanced sampler's draws (the test process
-    # rebuilds the sampler from the saved split and recipe).
-    recipe = yaml.safe_load((out / "recipe.yaml").read_text())
-    processor = build_image_processor(64)
+    assert sorted(p.name for p in rows.iterdir()) == ["rank0.txt", "rank1.txt"]
+    writes = [(audit / f"rank{rank}.txt").read_text().splitlines() for rank in range(2)]
+    recipe = parse_recipe(["--config", str(out / "recipe.yaml")])
+    processor = build_image_processor(recipe.data.image_size)
     data = load_training_data(
-        demo_root, PNEUMOTHORAX, out / "splits.json", image_size=64, augmentation="none",
-        mean=processor.image_mean, std=processor.image_std, val_fraction=recipe["val_fraction"],
+        recipe.data, get_labels(recipe.model.task), out / "splits.json", mean=processor.image_mean,
+        std=processor.image_std,
     )  # fmt: skip
-    sampler = BalancedSampler(
-        data.train_is_positive, recipe["negative_keep_ratio"], recipe["positive_weight"], seed=recipe["seed"]
+    return DistributedRun(
+        out=out,
+        rows=[(rows / f"rank{rank}.txt").read_text().split() for rank in range(2)],
+        writes=[[line.split(" ", 1)[1] for line in lines if line] for lines in writes],
+        recipe=recipe,
+        data=data,
     )
-    drawn = [data.split["train"][i] for i in sampler.indices(0)]  # dataset rows are the split's train ids, in order
-    consumed = [(ids / f"rank{rank}.txt").read_text().split() for rank in range(2)]
-    assert sorted(p.name for p in ids.iterdir()) == ["rank0.txt", "rank1.txt"]
-    assert consumed == expected_shards(drawn, BATCH, 2)
-    assert consumed[0] != consumed[1]
-    # Optimizer steps from each process's batches: half a single process's, so the Trainer ran with world size 2.
-    state = json.loads((out / "trainer_state.json").read_text())
-    batches = len(consumed[0]) // BATCH
-    assert batches == -(-len(drawn) // (2 * BATCH))
+
+
+def balanced_draws(run: DistributedRun) -> list[str]:
+    """The image ids the recipe's sampler draws in the first epoch, rebuilt in this process."""
+    sampler = build_sampler(run.recipe.sampling, get_labels(run.recipe.model.task), run.data, run.recipe.training.seed)
+    assert isinstance(sampler, BalancedSampler)
+    return [run.data.split["train"][i] for i in sampler.indices(0)]  # dataset rows are the split's train ids
+
+
+@pytest.mark.slow
+def test_each_process_reads_its_own_shard_of_the_balanced_draws(ddp_run):
+    assert ddp_run.rows == expected_shards(balanced_draws(ddp_run), BATCH, 2)
+    assert ddp_run.rows[0] != ddp_run.rows[1]
+
+
+@pytest.mark.slow
+def test_optimizer_steps_show_world_size_two_with_accumulation(ddp_run):
+    """Optimizer steps from each process's batches: half a single process's, so the Trainer ran with world size 2."""
+    state = json.loads((ddp_run.out / "trainer_state.json").read_text())
+    batches = len(ddp_run.rows[0]) // BATCH
+    assert batches == -(-len(balanced_draws(ddp_run)) // (2 * BATCH))
     assert state["global_step"] == -(-batches // ACCUMULATION)
 
-    # The 2-process evaluation (sharded, gathered, padding dropped) equals a one-process evaluation of the saved model.
-    distributed = json.loads((out / "eval_results.json").read_text())
-    model = UperNetForSemanticSegmentation.from_pretrained(out)
+
+@pytest.mark.slow
+def test_two_process_evaluation_equals_one_process(ddp_run, tmp_path):
+    """The 2-process evaluation (sharded, gathered, padding dropped) equals a one-process evaluation of the saved
+    model."""
+    distributed = json.loads((ddp_run.out / "eval_results.json").read_text())
+    model = UperNetForSemanticSegmentation.from_pretrained(ddp_run.out)
     compute, preprocess = streaming_metrics(False, ["pneumothorax"])
     args = TrainingArguments(
         output_dir=str(tmp_path / "single"), per_device_eval_batch_size=3, use_cpu=True, report_to="none",
         batch_eval_metrics=True, remove_unused_columns=False, label_names=["labels"],
     )  # fmt: skip
     trainer = SegmentationTrainer(
-        model=model, args=args, eval_dataset=data.val, compute_metrics=compute,
+        model=model, args=args, eval_dataset=ddp_run.data.val, compute_metrics=compute,
         preprocess_logits_for_metrics=preprocess, loss_fn=DiceCELoss(),
     )  # fmt: skip
     single = trainer.evaluate()
-    assert distributed["eval_num_images"] == len(data.val) == single["eval_num_images"]
+    assert distributed["eval_num_images"] == len(ddp_run.data.val) == single["eval_num_images"]
     for key in ("dice", "iou", "kaggle_dice", "ap", "best_f1", "best_threshold", "num_positive_images"):
         assert distributed[f"eval_{key}"] == pytest.approx(single[f"eval_{key}"], rel=1e-6, abs=1e-9, nan_ok=True), key
 
-    # Only the main process wrote outputs, except each process's RNG state in a checkpoint (needed to resume exactly).
-    writes = [(audit / f"rank{rank}.txt").read_text().split("\n") for rank in range(2)]
-    writes = [[line.split(" ", 1)[1] for line in lines if line] for lines in writes]
-    assert {"recipe.yaml", "trainer_state.json", "all_results.json", "README.md"} <= {Path(w).name for w in writes[0]}
-    for path in writes[1]:
+
+@pytest.mark.slow
+def test_only_the_main_process_writes_outputs_except_rng_state(ddp_run):
+    """Each process's RNG state goes into a checkpoint (needed to resume exactly); everything else is rank 0's."""
+    main, other = ddp_run.writes
+    assert {"recipe.yaml", "trainer_state.json", "all_results.json", "README.md"} <= {Path(w).name for w in main}
+    assert other, "the audit hook saw no write by rank 1: the RNG state check below would be empty"
+    for path in other:
         parts = Path(path).parts
         assert parts[0].startswith("checkpoint-") and (len(parts) == 1 or parts[1] == "rng_state_1.pth"), path
 

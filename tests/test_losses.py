@@ -3,8 +3,9 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
 
+from cxrseg.config import LossArguments
 from cxrseg.errors import DataError, RecipeError
-from cxrseg.labels import IGNORE_INDEX
+from cxrseg.labels import IGNORE_INDEX, PNEUMOTHORAX, LabelSet
 from cxrseg.losses import DiceBCELoss, DiceCELoss, build_loss, class_weights_from_counts, positive_weights_from_counts
 
 
@@ -56,10 +57,13 @@ def test_class_weights_inverse_frequency():
 
 
 def test_build_loss_auto_weights_are_used():
-    loss = build_loss(False, "auto", [900, 100], 1000)
+    loss_args = LossArguments(class_weights="auto", lambda_ce=0.6, lambda_dice=1.7, dice_smooth=0.5, batch_dice=True)
+    loss = build_loss(loss_args, PNEUMOTHORAX, [900, 100], 1000)
+    assert isinstance(loss, DiceCELoss)
     assert loss.class_weights.tolist() == pytest.approx([1000 / 1800, 1000 / 200])
+    assert (loss.lambda_ce, loss.lambda_dice, loss.smooth, loss.batch_dice) == (0.6, 1.7, 0.5, True)
     with pytest.raises(RecipeError, match="3 values"):
-        build_loss(False, [1.0, 2.0, 3.0], [900, 100], 1000)
+        build_loss(LossArguments(class_weights="1,2,3"), PNEUMOTHORAX, [900, 100], 1000)
 
 
 @pytest.mark.parametrize("batch_dice", [False, True])
@@ -112,9 +116,11 @@ def test_build_loss_auto_multilabel_uses_capped_positive_weights():
     counts, num_pixels = [500, 10, 0], 1000
     assert positive_weights_from_counts(counts, num_pixels, cap=20.0) == [1.0, 20.0, 20.0]
     assert positive_weights_from_counts(counts, num_pixels, cap=200.0) == [1.0, 99.0, 200.0]
-    loss = build_loss(True, "auto", counts, num_pixels, max_pos_weight=20.0)
+    labels = LabelSet("three", ("a", "b", "c"), multilabel=True)
+    loss = build_loss(LossArguments(class_weights="auto", max_pos_weight=20.0), labels, counts, num_pixels)
     assert isinstance(loss, DiceBCELoss)
-    assert loss.pos_weight.tolist() == [1.0, 20.0, 20.0]
-    assert build_loss(True, [1.0, 2.0, 3.0], counts, num_pixels).pos_weight.tolist() == [1.0, 2.0, 3.0]
+    assert loss.class_weights.tolist() == [1.0, 20.0, 20.0]  # the BCE's positive weights
+    explicit = build_loss(LossArguments(class_weights="1,2,3"), labels, counts, num_pixels)
+    assert explicit.class_weights.tolist() == [1.0, 2.0, 3.0]
     with pytest.raises(RecipeError, match="2 values"):
-        build_loss(True, [1.0, 2.0], counts, num_pixels)
+        build_loss(LossArguments(class_weights="1,2"), labels, counts, num_pixels)

@@ -5,7 +5,12 @@ import torch
 from accelerate.data_loader import BatchSamplerShard
 from torch.utils.data import BatchSampler
 
-from cxrseg.sampling import BalancedSampler, ClassBalancedSampler
+from cxrseg.config import DataArguments, SamplingArguments
+from cxrseg.data.dataset import load_training_data
+from cxrseg.labels import CHESTXDET, PNEUMOTHORAX
+from cxrseg.model import IMAGENET_MEAN, IMAGENET_STD
+from cxrseg.sampling import BalancedSampler, ClassBalancedSampler, build_sampler
+from cxrseg.synthetic import make_multilabel_demo_data
 
 FLAGS = [True] * 20 + [False] * 80
 
@@ -125,3 +130,28 @@ def test_class_balanced_bad_arguments():
         ClassBalancedSampler([(False, False)] * 3, empty_image_weight=0.0)
     with pytest.raises(ValueError, match="non-empty"):
         ClassBalancedSampler([])
+
+
+def load_train_rows(root, labels, split_path):
+    data_args = DataArguments(data_dir=str(root), image_size=32, augmentation="none", val_fraction=0.25)
+    return load_training_data(data_args, labels, split_path, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+def test_build_sampler_single_label_follows_the_recipe(demo_root, tmp_path):
+    data = load_train_rows(demo_root, PNEUMOTHORAX, tmp_path / "splits.json")
+    assert build_sampler(SamplingArguments(), PNEUMOTHORAX, data, seed=0) is None  # the Trainer's random sampler
+    positives_only = SamplingArguments(balanced_sampling=True, negative_keep_ratio=0.0, positive_weight=2.0)
+    sampler = build_sampler(positives_only, PNEUMOTHORAX, data, seed=5)
+    assert isinstance(sampler, BalancedSampler) and len(sampler) == sum(data.train_is_positive) > 0
+    assert all(data.train_is_positive[i] for i in sampler.indices(0))
+    assert build_sampler(positives_only, PNEUMOTHORAX, data, seed=6).indices(0) != sampler.indices(0)
+
+
+def test_build_sampler_multilabel_follows_the_recipe(tmp_path):
+    root = make_multilabel_demo_data(tmp_path / "data", num_images=16, size=32, seed=0)
+    data = load_train_rows(root, CHESTXDET, tmp_path / "splits.json")
+    assert not all(map(any, data.train_class_presence)), "the demo data needs images without findings"
+    findings_only = SamplingArguments(balanced_sampling=True, empty_image_weight=0.0)
+    sampler = build_sampler(findings_only, CHESTXDET, data, seed=1)
+    assert isinstance(sampler, ClassBalancedSampler) and len(sampler) == len(data.train)
+    assert all(any(data.train_class_presence[i]) for i in sampler.indices(0))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from cxrseg.config import DataArguments
 from cxrseg.data.dataset import load_training_data
 from cxrseg.labels import PNEUMOTHORAX
 from cxrseg.losses import DiceCELoss
@@ -31,15 +33,9 @@ class SnapshotOnSave(TrainerCallback):
 def make_trainer(root, out, *, max_steps=4, batch_size=2, sampler=True, callbacks=(), **overrides):
     torch.manual_seed(0)
     model, processor = build_model(None, TINY_MODEL_CONFIG, PNEUMOTHORAX, image_size=64)
+    data_args = DataArguments(data_dir=str(root), image_size=64, augmentation="none", val_fraction=0.25)
     data = load_training_data(
-        root,
-        PNEUMOTHORAX,
-        out / "splits.json",
-        image_size=64,
-        augmentation="none",
-        mean=processor.image_mean,
-        std=processor.image_std,
-        val_fraction=0.25,
+        data_args, PNEUMOTHORAX, out / "splits.json", mean=processor.image_mean, std=processor.image_std
     )
     args = TrainingArguments(
         output_dir=str(out),
@@ -143,6 +139,7 @@ def test_train_batch_of_one_does_not_crash(demo_root, tmp_path):
 def test_evaluation_reports_streaming_metrics(demo_root, tmp_path):
     trainer = make_trainer(demo_root, tmp_path / "a", max_steps=1)
     metrics = trainer.evaluate()
-    for key in ("eval_dice", "eval_iou", "eval_kaggle_dice", "eval_ap", "eval_best_f1", "eval_loss"):
-        assert key in metrics and 0.0 <= metrics[key] or key == "eval_loss"
+    for key in ("eval_dice", "eval_iou", "eval_kaggle_dice", "eval_ap", "eval_best_f1"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert math.isfinite(metrics["eval_loss"]) and metrics["eval_loss"] > 0.0
     assert metrics["eval_num_images"] == 6

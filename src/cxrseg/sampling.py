@@ -4,14 +4,22 @@ oversampling) and :class:`ClassBalancedSampler` (multi-label: images with rare c
 Accelerate shards a sampler by having every process iterate the *same* index sequence and keep its slice, so the
 sequence must be a pure function of ``(seed, epoch)``: a ``torch.Generator`` seeded with both, never global RNG.
 The Trainer calls ``set_epoch`` at the start of each epoch (through Accelerate's data loader).
+:func:`build_sampler` picks the recipe's sampler.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import Sampler
+
+from cxrseg.config import SamplingArguments
+from cxrseg.labels import LabelSet
+
+if TYPE_CHECKING:  # annotations only: the samplers need no `datasets`
+    from cxrseg.data.dataset import TrainingData
 
 
 class BalancedSampler(Sampler[int]):
@@ -118,3 +126,22 @@ class ClassBalancedSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices(self.epoch))
+
+
+def build_sampler(
+    sampling_args: SamplingArguments, labels: LabelSet, data: TrainingData, seed: int
+) -> BalancedSampler | ClassBalancedSampler | None:
+    """The recipe's training sampler over ``data.train``'s rows: None (the Trainer's random sampler) unless
+    ``balanced_sampling``; then :class:`ClassBalancedSampler` for multi-label tasks, else :class:`BalancedSampler`."""
+    if not sampling_args.balanced_sampling:
+        return None
+    if labels.multilabel:
+        return ClassBalancedSampler(
+            data.train_class_presence,
+            sampling_args.class_balance_power,
+            sampling_args.empty_image_weight,
+            seed=seed,
+        )
+    return BalancedSampler(
+        data.train_is_positive, sampling_args.negative_keep_ratio, sampling_args.positive_weight, seed=seed
+    )

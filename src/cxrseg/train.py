@@ -1,16 +1,17 @@
-"""The training pipeline, top to bottom: seed → logging → last checkpoint → data → model → loss and sampler →
-trainer → train → save → evaluate. Each stage is a call into the library; ``run_train.py`` calls :func:`main`."""
+"""The training pipeline, top to bottom: seed → logging → start-up checks → last checkpoint → data → model → loss
+and sampler → trainer → train and save → evaluate → model card and push. Each stage is a call into the library;
+``run_train.py`` calls :func:`main`."""
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import datasets
 import transformers
-from transformers import set_seed
+from transformers import TrainerCallback, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from cxrseg.config import Recipe, parse_recipe, save_recipe
@@ -21,16 +22,16 @@ from cxrseg.labels import get_labels
 from cxrseg.losses import build_loss
 from cxrseg.model import build_model
 from cxrseg.plots import plot_training_curves
-from cxrseg.sampling import BalancedSampler, ClassBalancedSampler
+from cxrseg.sampling import build_sampler
 from cxrseg.synthetic import DEMO_DATA_MAKERS
 from cxrseg.tracking import check_tracking
-from cxrseg.trainer import SegmentationTrainer, record_image_ids, streaming_metrics
+from cxrseg.trainer import SegmentationTrainer, streaming_metrics
 
 logger = logging.getLogger("cxrseg.train")
 
 
-def train(recipe: Recipe) -> dict[str, float]:
-    """Run one recipe; returns the final evaluation metrics (``eval_*``)."""
+def train(recipe: Recipe, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, float]:
+    """Run one recipe; returns the final evaluation metrics (``eval_*``). ``callbacks`` join the Trainer's own."""
     model_args, data_args, loss_args, sampling_args, args = (
         recipe.model,
         recipe.data,
@@ -73,7 +74,7 @@ def train(recipe: Recipe) -> dict[str, float]:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_recipe(recipe, output_dir / "recipe.yaml")
 
-    # ------------------------------------------------------------------ Data
+    # ------------------------------------------------------------------ Data and model
     labels = get_labels(model_args.task)
     with args.main_process_first(desc="demo data and mask index"):
         if data_args.generate_demo_data and not Path(data_args.data_dir).exists():
@@ -83,51 +84,14 @@ def train(recipe: Recipe) -> dict[str, float]:
             model_args.model_name_or_path, model_args.model_config, labels, data_args.image_size
         )
         data = load_training_data(
-            data_args.data_dir,
-            labels,
-            output_dir / "splits.json",
-            image_size=data_args.image_size,
-            augmentation=data_args.augmentation,
-            mean=processor.image_mean,
-            std=processor.image_std,
-            val_fraction=data_args.val_fraction,
-            split_seed=data_args.split_seed,
-            max_train_samples=data_args.max_train_samples,
-            max_eval_samples=data_args.max_eval_samples,
-            num_proc=data_args.preprocessing_num_workers,
+            data_args, labels, output_dir / "splits.json", mean=processor.image_mean, std=processor.image_std
         )
-    if os.environ.get("CXRSEG_RECORD_TRAIN_IDS"):  # opt-in: which rows each process trained on (tests/test_ddp.py)
-        record_image_ids(data.train, Path(os.environ["CXRSEG_RECORD_TRAIN_IDS"]) / f"rank{args.process_index}.txt")
 
     # ------------------------------------------------------------------ Loss and sampler
-    loss_fn = build_loss(
-        labels.multilabel,
-        loss_args.class_weights,
-        data.pixel_counts,
-        data.num_pixels,
-        lambda_ce=loss_args.lambda_ce,
-        lambda_dice=loss_args.lambda_dice,
-        smooth=loss_args.dice_smooth,
-        batch_dice=loss_args.batch_dice,
-        max_pos_weight=loss_args.max_pos_weight,
-    )
-    weights = getattr(loss_fn, "class_weights", None)
-    if weights is None:
-        weights = getattr(loss_fn, "pos_weight", None)
-    if weights is not None:
-        logger.info("Class weights: %s", dict(zip(labels.names, [round(w, 4) for w in weights.tolist()])))
-    sampler = None
-    if sampling_args.balanced_sampling and labels.multilabel:
-        sampler = ClassBalancedSampler(
-            data.train_class_presence,
-            sampling_args.class_balance_power,
-            sampling_args.empty_image_weight,
-            seed=args.seed,
-        )
-    elif sampling_args.balanced_sampling:
-        sampler = BalancedSampler(
-            data.train_is_positive, sampling_args.negative_keep_ratio, sampling_args.positive_weight, seed=args.seed
-        )
+    loss_fn = build_loss(loss_args, labels, data.pixel_counts, data.num_pixels)
+    if loss_fn.class_weights is not None:
+        logger.info("Class weights: %s", dict(zip(labels.names, [round(w, 4) for w in loss_fn.class_weights.tolist()])))
+    sampler = build_sampler(sampling_args, labels, data, seed=args.seed)
 
     # ------------------------------------------------------------------ Trainer
     compute_metrics, preprocess_logits = streaming_metrics(labels.multilabel, list(labels.foreground))
@@ -142,6 +106,7 @@ def train(recipe: Recipe) -> dict[str, float]:
         loss_fn=loss_fn,
         auxiliary_loss_weight=loss_args.auxiliary_loss_weight,
         train_sampler=sampler,
+        callbacks=list(callbacks),
     )
 
     # ------------------------------------------------------------------ Train and save

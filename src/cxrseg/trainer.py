@@ -118,22 +118,6 @@ def load_every_tensor(model: nn.Module, checkpoint: str | os.PathLike) -> None:
     logger.info("Restored %d tensors from %s (%s).", len(saved.state_dict()), checkpoint, result)
 
 
-def record_image_ids(dataset: Any, path: str | os.PathLike) -> None:
-    """Opt-in debugging hook: append to ``path`` the ``image_id`` of every row ``dataset`` yields, one per line.
-
-    Wraps the transform set by ``set_transform`` on a ``datasets.Dataset`` with an ``image_id`` column, so what is
-    recorded is what this process's data loader really read (in order), e.g. to check DDP sharding.
-    """
-    transform = dataset.format["format_kwargs"]["transform"]
-
-    def recording(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        with open(path, "a") as file:
-            file.writelines(f"{image_id}\n" for image_id in batch["image_id"])
-        return transform(batch)
-
-    dataset.set_transform(recording)
-
-
 def streaming_metrics(
     multilabel: bool, class_names: list[str], threshold: float = 0.5
 ) -> tuple[Callable[..., dict[str, float]], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:

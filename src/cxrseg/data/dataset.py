@@ -13,6 +13,7 @@ import datasets
 import numpy as np
 import torch
 
+from cxrseg.config import DataArguments
 from cxrseg.data.png_layout import DataError, IndexedImage, index_layout, mask_pixel_counts, read_layout_labels
 from cxrseg.data.splits import load_or_make_split
 from cxrseg.data.transforms import ToModelInputs, build_transforms, to_gray
@@ -127,26 +128,15 @@ def _index_saved_dataset(dataset: datasets.Dataset, labels: LabelSet, num_proc: 
 
 
 def load_training_data(
-    data_dir: str | os.PathLike,
-    labels: LabelSet,
-    split_path: str | os.PathLike,
-    *,
-    image_size: int,
-    augmentation: str,
-    mean,
-    std,
-    val_fraction: float = 0.1,
-    split_seed: int = 42,
-    max_train_samples: int | None = None,
-    max_eval_samples: int | None = None,
-    num_proc: int = 1,
+    data_args: DataArguments, labels: LabelSet, split_path: str | os.PathLike, *, mean, std
 ) -> TrainingData:
-    """Index and validate ``data_dir``, split it (``split_path``), and attach the transforms.
+    """Index and validate ``data_args.data_dir``, split it (``split_path``), and attach the transforms, which
+    normalise with the model's ``mean`` and ``std`` (3 floats each, as the image processor's).
 
     ``data_dir`` is a PNG layout root or a saved ``datasets`` folder (its ``train`` split; labels from a
     ``labels.json`` in the folder or its parent, as ``cxrseg prepare --save-dataset`` writes them).
     """
-    root = Path(data_dir)
+    root = Path(data_args.data_dir)
     if not root.exists():
         raise DataError(
             f"Data folder {root} does not exist. Prepare data (README, Data) or run `cxrseg make-demo-data`."
@@ -160,18 +150,19 @@ def load_training_data(
         )
     if saved:
         source = datasets.load_from_disk(str(root))["train"]
-        index = _index_saved_dataset(source, labels, num_proc)
+        index = _index_saved_dataset(source, labels, data_args.preprocessing_num_workers)
     else:
-        index = index_layout(root, "train", labels, num_proc=num_proc)
+        index = index_layout(root, "train", labels, num_proc=data_args.preprocessing_num_workers)
         source = rows_to_dataset(index)
     row_of = {row.image_id: i for i, row in enumerate(index)}
-    split = load_or_make_split(split_path, list(row_of), [row.is_positive for row in index], val_fraction, split_seed)
-    train_ids = split["train"][:max_train_samples]
-    val_ids = split["val"][:max_eval_samples]
+    positives = [row.is_positive for row in index]
+    split = load_or_make_split(split_path, list(row_of), positives, data_args.val_fraction, data_args.split_seed)
+    train_ids = split["train"][: data_args.max_train_samples]
+    val_ids = split["val"][: data_args.max_eval_samples]
     train = source.select([row_of[i] for i in train_ids])
     val = source.select([row_of[i] for i in val_ids])
-    train.set_transform(make_transform(labels, augmentation, image_size, mean, std))
-    val.set_transform(make_transform(labels, "none", image_size, mean, std))
+    train.set_transform(make_transform(labels, data_args.augmentation, data_args.image_size, mean, std))
+    val.set_transform(make_transform(labels, "none", data_args.image_size, mean, std))
     train_rows = [index[row_of[i]] for i in train_ids]
     pixel_counts = np.sum([row.pixel_counts for row in train_rows], axis=0).tolist()
     num_pixels = sum(r.width * r.height for r in train_rows)
