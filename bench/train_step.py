@@ -24,10 +24,12 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # the library, and tests/ for the one tiny model config
 from cxrseg.labels import PNEUMOTHORAX  # noqa: E402
 from cxrseg.losses import DiceCELoss  # noqa: E402
 from cxrseg.model import AuxiliaryLogits, build_model  # noqa: E402
+from tests.conftest import TINY_MODEL_CONFIG  # noqa: E402
 
 MODELS = {
     # openmmlab/upernet-swin-base's architecture (121.3M parameters), randomly initialised: throughput only.
@@ -59,20 +61,7 @@ MODELS = {
         "hidden_size": 512,
         "auxiliary_in_channels": 384,
     },
-    "tiny": {
-        "backbone_config": {
-            "model_type": "swin",
-            "embed_dim": 16,
-            "depths": [1, 1, 1, 1],
-            "num_heads": [1, 1, 1, 1],
-            "window_size": 4,
-            "image_size": 64,
-            "out_features": ["stage1", "stage2", "stage3", "stage4"],
-        },
-        "hidden_size": 16,
-        "auxiliary_channels": 8,
-        "auxiliary_in_channels": 64,
-    },
+    "tiny": TINY_MODEL_CONFIG,  # the tests' tiny model
 }
 
 VARIANTS = {

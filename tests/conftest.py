@@ -1,10 +1,17 @@
-"""Shared fixtures: tiny models built from configs and small datasets written to tmp_path. No network."""
+"""Shared fixtures and helpers: the one tiny model config (bench/ uses it too), tiny saved models, and small
+datasets written to tmp_path. No network."""
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import pytest
+import torch
+
+from cxrseg.labels import PNEUMOTHORAX, LabelSet
+from cxrseg.model import build_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -24,6 +31,19 @@ TINY_MODEL_CONFIG = {
     "auxiliary_channels": 8,
     "auxiliary_in_channels": 64,
 }
+
+
+def save_tiny_model(
+    path: Path, labels: LabelSet = PNEUMOTHORAX, image_size: int = 64, seed: int = 0, splits: dict | None = None
+) -> Path:
+    """A randomly initialised tiny UperNet-Swin saved as a training run saves it (weights, config, processor)."""
+    torch.manual_seed(seed)
+    model, processor = build_model(None, TINY_MODEL_CONFIG, labels, image_size)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    if splits is not None:
+        (path / "splits.json").write_text(json.dumps(splits))
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ from cxrseg.labels import PNEUMOTHORAX, LabelSet, pack_multilabel
 from cxrseg.metrics import SegmentationMetrics, dice_score
 from cxrseg.model import IMAGENET_MEAN, IMAGENET_STD
 from cxrseg.postprocess import PostProcess
-from tests.test_inference import save_tiny_model
+from tests.conftest import save_tiny_model
 
 
 class IntensityModel(nn.Module):

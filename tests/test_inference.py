@@ -18,24 +18,10 @@ from cxrseg.data.dataset import make_transform
 from cxrseg.errors import DataError, ModelLoadError
 from cxrseg.evaluate import default_out_dir
 from cxrseg.inference import feature_maps, load_image, load_segmenter
-from cxrseg.labels import PNEUMOTHORAX, LabelSet
-from cxrseg.model import build_model
+from cxrseg.labels import PNEUMOTHORAX
 from cxrseg.postprocess import PostProcess
 from cxrseg.prepare.dicom import write_dicom
-from tests.conftest import TINY_MODEL_CONFIG
-
-
-def save_tiny_model(
-    path: Path, labels: LabelSet = PNEUMOTHORAX, image_size: int = 64, seed: int = 0, splits: dict | None = None
-) -> Path:
-    """A randomly initialised tiny UperNet-Swin saved as a training run saves it (weights, config, processor)."""
-    torch.manual_seed(seed)
-    model, processor = build_model(None, TINY_MODEL_CONFIG, labels, image_size)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    if splits is not None:
-        (path / "splits.json").write_text(json.dumps(splits))
-    return path
+from tests.conftest import save_tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from cxrseg.plots import (
     plot_prediction_grid,
     plot_training_curves,
 )
-from tests.test_inference import save_tiny_model
+from tests.conftest import save_tiny_model
 
 
 def pixels(path) -> np.ndarray:

@@ -23,7 +23,7 @@ from cxrseg.postprocess import PostProcess
 from cxrseg.predict import list_inputs, predict
 from cxrseg.prepare.dicom import write_dicom
 from cxrseg.prepare.rle import rle_decode
-from tests.test_inference import save_tiny_model
+from tests.conftest import save_tiny_model
 
 # A real radiograph (NIH ChestX-ray14, 512 x 512) from the shared/ folder beside the checkout; read-only.
 NIH_IMAGE = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih_cxr14_00000001_000.png"
