@@ -5,6 +5,10 @@ from_pretrained and the image-segmentation pipeline, the model card, and the sta
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,14 +25,23 @@ from transformers import AutoImageProcessor, UperNetForSemanticSegmentation, pip
 import cxrseg.hub
 from cxrseg.cli import main as cli_main
 from cxrseg.config import parse_recipe, save_recipe
-from cxrseg.hub import HubAccessError, check_hub_access, model_card, push_folder, upload_plan
-from cxrseg.labels import CHESTXDET, PNEUMOTHORAX
+from cxrseg.hub import (
+    CARD_TEMPLATE,
+    HubAccessError,
+    card_template,
+    check_hub_access,
+    model_card,
+    push_folder,
+    upload_plan,
+)
+from cxrseg.labels import CHESTXDET, PNEUMOTHORAX, LabelSet
 from cxrseg.model import build_model
 from cxrseg.postprocess import PostProcess
 from cxrseg.synthetic import synthetic_radiograph
 from cxrseg.train import main as train_main
 from tests.conftest import TINY_MODEL_CONFIG
 
+ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_FAKEtokenFAKEtokenFAKEtoken0123"
 ME = {"name": "me", "orgs": [{"name": "lab"}], "auth": {"accessToken": {"role": "write"}}}
 REPO_FILES = {
@@ -196,21 +209,131 @@ def test_model_card(output_folder, hub):
     assert "image_size: 64" in text  # the recipe
 
 
+def card_folder(
+    folder: Path, labels: LabelSet, recipe_argv: list[str], results: dict | None = None, postprocess: bool = False
+) -> Path:
+    """An output folder holding what the card reads: config.json, recipe.yaml, all_results.json, postprocess.json."""
+    model, _ = build_model(None, TINY_MODEL_CONFIG, labels, 64)
+    model.config.save_pretrained(folder)
+    save_recipe(parse_recipe(recipe_argv), folder / "recipe.yaml")
+    if results is not None:
+        (folder / "all_results.json").write_text(json.dumps(results))
+    if postprocess:
+        PostProcess(0.75, 10, 0.3, image_size=64).save(folder)
+    return folder
+
+
 def test_model_card_chestxdet_and_synthetic(tmp_path):
-    out = tmp_path / "cxd"
-    model, _ = build_model(None, TINY_MODEL_CONFIG, CHESTXDET, 64)
-    model.config.save_pretrained(out)
-    recipe = parse_recipe(["--config", "recipe/chestxdet_demo.yaml", "--generate_demo_data", "false"])
-    save_recipe(recipe, out / "recipe.yaml")
-    (out / "all_results.json").write_text(json.dumps({"eval_dice": 0.5, "eval_dice/Nodule": 0.25, "eval_ap": 0.4}))
+    results = {"eval_dice": 0.5, "eval_dice/Nodule": 0.25, "eval_ap": 0.4}
+    argv = ["--config", "recipe/chestxdet_demo.yaml", "--generate_demo_data", "false"]
+    out = card_folder(tmp_path, CHESTXDET, argv, results)
     text = model_card(out, "lab/cxd")
     assert "ChestX-Det" in text and "lian2021sarnet" in text and "SIIM" not in text
     assert "| Nodule | 0.2500 | n/a | n/a |" in text
     assert ".sigmoid()" in text and "pipeline(" not in text  # the pipeline's arg-max is wrong for multi-label
-    synthetic = parse_recipe(["--config", "recipe/demo.yaml"])
-    save_recipe(synthetic, out / "recipe.yaml")
+    save_recipe(parse_recipe(["--config", "recipe/demo.yaml"]), out / "recipe.yaml")
     text = model_card(out)
     assert "not real X-rays" in text and "## Citation" not in text and "path/to/this/folder" in text
+
+
+TAGS = ["medical-imaging", "chest-x-ray", "semantic-segmentation", "upernet", "swin", "cxrseg"]
+
+
+@pytest.mark.parametrize(
+    ("base_model", "hub_id", "line"),
+    [
+        (None, None, "- Trained from scratch (no pretrained weights)."),
+        ("openmmlab/upernet-swin-base", "openmmlab/upernet-swin-base", "- Base model: `openmmlab/upernet-swin-base`"),
+        ("pretrained", None, "- Initialised from a local model folder."),  # made in tmp_path: not a Hub id
+    ],
+    ids=["scratch", "hub-id", "local-folder"],
+)
+def test_model_card_metadata(tmp_path, base_model, hub_id, line):
+    if base_model == "pretrained":
+        base_model = str(tmp_path / "pretrained")
+        Path(base_model).mkdir()
+    argv = ["--config", "recipe/demo.yaml", "--generate_demo_data", "false"]
+    argv += ["--model_name_or_path", base_model] if base_model else []
+    card = ModelCard(model_card(card_folder(tmp_path / "out", PNEUMOTHORAX, argv, RESULTS), "me/tiny"))
+    expected = {"library_name": "transformers", "pipeline_tag": "image-segmentation", "tags": [*TAGS, "pneumothorax"]}
+    assert card.data.to_dict() == ({**expected, "base_model": hub_id} if hub_id else expected)
+    assert card.text.startswith("\n# tiny\n") and card.text.endswith("```\n")
+    base_lines = ["- Trained from scratch", "- Base model:", "- Initialised from a local model folder"]
+    assert [card.text.count(start) for start in base_lines] == [int(line.startswith(s)) for s in base_lines]
+    assert line in card.text
+
+
+# Each conditional part of the card, by a text that only it contains.
+CARD_PARTS = {
+    "siim": "trained with cxrseg on [SIIM-ACR Pneumothorax Segmentation](https://www.kaggle.com/",
+    "chestxdet": "trained with cxrseg on [ChestX-Det](https://github.com/",
+    "custom data": "trained with cxrseg on custom data.",
+    "synthetic data": "trained with cxrseg on the synthetic demo dataset",
+    "no results": "| (no evaluation results in this folder) | | |",
+    "class table": "| class | dice | kaggle_dice | ap |",
+    "post-processing": "Post-processing (`postprocess.json`, the SIIM-ACR winners' triplet rule): keep",
+    "pipeline code": 'segmenter = pipeline("image-segmentation", model="me/card")',
+    "sigmoid code": "mode='bilinear').sigmoid()[0]",
+    "chest drain": "- Many positive SIIM-ACR images show a chest drain",
+    "synthetic warning": "- **This model was trained on synthetic images**",
+    "citation": "## Citation",
+}
+ALWAYS = ("## Evaluation", "## How to use", "## Intended use and limitations", "not a medical device", "```yaml")
+CUSTOM = LabelSet("custom", ("background", "nodule"), multilabel=False)
+REAL, SYNTHETIC = ["--generate_demo_data", "false"], ["--generate_demo_data", "true"]
+
+
+@pytest.mark.parametrize(
+    ("labels", "recipe", "results", "postprocess", "parts"),
+    [
+        (PNEUMOTHORAX, REAL, RESULTS, True, {"siim", "post-processing", "pipeline code", "chest drain", "citation"}),
+        (PNEUMOTHORAX, REAL, None, False, {"siim", "no results", "pipeline code", "chest drain", "citation"}),
+        (PNEUMOTHORAX, SYNTHETIC, RESULTS, False, {"synthetic data", "pipeline code", "synthetic warning"}),
+        (CHESTXDET, REAL, RESULTS, True, {"chestxdet", "class table", "post-processing", "sigmoid code", "citation"}),
+        (
+            CHESTXDET,
+            SYNTHETIC,
+            None,
+            True,
+            {"synthetic data", "no results", "class table", "post-processing", "sigmoid code", "synthetic warning"},
+        ),
+        (CUSTOM, REAL, RESULTS, False, {"custom data", "pipeline code"}),
+    ],
+    ids=["siim", "siim-no-results", "siim-synthetic", "chestxdet", "chestxdet-synthetic", "custom"],
+)
+def test_model_card_parts_appear_exactly_when_they_apply(tmp_path, labels, recipe, results, postprocess, parts):
+    argv = ["--config", "recipe/chestxdet_demo.yaml" if labels.multilabel else "recipe/demo.yaml", *recipe]
+    text = model_card(card_folder(tmp_path, labels, argv, results, postprocess), "me/card")
+    assert {name: text.count(part) for name, part in CARD_PARTS.items()} == {
+        name: int(name in parts) for name in CARD_PARTS
+    }
+    assert all(text.count(part) == 1 for part in ALWAYS)
+    # Tables: header and separator, then a row per metric (RESULTS has all 7) or the "no results" row, then for
+    # multi-label models header, separator and a row per class.
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + (7 if results else 1) + (2 + len(labels.foreground) if labels.multilabel else 0)
+
+
+def test_card_template_ships_in_the_wheel(tmp_path):
+    """The package data in pyproject.toml puts the template into a built wheel, where importlib.resources (as
+    :func:`card_template` reads it) finds it, from the zip. Built offline with the project's own build backend."""
+    project = tmp_path / "project"
+    shutil.copytree(ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, project / name)
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "--quiet"]
+    subprocess.run([*build, "--wheel-dir", str(tmp_path / "dist"), str(project)], check=True, capture_output=True)
+    (wheel,) = (tmp_path / "dist").glob("cxrseg-*.whl")
+    code = (
+        "import cxrseg, importlib.resources; print(cxrseg.__file__); "
+        f"print(importlib.resources.files('cxrseg').joinpath({CARD_TEMPLATE!r}).read_text(), end='')"
+    )
+    env = {**os.environ, "PYTHONPATH": str(wheel)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    package_file, template = done.stdout.split("\n", 1)
+    assert package_file.startswith(str(wheel))  # the package came from the wheel, not from src/
+    assert template == card_template() == (ROOT / "src/cxrseg/templates/model_card.md").read_text()
 
 
 def test_failed_push_says_how_to_retry(output_folder, hub, monkeypatch):

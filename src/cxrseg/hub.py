@@ -1,5 +1,8 @@
 """The output folder as a Hub model repo: our model card, copies without secrets or local paths, and the push.
 
+The card (:func:`model_card`) is the Jinja template ``templates/model_card.md`` of this package, rendered by
+``huggingface_hub.ModelCard.from_template`` with the values :func:`card_values` reads from the output folder.
+
 What is uploaded (:func:`upload_plan`): the top-level files of the output folder whose suffix is in
 :data:`UPLOAD_SUFFIXES` — ``config.json``, ``model.safetensors``, ``preprocessor_config.json``, ``postprocess.json``,
 ``recipe.yaml``, ``README.md`` (the card), ``splits.json``, ``*_results.json``, ``trainer_state.json``, plots — and
@@ -18,11 +21,12 @@ import logging
 import math
 import os
 import re
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
-from huggingface_hub import CommitOperationAdd, HfApi, ModelCardData
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
 from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import LocalTokenNotFoundError
 
@@ -38,44 +42,6 @@ TEXT_SUFFIXES = (".json", ".yaml", ".md")
 CARD_FILENAME = "README.md"
 RECIPE_FILENAME = "recipe.yaml"
 REDACTED = "<redacted>"
-
-SIIM_CITATION = """@misc{siim-acr-pneumothorax-2019,
-  title = {{SIIM-ACR} Pneumothorax Segmentation},
-  author = {{Society for Imaging Informatics in Medicine} and {American College of Radiology}},
-  year = {2019},
-  howpublished = {\\url{https://www.kaggle.com/competitions/siim-acr-pneumothorax-segmentation}}
-}"""
-CHESTXDET_CITATION = """@article{lian2021sarnet,
-  title = {A Structure-Aware Relation Network for Thoracic Diseases Detection and Segmentation},
-  author = {Lian, Jie and Liu, Jingyu and Zhang, Shu and Gao, Kai and Liu, Xiaoqing and Zhang, Dingwen and Yu, Yizhou},
-  journal = {IEEE Transactions on Medical Imaging},
-  volume = {40},
-  number = {8},
-  pages = {2042--2052},
-  year = {2021},
-  eprint = {2104.10326},
-  archivePrefix = {arXiv}
-}"""
-NIH_CITATION = """@inproceedings{wang2017chestxray,
-  title = {{ChestX-ray8}: Hospital-scale Chest X-ray Database and Benchmarks on Weakly-Supervised Classification and
-           Localization of Common Thorax Diseases},
-  author = {Wang, Xiaosong and Peng, Yifan and Lu, Le and Lu, Zhiyong and Bagheri, Mohammadhadi and Summers, Ronald M.},
-  booktitle = {IEEE Conference on Computer Vision and Pattern Recognition (CVPR)},
-  pages = {3462--3471},
-  year = {2017}
-}"""
-DATASETS = {
-    "pneumothorax": (
-        "SIIM-ACR Pneumothorax Segmentation",
-        "https://www.kaggle.com/competitions/siim-acr-pneumothorax-segmentation",
-        (SIIM_CITATION, NIH_CITATION),
-    ),
-    "chestxdet": (
-        "ChestX-Det",
-        "https://github.com/Deepwise-AILab/ChestX-Det-Dataset",
-        (CHESTXDET_CITATION, NIH_CITATION),
-    ),
-}
 
 
 # ---------------------------------------------------------------------------------------------------- start-up check
@@ -139,7 +105,18 @@ def shareable_recipe(resolved: dict[str, Any], base: str | os.PathLike | None = 
     return shared, rewritten
 
 
+def _shareable_recipe_text(text: str) -> str:
+    """The text of a ``recipe.yaml`` as shared: :func:`shareable_recipe` of it, keeping its first comment line and
+    adding one that names the keys rewritten."""
+    shared, rewritten = shareable_recipe(yaml.safe_load(text) or {})
+    header = text.splitlines()[0] + "\n" if text.startswith("#") else ""
+    if rewritten:
+        header += f"# Local paths made relative or cut to their last part for sharing: {', '.join(rewritten)}\n"
+    return header + yaml.safe_dump(shared, sort_keys=False)
+
+
 def _relative(value: Any, base: Path) -> Any:
+    """``value`` relative to ``base`` if it is an absolute path inside it, its last component if outside, else as is."""
     if not isinstance(value, str) or not os.path.isabs(os.path.expanduser(value)):
         return value
     path = Path(os.path.expanduser(value)).resolve()
@@ -168,7 +145,59 @@ def redact_text(text: str, folder: str | os.PathLike, token: str | None = None) 
 
 
 # ---------------------------------------------------------------------------------------------------- model card
+CARD_TEMPLATE = "templates/model_card.md"  # Jinja, inside the cxrseg package; rendered by ModelCard.from_template
+CARD_TAGS = ("medical-imaging", "chest-x-ray", "semantic-segmentation", "upernet", "swin", "cxrseg")
+METRIC_DEFINITIONS = {  # eval_<name> in all_results.json → what the card says it is, in the card's order
+    "dice": "Dice of all validation pixels pooled, 2TP / (2TP + FP + FN)",
+    "kaggle_dice": "mean per-image Dice, 1 when truth and prediction are both empty (SIIM-ACR rule)",
+    "iou": "pooled IoU, TP / (TP + FP + FN)",
+    "ap": "pixel average precision (sklearn's step sum)",
+    "best_f1": "best pixel F1 over thresholds",
+    "best_threshold": "probability threshold that gives best_f1",
+    "num_images": "validation images",
+}
+CLASS_METRICS = ("dice", "kaggle_dice", "ap")  # the per-class table of multi-label models: eval_<metric>/<class>
+SIIM_CITATION = """@misc{siim-acr-pneumothorax-2019,
+  title = {{SIIM-ACR} Pneumothorax Segmentation},
+  author = {{Society for Imaging Informatics in Medicine} and {American College of Radiology}},
+  year = {2019},
+  howpublished = {\\url{https://www.kaggle.com/competitions/siim-acr-pneumothorax-segmentation}}
+}"""
+CHESTXDET_CITATION = """@article{lian2021sarnet,
+  title = {A Structure-Aware Relation Network for Thoracic Diseases Detection and Segmentation},
+  author = {Lian, Jie and Liu, Jingyu and Zhang, Shu and Gao, Kai and Liu, Xiaoqing and Zhang, Dingwen and Yu, Yizhou},
+  journal = {IEEE Transactions on Medical Imaging},
+  volume = {40},
+  number = {8},
+  pages = {2042--2052},
+  year = {2021},
+  eprint = {2104.10326},
+  archivePrefix = {arXiv}
+}"""
+NIH_CITATION = """@inproceedings{wang2017chestxray,
+  title = {{ChestX-ray8}: Hospital-scale Chest X-ray Database and Benchmarks on Weakly-Supervised Classification and
+           Localization of Common Thorax Diseases},
+  author = {Wang, Xiaosong and Peng, Yifan and Lu, Le and Lu, Zhiyong and Bagheri, Mohammadhadi and Summers, Ronald M.},
+  booktitle = {IEEE Conference on Computer Vision and Pattern Recognition (CVPR)},
+  pages = {3462--3471},
+  year = {2017}
+}"""
+DATASETS = {  # task → (dataset name, its page, what to cite); other tasks: "custom data"
+    "pneumothorax": (
+        "SIIM-ACR Pneumothorax Segmentation",
+        "https://www.kaggle.com/competitions/siim-acr-pneumothorax-segmentation",
+        (SIIM_CITATION, NIH_CITATION),
+    ),
+    "chestxdet": (
+        "ChestX-Det",
+        "https://github.com/Deepwise-AILab/ChestX-Det-Dataset",
+        (CHESTXDET_CITATION, NIH_CITATION),
+    ),
+}
+
+
 def _read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; empty when the file does not exist."""
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
@@ -180,14 +209,35 @@ def _format(value: Any, count: bool = False) -> str:
 
 
 def _is_hub_id(value: Any) -> bool:
+    """Whether ``value`` names a Hub repo (``namespace/name``, not an existing local path)."""
     return isinstance(value, str) and not os.path.exists(value) and re.fullmatch(r"[\w.-]+/[\w.-]+", value) is not None
 
 
-def model_card(folder: str | os.PathLike, repo_id: str | None = None) -> str:
-    """The model card (``README.md``) of an output folder: task, data, metrics, recipe, use, limits, citations.
+def _metric_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(name, formatted value, definition) of each :data:`METRIC_DEFINITIONS` metric (``eval_<name>``) in results."""
+    return [
+        (name, _format(results[f"eval_{name}"], count=name.startswith("num_")), definition)
+        for name, definition in METRIC_DEFINITIONS.items()
+        if f"eval_{name}" in results
+    ]
 
-    Reads ``config.json`` (labels), ``recipe.yaml``, ``all_results.json`` (or ``eval_results.json``) and
-    ``postprocess.json`` when present. ``repo_id`` appears in the loading code (a placeholder when None).
+
+def _class_rows(results: dict[str, Any], classes: tuple[str, ...]) -> list[tuple[str, list[str]]]:
+    """(class, formatted values of :data:`CLASS_METRICS`) for each class; "n/a" where ``results`` lacks one."""
+    return [
+        (name, [_format(results.get(f"eval_{metric}/{name}", float("nan"))) for metric in CLASS_METRICS])
+        for name in classes
+    ]
+
+
+def card_values(folder: str | os.PathLike, repo_id: str | None = None) -> dict[str, Any]:
+    """What the card template shows, read from an output folder (see :data:`CARD_TEMPLATE` for how it is shown).
+
+    Reads ``config.json`` (labels), ``recipe.yaml`` (shared as by :func:`shareable_recipe`), ``all_results.json``
+    (or ``eval_results.json``) and ``postprocess.json`` when present. Metrics are strings, already formatted:
+    ``metrics`` holds (name, value, definition) for each result present, ``class_metrics`` (class, [values of
+    :data:`CLASS_METRICS`]) for every foreground class. ``repo_id`` is the card's title and the id in its loading
+    code (a placeholder when None).
     """
     folder = Path(folder)
     config = _read_json(folder / "config.json")
@@ -195,156 +245,52 @@ def model_card(folder: str | os.PathLike, repo_id: str | None = None) -> str:
         raise ModelLoadError(f"{folder / 'config.json'} with id2label is missing: is {folder} an output folder?")
     labels = labels_from_config(config["id2label"])
     recipe_path = folder / RECIPE_FILENAME
-    recipe = yaml.safe_load(recipe_path.read_text()) if recipe_path.is_file() else {}
-    recipe, _ = shareable_recipe(recipe or {})
+    resolved = yaml.safe_load(recipe_path.read_text()) if recipe_path.is_file() else None
+    recipe, _ = shareable_recipe(resolved or {})
     results = _read_json(folder / "all_results.json") or _read_json(folder / "eval_results.json")
-    postprocess = _read_json(folder / POSTPROCESS_FILENAME)
-    model_id = repo_id or "path/to/this/folder"
-    synthetic = bool(recipe.get("generate_demo_data"))
     dataset_name, dataset_url, citations = DATASETS.get(labels.task, ("custom data", None, ()))
     base_model = recipe.get("model_name_or_path")
+    return {
+        "title": repo_id.split("/")[-1] if repo_id else f"cxrseg {labels.task} model",
+        "model_id": repo_id or "path/to/this/folder",
+        "task": labels.task,
+        "multilabel": labels.multilabel,
+        "id2label": labels.id2label,
+        "synthetic": bool(recipe.get("generate_demo_data")),
+        "dataset_name": dataset_name,
+        "dataset_url": dataset_url,
+        "citations": citations,
+        "image_size": recipe.get("image_size") or config.get("backbone_config", {}).get("image_size"),
+        "hub_base_model": base_model if _is_hub_id(base_model) else None,
+        "from_scratch": base_model is None,
+        "metrics": _metric_rows(results),
+        "class_metrics": _class_rows(results, labels.foreground),
+        "postprocess": _read_json(folder / POSTPROCESS_FILENAME),
+        "postprocess_filename": POSTPROCESS_FILENAME,
+        "recipe_filename": RECIPE_FILENAME,
+        "recipe_yaml": yaml.safe_dump(recipe, sort_keys=False).rstrip(),
+    }
 
+
+def model_card(folder: str | os.PathLike, repo_id: str | None = None) -> str:
+    """The model card (``README.md``) of an output folder: :data:`CARD_TEMPLATE` filled with :func:`card_values`.
+
+    Its metadata: library transformers, pipeline image-segmentation, :data:`CARD_TAGS` and the task, and the base
+    model when it is a Hub id.
+    """
+    values = card_values(folder, repo_id)
     metadata = ModelCardData(
         library_name="transformers",
         pipeline_tag="image-segmentation",
-        tags=["medical-imaging", "chest-x-ray", "semantic-segmentation", "upernet", "swin", "cxrseg", labels.task],
-        base_model=base_model if _is_hub_id(base_model) else None,
+        tags=[*CARD_TAGS, values["task"]],
+        base_model=values["hub_base_model"],
     )
-    title = repo_id.split("/")[-1] if repo_id else f"cxrseg {labels.task} model"
-    data_line = (
-        "the synthetic demo dataset of `cxrseg.synthetic` (drawn radiograph-like images, **not real X-rays**)"
-        if synthetic
-        else f"[{dataset_name}]({dataset_url})"
-        if dataset_url
-        else dataset_name
-    )
-    image_size = recipe.get("image_size") or config.get("backbone_config", {}).get("image_size")
-    lines = [
-        "---",
-        metadata.to_yaml(),
-        "---",
-        "",
-        f"# {title}",
-        "",
-        f"UperNet with a Swin backbone for **{labels.task}** segmentation on chest radiographs, trained with "
-        f"cxrseg on {data_line}.",
-        "",
-        f"- Outputs ({'one sigmoid per class, multi-label' if labels.multilabel else 'softmax'}): "
-        + ", ".join(f"`{i}: {n}`" for i, n in labels.id2label.items()),
-        f"- Input: a grayscale chest radiograph (PA/AP), resized to {image_size}×{image_size}, replicated to 3 "
-        "channels and ImageNet-normalised by the bundled image processor.",
-        f"- Base model: `{base_model}`"
-        if _is_hub_id(base_model)
-        else "- Trained from scratch (no pretrained weights)."
-        if base_model is None
-        else "- Initialised from a local model folder.",
-        "",
-        "## Evaluation",
-        "",
-        "On the validation split (`splits.json`, natural prevalence); pixels scored at probability ≥ 0.5.",
-        "",
-        "| metric | value | definition |",
-        "| --- | --- | --- |",
-    ]
-    rows = [
-        ("dice", "Dice of all validation pixels pooled, 2TP / (2TP + FP + FN)"),
-        ("kaggle_dice", "mean per-image Dice, 1 when truth and prediction are both empty (SIIM-ACR rule)"),
-        ("iou", "pooled IoU, TP / (TP + FP + FN)"),
-        ("ap", "pixel average precision (sklearn's step sum)"),
-        ("best_f1", "best pixel F1 over thresholds"),
-        ("best_threshold", "probability threshold that gives best_f1"),
-        ("num_images", "validation images"),
-    ]
-    found = False
-    for key, definition in rows:
-        if f"eval_{key}" in results:
-            lines.append(f"| {key} | {_format(results[f'eval_{key}'], key.startswith('num_'))} | {definition} |")
-            found = True
-    if not found:
-        lines.append("| (no evaluation results in this folder) | | |")
-    if labels.multilabel:
-        lines += ["", "| class | dice | kaggle_dice | ap |", "| --- | --- | --- | --- |"]
-        for name in labels.foreground:
-            values = [_format(results.get(f"eval_{m}/{name}", float("nan"))) for m in ("dice", "kaggle_dice", "ap")]
-            lines.append(f"| {name} | " + " | ".join(values) + " |")
-    if postprocess:
-        lines += [
-            "",
-            f"Post-processing (`{POSTPROCESS_FILENAME}`, the SIIM-ACR winners' triplet rule): keep an image's mask "
-            f"only if at least {postprocess.get('min_area')} pixels (at {postprocess.get('image_size')} px) reach "
-            f"{postprocess.get('top_threshold')}, then binarise at {postprocess.get('bottom_threshold')}.",
-        ]
-    lines += ["", "## How to use", "", "```python"]
-    if labels.multilabel:
-        lines += [
-            "import torch",
-            "from PIL import Image",
-            "from transformers import AutoImageProcessor, UperNetForSemanticSegmentation",
-            "",
-            f'model = UperNetForSemanticSegmentation.from_pretrained("{model_id}").eval()',
-            f'processor = AutoImageProcessor.from_pretrained("{model_id}")',
-            'image = Image.open("chest_xray.png").convert("RGB")',
-            'inputs = processor(images=image, return_tensors="pt")',
-            "with torch.no_grad():",
-            "    logits = model(**inputs).logits  # [1, C, H, W]",
-            "probs = torch.nn.functional.interpolate(logits, size=image.size[::-1], mode='bilinear').sigmoid()[0]",
-            "masks = probs >= 0.5  # one plane per finding, in config.id2label order",
-        ]
-    else:
-        lines += [
-            "from PIL import Image",
-            "from transformers import pipeline",
-            "",
-            f'segmenter = pipeline("image-segmentation", model="{model_id}")',
-            'results = segmenter(Image.open("chest_xray.png").convert("RGB"))',
-            "masks = {r['label']: r['mask'] for r in results}  # PIL masks at the input size, labels present only",
-            "",
-            "# probabilities instead of the arg-max masks:",
-            "import torch",
-            "from transformers import AutoImageProcessor, UperNetForSemanticSegmentation",
-            f'model = UperNetForSemanticSegmentation.from_pretrained("{model_id}").eval()',
-            f'processor = AutoImageProcessor.from_pretrained("{model_id}")',
-            'inputs = processor(images=Image.open("chest_xray.png").convert("RGB"), return_tensors="pt")',
-            "with torch.no_grad():",
-            "    probs = model(**inputs).logits.softmax(dim=1)[0, 1]  # pneumothorax probability [H, W]",
-        ]
-    lines += [
-        "```",
-        "",
-        "## Intended use and limitations",
-        "",
-        "- **Research and education only. This model is not a medical device**, has not been clinically validated, "
-        "and must not be used for diagnosis, triage or any decision about a patient.",
-        "- It was trained and evaluated on one public dataset; radiographs from other hospitals, scanners, "
-        "populations, projections (lateral, portable AP) or paediatric patients may give much worse results.",
-        "- Public chest X-ray labels are noisy and come from one reading protocol per dataset.",
-        *(
-            [
-                "- Many positive SIIM-ACR images show a chest drain (an already treated pneumothorax); models "
-                "trained on them can partly rely on the drain, so untreated pneumothoraces may be found less often."
-            ]
-            if labels.task == "pneumothorax" and not synthetic
-            else []
-        ),
-        "- Metrics above are on a held-out validation split of the same dataset, not an external test set.",
-    ]
-    if synthetic:
-        lines.append("- **This model was trained on synthetic images** to test the pipeline; it is of no clinical use.")
-    lines += [
-        "",
-        "## Training recipe",
-        "",
-        f"The resolved recipe is `{RECIPE_FILENAME}` in this repository; with cxrseg, "
-        f"`accelerate launch run_train.py --config {RECIPE_FILENAME}` reruns it (after setting `data_dir`).",
-        "",
-        "```yaml",
-        yaml.safe_dump(recipe, sort_keys=False).rstrip(),
-        "```",
-    ]
-    if citations and not synthetic:
-        lines += ["", "## Citation", "", f"Please cite the data sources ({dataset_name} and NIH ChestX-ray14):", ""]
-        lines += ["```bibtex", "\n\n".join(citations), "```"]
-    return "\n".join(lines) + "\n"
+    return str(ModelCard.from_template(metadata, template_str=card_template(), **values))
+
+
+def card_template() -> str:
+    """The text of :data:`CARD_TEMPLATE`, through importlib.resources so that it also loads from a wheel or zip."""
+    return resources.files("cxrseg").joinpath(CARD_TEMPLATE).read_text(encoding="utf-8")
 
 
 def write_model_card(folder: str | os.PathLike, repo_id: str | None = None) -> Path:
@@ -366,11 +312,7 @@ def upload_plan(folder: str | os.PathLike, token: str | None = None) -> dict[str
             continue
         text = path.read_text()
         if path.name == RECIPE_FILENAME:
-            shared, rewritten = shareable_recipe(yaml.safe_load(text) or {})
-            header = text.splitlines()[0] + "\n" if text.startswith("#") else ""
-            if rewritten:
-                header += f"# Local paths made relative or cut to their last part for sharing: {', '.join(rewritten)}\n"
-            text = header + yaml.safe_dump(shared, sort_keys=False)
+            text = _shareable_recipe_text(text)
         plan[path.name] = redact_text(text, folder, token).encode()
     return plan
 
