@@ -1,4 +1,5 @@
-"""Raw-download look-alikes written to tmp_path: a SIIM-ACR folder (nested DICOMs + RLE CSV)."""
+"""Raw-download look-alikes written to tmp_path (a SIIM-ACR folder: nested DICOMs + RLE CSV) and the CLI and PNG
+helpers the prepare tests share."""
 
 from __future__ import annotations
 
