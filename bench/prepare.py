@@ -30,6 +30,7 @@ from PIL import Image
 from cxrseg.prepare.dicom import write_dicom
 from cxrseg.prepare.rle import rle_encode
 from cxrseg.prepare.siim import prepare_siim
+from cxrseg.prepare.writer import PrepareOptions
 
 
 def make_raw(root: Path, num_images: int, seed: int = 0) -> tuple[Path, Path]:
@@ -118,14 +119,8 @@ def main() -> None:
         base_rate = count / base_seconds
         print(f"baseline (dcmread + PIL resize + PNG save, 1 process): {base_rate:7.1f} images/s  (1.00x)")
         for num_proc in args.num_proc:
-            seconds, summary = timed(
-                prepare_siim,
-                root / "dicom",
-                root / "train-rle.csv",
-                root / f"out{num_proc}",
-                image_size=args.image_size,
-                num_proc=num_proc,
-            )
+            options = PrepareOptions(root / f"out{num_proc}", image_size=args.image_size, num_proc=num_proc)
+            seconds, summary = timed(prepare_siim, root / "dicom", root / "train-rle.csv", options)
             rate = summary.written / seconds
             print(
                 f"prepare siim --num-proc {num_proc} (images + masks):    {rate:7.1f} images/s  "

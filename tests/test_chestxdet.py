@@ -24,6 +24,7 @@ from cxrseg.losses import build_loss
 from cxrseg.model import IMAGENET_MEAN, IMAGENET_STD, build_model
 from cxrseg.predict import predict
 from cxrseg.prepare.chestxdet import prepare_chestxdet
+from cxrseg.prepare.writer import PrepareOptions
 from cxrseg.sampling import build_sampler
 from cxrseg.synthetic import MULTILABEL_DEMO_CLASSES, synthetic_multilabel_radiograph
 from cxrseg.trainer import SegmentationTrainer, streaming_metrics
@@ -100,7 +101,7 @@ def chestxdet_root(tmp_path_factory):
         truth[str(1000 + i)] = regions
     (raw / "ChestX_Det_train.json").write_text(json.dumps(records))
     out = raw.parent / "chestxdet-layout"
-    prepare_chestxdet(raw / "images", [raw / "ChestX_Det_train.json"], out, image_size=SIZE)
+    prepare_chestxdet(raw / "images", [raw / "ChestX_Det_train.json"], PrepareOptions(out, image_size=SIZE))
     return out, truth
 
 

@@ -155,7 +155,7 @@ def test_synthetic_data_is_deterministic_and_realistic(tmp_path):
 
 
 def test_a_saved_datasets_folder_trains_like_the_layout(tmp_path):
-    from cxrseg.prepare.writer import layout_to_datasetdict
+    from cxrseg.prepare.export import layout_to_datasetdict
 
     root = small_layout(tmp_path / "data")
     layout_to_datasetdict(root).save_to_disk(str(tmp_path / "saved"))

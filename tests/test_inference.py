@@ -6,21 +6,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
-import pydicom
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from cxrseg.data.dataset import make_transform
-from cxrseg.errors import DataError, ModelLoadError
+from cxrseg.errors import ModelLoadError
 from cxrseg.evaluate import default_out_dir
-from cxrseg.inference import feature_maps, load_image, load_segmenter
+from cxrseg.inference import feature_maps, load_segmenter
 from cxrseg.labels import PNEUMOTHORAX
 from cxrseg.postprocess import PostProcess
-from cxrseg.prepare.dicom import write_dicom
 from tests.conftest import save_tiny_model
 
 
@@ -120,24 +117,6 @@ def test_masks_gate_at_the_working_size_and_threshold_at_the_original_size(model
     assert big.shape == (3, 128, 100) and big.dtype == np.uint8
     np.testing.assert_array_equal(big[0], (at_size[0] >= 0.3).numpy())
     assert big[0].any() and not big[1].any() and not big[2].any()
-
-
-def test_load_image_reads_png_jpeg_dicom_and_names_a_corrupt_file(tmp_path):
-    gray = np.tile(np.arange(0, 250, 5, dtype=np.uint8), (30, 1))  # 30 x 50
-    cv2.imwrite(str(tmp_path / "gray.png"), gray)
-    cv2.imwrite(str(tmp_path / "deep.png"), gray.astype(np.uint16) * 200)  # 16-bit
-    cv2.imwrite(str(tmp_path / "colour.jpg"), np.dstack([gray] * 3), [cv2.IMWRITE_JPEG_QUALITY, 100])
-    write_dicom(tmp_path / "radiograph.dcm", gray, jpeg=False)
-    np.testing.assert_array_equal(load_image(tmp_path / "gray.png"), gray)
-    np.testing.assert_array_equal(load_image(tmp_path / "radiograph.dcm"), gray)
-    assert np.abs(load_image(tmp_path / "colour.jpg").astype(int) - gray).max() <= 2
-    deep = load_image(tmp_path / "deep.png")
-    assert deep.dtype == np.uint8 and deep.shape == (30, 50) and deep.min() == 0 and deep.max() == 255
-    ct = load_image(pydicom.data.get_testdata_file("CT_small.dcm"))  # 16-bit, rescaled
-    assert ct.dtype == np.uint8 and ct.shape == (128, 128)
-    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    with pytest.raises(DataError, match="broken.png"):
-        load_image(tmp_path / "broken.png")
 
 
 def test_feature_maps_cover_every_swin_stage_and_the_heads(model_dir):

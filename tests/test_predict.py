@@ -17,7 +17,8 @@ from PIL import Image
 
 from cxrseg.cli import main
 from cxrseg.errors import PredictError
-from cxrseg.inference import load_image, load_segmenter
+from cxrseg.images import read_image
+from cxrseg.inference import load_segmenter
 from cxrseg.labels import LabelSet, unpack_multilabel
 from cxrseg.postprocess import PostProcess
 from cxrseg.predict import list_inputs, predict
@@ -87,7 +88,7 @@ def test_predict_writes_masks_at_original_size_and_skips_the_corrupt_input(model
         mask = np.asarray(Image.open(out / "masks" / f"{image_id}.png"))
         assert mask.shape == size and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
         probabilities = np.asarray(Image.open(out / "probabilities" / f"{image_id}.png"))
-        image = load_image(next(inputs.rglob(f"{image_id}.*")))
+        image = read_image(next(inputs.rglob(f"{image_id}.*")))
         (probs,) = segmenter.predict([image])  # a batch of one: on a GPU, equal to the batch of two up to ~1e-4
         p = probs[0].numpy()
         decided = np.abs(p - 0.5) > 1e-3

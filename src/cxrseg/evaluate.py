@@ -28,9 +28,9 @@ from tqdm.auto import tqdm
 
 from cxrseg.data.dataset import make_transform, rows_to_dataset
 from cxrseg.data.png_layout import DataError, IndexedImage, index_layout, list_pairs, read_layout_labels
-from cxrseg.data.transforms import to_gray
 from cxrseg.errors import UsageError
 from cxrseg.files import AtomicCsv, atomic_write_text
+from cxrseg.images import to_gray
 from cxrseg.inference import Segmenter
 from cxrseg.labels import IGNORE_INDEX, binarize_mask, unpack_multilabel
 from cxrseg.metrics import SegmentationMetrics, dice_from_counts

@@ -1,19 +1,25 @@
-"""Atomic file writing: every file cxrseg writes appears whole or not at all (temporary file, then rename)."""
+"""Atomic writing: every file and folder cxrseg writes appears whole or not at all (temporary name, then rename)."""
 
 from __future__ import annotations
 
 import csv
 import os
+import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def default_file_mode() -> int:
     """The permissions ``open()`` would give a new file (0o666 less the umask); mkstemp's are 0o600."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    return 0o666 & ~_umask()
 
 
 def _temporary_beside(path: Path) -> tuple[int, str]:
@@ -72,3 +78,33 @@ class AtomicCsv:
             self.commit()
         else:
             self.discard()
+
+
+@contextmanager
+def atomic_folder(out: str | os.PathLike) -> Iterator[Path]:
+    """Build a folder in a temporary folder beside ``out``; it becomes ``out`` when the block ends without error.
+
+    An ``out`` that exists by then is replaced (moved aside, then removed once the new folder is in place): the
+    caller decides beforehand whether ``out`` may be replaced. On error (or interruption) the temporary folder is
+    removed and ``out`` is left as it was. The new folder gets ``mkdir``'s permissions (0o777 less the umask).
+    """
+    out = Path(out).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield building
+        os.chmod(building, 0o777 & ~_umask())
+        if out.exists():
+            previous = Path(tempfile.mkdtemp(prefix=f".{out.name}.previous-", dir=out.parent))
+            out.rename(previous / out.name)
+            try:
+                building.rename(out)
+            except BaseException:
+                (previous / out.name).rename(out)  # put the old folder back before anything is removed
+                previous.rmdir()
+                raise
+            shutil.rmtree(previous, ignore_errors=True)
+        else:
+            building.rename(out)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)

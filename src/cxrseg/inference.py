@@ -24,21 +24,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from transformers import AutoImageProcessor, UperNetForSemanticSegmentation
 
-from cxrseg.data.transforms import ToModelInputs, build_transforms, to_gray
-from cxrseg.errors import DataError, ModelLoadError
+from cxrseg.data.transforms import ToModelInputs, build_transforms
+from cxrseg.errors import ModelLoadError
 from cxrseg.labels import LabelSet, labels_from_config
 from cxrseg.postprocess import POSTPROCESS_FILENAME, PostProcess
-from cxrseg.prepare.dicom import read_dicom
 
 logger = logging.getLogger(__name__)
 
 TTA_MODES = ("none", "hflip")
-DICOM_SUFFIXES = (".dcm", ".dicom")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", *DICOM_SUFFIXES)
-"""File types :func:`load_image` reads (case-insensitive)."""
 
 HUB_FILES = (
     "config.json",
@@ -77,29 +72,6 @@ def resolve_model(model: str | os.PathLike) -> tuple[Path, bool]:
     if not (Path(folder) / "config.json").is_file():
         raise ModelLoadError(f"Hub repository {model!r} has no config.json: it is not a model repository.")
     return Path(folder), False
-
-
-def load_image(path: str | os.PathLike) -> np.ndarray:
-    """A radiograph file (PNG, JPEG, DICOM; any size, 8 or 16 bit, gray or colour) as uint8 gray ``[H, W]``.
-
-    DICOM (``.dcm``/``.dicom``) goes through :func:`cxrseg.prepare.dicom.read_dicom`; the others through Pillow and
-    :func:`cxrseg.data.transforms.to_gray`. Raises :class:`~cxrseg.errors.DataError` or
-    :class:`~cxrseg.errors.DicomError` (naming the path) for unreadable files.
-    """
-    path = Path(path)
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        return read_dicom(path)
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode not in ("L", "LA", "RGB", "RGBA", "I;16", "I;16B", "I", "F"):
-                image = image.convert("RGB")  # palette, 1-bit, CMYK, ...
-            pixels = np.asarray(image)
-    except Exception as error:  # Pillow raises several types for corrupt or truncated files
-        raise DataError(f"{path}: unreadable image ({type(error).__name__}: {error})") from error
-    if pixels.ndim not in (2, 3) or min(pixels.shape[:2]) == 0:
-        raise DataError(f"{path}: unexpected image shape {pixels.shape}.")
-    return to_gray(pixels)
 
 
 @dataclass(frozen=True)

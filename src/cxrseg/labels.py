@@ -12,9 +12,22 @@ Two tasks share it:
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from cxrseg.errors import DataError
+from cxrseg.files import atomic_write_text
+
+LABELS_FILENAME = "labels.json"
+"""The file naming a folder's classes (PNG layout, ``cxrseg predict`` output): :meth:`LabelSet.save` /
+:meth:`LabelSet.load`."""
+
+MAX_MULTILABEL_CLASSES = 16
+"""A multi-label mask is one 16-bit PNG bit field (:func:`pack_multilabel`)."""
 
 IGNORE_INDEX = 255
 """Label value excluded from every loss and metric (mask padding uses it as ``fill_mask``)."""
@@ -65,6 +78,57 @@ class LabelSet:
     def foreground(self) -> tuple[str, ...]:
         """The classes that metrics report: all but background."""
         return self.names if self.multilabel else self.names[1:]
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write ``folder/labels.json`` (atomically): ``{"task": ..., "names": [...], "multilabel": ...}``."""
+        spec = {"task": self.task, "names": list(self.names), "multilabel": self.multilabel}
+        return atomic_write_text(Path(folder) / LABELS_FILENAME, json.dumps(spec, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> LabelSet:
+        """The label set a labels JSON file declares (the format :meth:`save` writes).
+
+        ``task`` ``pneumothorax`` or ``chestxdet`` names a built-in set; any other task (default ``custom``) needs
+        ``names``: a list of strings, single-label 2..255 of them with ``"background"`` first, multi-label
+        (``"multilabel": true``) 1..16. Raises :class:`~cxrseg.errors.DataError` naming the file and the key.
+        """
+        path = Path(path)
+        try:
+            spec = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise DataError(f"{path}: cannot read the labels JSON ({error}); see README, Data.") from error
+        if not isinstance(spec, dict):
+            raise DataError(f"{path}: expected a JSON object with keys 'task', 'names', 'multilabel'.")
+        task = spec.get("task", "custom")
+        if not isinstance(task, str):
+            raise DataError(f"{path}: key 'task' must be a string ({', '.join(map(repr, TASKS))} or your own name).")
+        multilabel = spec.get("multilabel", TASKS[task].multilabel if task in TASKS else False)
+        if not isinstance(multilabel, bool):
+            raise DataError(f"{path}: key 'multilabel' must be true or false, got {multilabel!r}.")
+        names = spec.get("names")
+        if task in TASKS:
+            builtin = TASKS[task]
+            if (names is not None and list(names) != list(builtin.names)) or multilabel != builtin.multilabel:
+                raise DataError(
+                    f"{path}: task {task!r} is built in with names {list(builtin.names)} and multilabel "
+                    f"{str(builtin.multilabel).lower()}; drop keys 'names' and 'multilabel' or give another task."
+                )
+            return builtin
+        if not isinstance(names, list) or not names or not all(isinstance(name, str) for name in names):
+            raise DataError(
+                f"{path}: key 'names' must be a list of class names (single-label: 'background' first); task "
+                f"{task!r} is not built in ({', '.join(map(repr, TASKS))})."
+            )
+        if multilabel and len(names) > MAX_MULTILABEL_CLASSES:
+            raise DataError(
+                f"{path}: key 'names': at most {MAX_MULTILABEL_CLASSES} multi-label classes fit a 16-bit mask, "
+                f"got {len(names)}."
+            )
+        if not multilabel and not (2 <= len(names) <= 255 and names[0] == "background"):
+            raise DataError(
+                f"{path}: key 'names': a single-label set needs 2..255 names with 'background' first, got {names}."
+            )
+        return cls(task, tuple(names), multilabel)
 
 
 PNEUMOTHORAX = LabelSet("pneumothorax", ("background", "pneumothorax"), multilabel=False)

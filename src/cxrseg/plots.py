@@ -26,17 +26,6 @@ SINGLE_CLASS_COLOUR = (230, 40, 40)
 """RGB of the finding of a single-foreground model (red)."""
 
 
-def write_png(path: str | os.PathLike, pixels: np.ndarray) -> Path:
-    """Write uint8/uint16 gray [H, W] or uint8 RGB [H, W, 3] as a PNG, atomically."""
-    pixels = np.ascontiguousarray(pixels)
-    if pixels.ndim == 3:
-        pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
-    ok, encoded = cv2.imencode(".png", pixels)
-    if not ok:
-        raise OSError(f"Could not encode {path} as PNG (dtype {pixels.dtype}, shape {pixels.shape}).")
-    return atomic_write_bytes(path, encoded.tobytes())
-
-
 def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     """Render ``fig`` with Agg and write it as a PNG of exactly ``figsize * dpi`` pixels, atomically."""
     FigureCanvasAgg(fig)

@@ -20,7 +20,6 @@ Outputs in ``OUT`` (each file written atomically: temporary file, then rename):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -34,13 +33,17 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from cxrseg.errors import PredictError
-from cxrseg.files import AtomicCsv, atomic_write_text
-from cxrseg.inference import IMAGE_SUFFIXES, Preprocessor, Segmenter, load_image
-from cxrseg.labels import pack_multilabel
-from cxrseg.plots import class_colours, overlay, write_png
+from cxrseg.files import AtomicCsv
+from cxrseg.images import DICOM_SUFFIXES, read_image, write_png
+from cxrseg.inference import Preprocessor, Segmenter
+from cxrseg.labels import LabelSet, pack_multilabel
+from cxrseg.plots import class_colours, overlay
 from cxrseg.prepare.rle import rle_encode
 
 logger = logging.getLogger(__name__)
+
+INPUT_SUFFIXES = (".png", ".jpg", ".jpeg", *DICOM_SUFFIXES)
+"""File types listed as inputs in a folder (case-insensitive); each is read by :func:`cxrseg.images.read_image`."""
 
 SUBMISSION_SIZE = 1024
 """Side of the masks the SIIM-ACR submission RLE encodes (the competition's images are 1024x1024)."""
@@ -56,9 +59,9 @@ def list_inputs(path: str | os.PathLike) -> list[Path]:
     if path.is_file():
         files = [path]
     elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
         if not files:
-            raise PredictError(f"{path} holds no {', '.join(IMAGE_SUFFIXES)} files.")
+            raise PredictError(f"{path} holds no {', '.join(INPUT_SUFFIXES)} files.")
     else:
         raise PredictError(f"Input {path} does not exist.")
     seen: dict[str, Path] = {}
@@ -83,7 +86,7 @@ class InputImages(Dataset):
     def __getitem__(self, index: int) -> dict:
         path = self.files[index]
         try:
-            image = load_image(path)
+            image = read_image(path)
             return {"index": index, "image": image, "pixel_values": self.preprocessor(image), "error": None}
         except Exception as error:  # any failure to read one input is reported, not fatal
             logger.debug("Cannot read %s", path, exc_info=True)
@@ -144,9 +147,8 @@ def predict(
     files = list_inputs(inputs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if multilabel:
-        spec = {"task": segmenter.labels.task, "names": list(names), "multilabel": True}
-        atomic_write_text(out / "labels.json", json.dumps(spec, indent=1) + "\n")
+    if multilabel:  # the masks are bit fields over the foreground outputs, whatever the model's own label set
+        LabelSet(segmenter.labels.task, names, multilabel=True).save(out)
     colours = class_colours(len(names))
     loader = DataLoader(
         InputImages(files, segmenter.preprocessor),

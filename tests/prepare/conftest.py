@@ -1,15 +1,31 @@
-"""Raw-download look-alikes written to tmp_path: a SIIM-ACR folder (nested DICOMs + RLE CSV)."""
+"""Raw-download look-alikes written to tmp_path (a SIIM-ACR folder: nested DICOMs + RLE CSV) and the CLI and PNG
+helpers the prepare tests share."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 from cxrseg.prepare.dicom import write_dicom
 from cxrseg.prepare.rle import rle_encode
+
+
+def run_prepare(*args: str) -> subprocess.CompletedProcess:
+    """``python -m cxrseg prepare ARGS`` in a subprocess (the real entry point, exit status and output)."""
+    return subprocess.run([sys.executable, "-m", "cxrseg", "prepare", *args], capture_output=True, text=True)
+
+
+def read_png(path: Path) -> np.ndarray:
+    """A written PNG as stored (8 or 16 bit), asserting it is readable."""
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert image is not None, path
+    return image
 
 
 def radiograph(size: int, seed: int) -> np.ndarray:
@@ -41,6 +57,11 @@ class SiimRaw:
     unlabelled: str = "1.2.826.4"
     missing: str = "1.2.826.9"
     test_id: str = "1.2.826.5"
+
+    def cli_args(self, test: bool = True) -> list[str]:
+        """The input flags of ``cxrseg prepare siim`` for this download (with the test folder if ``test``)."""
+        args = ["--dicom-dir", str(self.dicom_dir), "--rle-csv", str(self.csv)]
+        return args + ["--test-dicom-dir", str(self.test_dir)] if test else args
 
 
 def write_siim_raw(root: Path, stage: int = 1, size: int = 128) -> SiimRaw:

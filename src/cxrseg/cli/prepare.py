@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+from typing import TYPE_CHECKING
 
 from cxrseg.errors import EXIT_INPUTS_SKIPPED, EXIT_OK
+
+if TYPE_CHECKING:
+    from cxrseg.prepare.problems import Summary
+    from cxrseg.prepare.writer import PrepareOptions
 
 logger = logging.getLogger(__name__)
 
@@ -76,20 +82,14 @@ def _add_common(parser: argparse.ArgumentParser, default_size: int | None) -> No
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help=PUSH_HELP)
 
 
-def _common(args: argparse.Namespace) -> dict:
-    return {
-        "out": args.out,
-        "image_size": args.image_size,
-        "num_proc": args.num_proc,
-        "overwrite": args.overwrite,
-        "strict": args.strict,
-        "save_dataset": args.save_dataset,
-        "push_to_hub": args.push_to_hub,
-    }
+def _options(args: argparse.Namespace) -> PrepareOptions:
+    """The common flags (:func:`_add_common`, named like the fields) as the options every prepare source takes."""
+    from cxrseg.prepare.writer import PrepareOptions
+
+    return PrepareOptions(**{field.name: getattr(args, field.name) for field in dataclasses.fields(PrepareOptions)})
 
 
-def _run(prepare, **kwargs) -> int:
-    summary = prepare(**kwargs)
+def _report(summary: Summary) -> int:
     print(summary)
     return EXIT_INPUTS_SKIPPED if summary.skipped else EXIT_OK
 
@@ -97,29 +97,17 @@ def _run(prepare, **kwargs) -> int:
 def _run_siim(args: argparse.Namespace) -> int:
     from cxrseg.prepare.siim import prepare_siim
 
-    return _run(
-        prepare_siim,
-        dicom_dir=args.dicom_dir,
-        rle_csv=args.rle_csv,
-        test_dicom_dir=args.test_dicom_dir,
-        **_common(args),
-    )
+    return _report(prepare_siim(args.dicom_dir, args.rle_csv, _options(args), test_dicom_dir=args.test_dicom_dir))
 
 
 def _run_chestxdet(args: argparse.Namespace) -> int:
     from cxrseg.prepare.chestxdet import prepare_chestxdet
 
-    return _run(prepare_chestxdet, images_dir=args.images, annotations=args.annotations, **_common(args))
+    return _report(prepare_chestxdet(args.images, args.annotations, _options(args)))
 
 
 def _run_folder(args: argparse.Namespace) -> int:
     from cxrseg.prepare.folder import prepare_folder
 
-    return _run(
-        prepare_folder,
-        images_dir=args.images,
-        masks_dir=args.masks,
-        labels_file=args.labels,
-        split=args.split,
-        **_common(args),
-    )
+    options = _options(args)
+    return _report(prepare_folder(args.images, args.masks, options, labels_file=args.labels, split=args.split))

@@ -80,11 +80,12 @@ def run_predictions(args: argparse.Namespace) -> int:
 
 
 def run_features(args: argparse.Namespace) -> int:
-    from cxrseg.inference import feature_maps, load_image
+    from cxrseg.images import read_image
+    from cxrseg.inference import feature_maps
     from cxrseg.plots import plot_feature_maps
 
     segmenter = load_segmenter(args.model, device=args.device, use_postprocess=False)
-    image = load_image(args.image)
+    image = read_image(args.image)
     features, probs = feature_maps(segmenter, image)
     out = Path(args.out) if args.out else Path(f"feature_maps_{Path(args.image).stem}.png")
     resized = segmenter.preprocessor.resize(image)[0]

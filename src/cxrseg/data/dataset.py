@@ -14,10 +14,12 @@ import numpy as np
 import torch
 
 from cxrseg.config import DataArguments
+from cxrseg.data.features import LAYOUT_FEATURES
 from cxrseg.data.png_layout import DataError, IndexedImage, index_layout, mask_pixel_counts, read_layout_labels
 from cxrseg.data.splits import load_or_make_split
-from cxrseg.data.transforms import ToModelInputs, build_transforms, to_gray
-from cxrseg.labels import LabelSet, binarize_mask, unpack_multilabel
+from cxrseg.data.transforms import ToModelInputs, build_transforms
+from cxrseg.images import to_gray
+from cxrseg.labels import LABELS_FILENAME, LabelSet, binarize_mask, unpack_multilabel
 
 logger = logging.getLogger(__name__)
 
@@ -39,14 +41,8 @@ class TrainingData:
 
 
 def rows_to_dataset(rows: list[IndexedImage]) -> datasets.Dataset:
-    features = datasets.Features(
-        {
-            "image": datasets.Image(),
-            "mask": datasets.Image(),
-            "image_id": datasets.Value("string"),
-            "is_positive": datasets.Value("bool"),
-        }
-    )
+    """Indexed pairs as a ``datasets.Dataset`` of :data:`~cxrseg.data.features.LAYOUT_FEATURES` (files decoded
+    when rows are read)."""
     return datasets.Dataset.from_dict(
         {
             "image": [r.image_path for r in rows],
@@ -54,7 +50,7 @@ def rows_to_dataset(rows: list[IndexedImage]) -> datasets.Dataset:
             "image_id": [r.image_id for r in rows],
             "is_positive": [r.is_positive for r in rows],
         },
-        features=features,
+        features=LAYOUT_FEATURES,
     )
 
 
@@ -81,7 +77,7 @@ def make_transform(
         for image, mask in zip(batch["image"], batch["mask"]):
             mask = np.asarray(mask)
             mask = unpack_multilabel(mask, labels.num_labels) if labels.multilabel else binarize_mask(mask)
-            out = pipeline(image=to_gray(np.asarray(image)), mask=mask)
+            out = pipeline(image=to_gray(image), mask=mask)
             pixel_values.append(to_inputs.image(out["image"]))
             targets.append(to_inputs.labels(out["mask"]))
         return {"pixel_values": pixel_values, "labels": targets}
@@ -142,7 +138,7 @@ def load_training_data(
             f"Data folder {root} does not exist. Prepare data (README, Data) or run `cxrseg make-demo-data`."
         )
     saved = is_saved_dataset(root)
-    declared = read_layout_labels(root if (root / "labels.json").exists() or not saved else root.parent)
+    declared = read_layout_labels(root if (root / LABELS_FILENAME).exists() or not saved else root.parent)
     if declared.names != labels.names:
         raise DataError(
             f"{root} holds {declared.task} data ({len(declared.names)} classes) but the recipe's task is "

@@ -14,19 +14,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from cxrseg.errors import DataError
 from cxrseg.files import atomic_write_text
-from cxrseg.labels import PNEUMOTHORAX, LabelSet, get_labels
+from cxrseg.labels import LABELS_FILENAME, PNEUMOTHORAX, LabelSet
+from cxrseg.parallel import parallel_map
 
 logger = logging.getLogger(__name__)
 
@@ -52,16 +50,10 @@ class IndexedImage:
 
 
 def read_layout_labels(root: str | os.PathLike) -> LabelSet:
-    """The label set declared by ``ROOT/labels.json`` (pneumothorax when the file is absent)."""
-    path = Path(root) / "labels.json"
-    if not path.exists():
-        return PNEUMOTHORAX
-    spec = json.loads(path.read_text())
-    if "task" not in spec:
-        raise DataError(f"{path}: missing key 'task' (one of 'pneumothorax', 'chestxdet', 'custom').")
-    if spec["task"] != "custom":
-        return get_labels(spec["task"])
-    return LabelSet("custom", tuple(spec["names"]), bool(spec.get("multilabel", False)))
+    """The label set of the layout at ``root``: ``ROOT/labels.json`` (:meth:`LabelSet.load`), pneumothorax when
+    the file is absent."""
+    path = Path(root) / LABELS_FILENAME
+    return LabelSet.load(path) if path.exists() else PNEUMOTHORAX
 
 
 def list_pairs(root: str | os.PathLike, split: str) -> list[tuple[str, Path, Path]]:
@@ -149,12 +141,8 @@ def index_layout(root: str | os.PathLike, split: str, labels: LabelSet, num_proc
             IndexedImage(**{**row, "pixel_counts": tuple(row["pixel_counts"])}) for row in json.loads(cache.read_text())
         ]
     jobs = [(i, str(image), str(mask), labels) for i, image, mask in pairs]
-    progress = dict(total=len(jobs), desc=f"Checking {split} masks", unit="img", disable=len(jobs) < 200)
-    if num_proc > 1:  # forkserver: forking a process that already runs OpenCV/torch threads can hang
-        with ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("forkserver")) as pool:
-            index = list(tqdm(pool.map(_index_pair, jobs, chunksize=32), **progress))
-    else:
-        index = [_index_pair(job) for job in tqdm(jobs, **progress)]
+    desc = f"Checking {split} masks"
+    index = list(parallel_map(_index_pair, jobs, num_proc=num_proc, desc=desc, show_progress=len(jobs) >= 200))
     try:
         atomic_write_text(cache, json.dumps([asdict(row) for row in index]))
     except OSError as error:  # a read-only dataset still trains; it is just indexed again next time

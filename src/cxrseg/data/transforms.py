@@ -78,13 +78,3 @@ class ToModelInputs:
         if mask.ndim == 3:
             return torch.from_numpy(np.ascontiguousarray(mask.transpose(2, 0, 1))).to(torch.float32)
         return torch.from_numpy(np.ascontiguousarray(mask)).to(torch.int64)
-
-
-def to_gray(image: np.ndarray) -> np.ndarray:
-    """Any decoded image (gray, gray+alpha, RGB, RGBA; 8 or 16 bit) as uint8 gray [H, W]."""
-    image = np.asarray(image)
-    if image.ndim == 3:
-        image = cv2.cvtColor(image[..., :3], cv2.COLOR_RGB2GRAY) if image.shape[2] >= 3 else image[..., 0]
-    if image.dtype != np.uint8:
-        image = cv2.normalize(image.astype(np.float32), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
-    return image

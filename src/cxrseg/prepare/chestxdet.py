@@ -9,7 +9,7 @@ otherwise the order decides (first file train, second test). Each polygon is ras
 centres at integer coordinates) into the plane of its class, in :data:`cxrseg.labels.CHESTXDET_CLASSES` order;
 regions of different classes overlap, so the mask is written with :func:`cxrseg.labels.pack_multilabel` as a
 16-bit PNG (bit c = class c). Each plane is resized with
-:func:`cxrseg.prepare.writer.resize_mask` (small findings are kept).
+:func:`cxrseg.prepare.resize.resize_mask` (small findings are kept).
 
 Reported in ``problems.csv`` (image kept unless said otherwise): unknown class names (region dropped), polygons
 partly outside the image (clipped), polygons wholly outside or with fewer than 3 points (region dropped), records
@@ -27,20 +27,12 @@ from typing import Any
 import cv2
 import numpy as np
 
+from cxrseg.errors import DataError, PrepareError
+from cxrseg.images import read_image, write_png
 from cxrseg.labels import CHESTXDET, CHESTXDET_CLASSES, pack_multilabel
-from cxrseg.prepare.writer import (
-    IMAGE_SKIPPED,
-    ItemResult,
-    PrepareError,
-    Problem,
-    Summary,
-    check_image_id,
-    read_gray,
-    resize_image,
-    resize_mask,
-    write_layout,
-    write_png,
-)
+from cxrseg.prepare.problems import IMAGE_SKIPPED, ItemResult, Problem, Summary, check_image_id
+from cxrseg.prepare.resize import resize_image, resize_mask
+from cxrseg.prepare.writer import PrepareOptions, Source, write_layout
 
 METADATA_COLUMNS = ("image_id", "split", "is_positive", "findings", "source", "height", "width")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -70,25 +62,12 @@ def split_of_annotation_file(path: str | Path, position: int) -> str:
     return ("train", "test")[position]
 
 
-def prepare_chestxdet(
-    images_dir: str | Path,
-    annotations: list[str | Path],
-    out: str | Path,
-    *,
-    image_size: int | None = 512,
-    num_proc: int = 1,
-    overwrite: bool = False,
-    strict: bool = False,
-    save_dataset: bool = False,
-    push_to_hub: str | None = None,
-) -> Summary:
-    """Convert ChestX-Det to the multi-label PNG layout at ``out`` (see the module docstring).
+def prepare_chestxdet(images_dir: str | Path, annotations: list[str | Path], options: PrepareOptions) -> Summary:
+    """Convert ChestX-Det to the multi-label PNG layout at ``options.out`` (see the module docstring).
 
     images_dir: folder holding the images named by ``file_name`` (searched recursively, so ``train/`` and
-    ``test/`` subfolders work). image_size: output side (square); None keeps the source size.
+    ``test/`` subfolders work).
     """
-    if image_size is not None and image_size <= 0:
-        raise PrepareError(f"--image-size must be positive, got {image_size}.")
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise PrepareError(f"Image folder {images_dir} does not exist.")
@@ -129,26 +108,13 @@ def prepare_chestxdet(
                 (str(name), tuple(tuple(map(float, point)) for point in polygon))
                 for name, polygon in zip(syms, polygons)
             )
-            items.append(ChestXDetItem(image_id, split, str(on_disk[file_name]), regions, image_size))
+            items.append(ChestXDetItem(image_id, split, str(on_disk[file_name]), regions, options.image_size))
     for file_name, path in on_disk.items():
         if Path(file_name).stem not in used:
             problems.append(Problem(Path(file_name).stem, "", "unannotated_image", IMAGE_SKIPPED, str(path)))
 
-    return write_layout(
-        out,
-        items,
-        convert_chestxdet_item,
-        labels=CHESTXDET,
-        splits=splits,
-        metadata_columns=METADATA_COLUMNS,
-        problems=problems,
-        num_proc=num_proc,
-        overwrite=overwrite,
-        strict=strict,
-        save_dataset=save_dataset,
-        push_to_hub=push_to_hub,
-        desc="prepare chestxdet",
-    )
+    source = Source("chestxdet", CHESTXDET, METADATA_COLUMNS, convert_chestxdet_item)
+    return write_layout(options, source, items, splits=splits, problems=problems)
 
 
 def rasterize_regions(
@@ -185,8 +151,8 @@ def rasterize_regions(
 def convert_chestxdet_item(item: ChestXDetItem, root: Path) -> ItemResult:
     """Read one image, rasterise and resize its regions, and write image and 16-bit mask PNGs under ``root``."""
     try:
-        image = read_gray(item.image_path)
-    except PrepareError as error:
+        image = read_image(item.image_path)
+    except DataError as error:
         return ItemResult(None, [Problem(item.image_id, item.split, "unreadable_image", IMAGE_SKIPPED, str(error))])
     height, width = image.shape
     planes, found = rasterize_regions(item.regions, height, width)

@@ -26,6 +26,7 @@ from pydicom.uid import (
 )
 
 from cxrseg.errors import DicomError
+from cxrseg.images import luma, stretch_to_uint8
 
 METADATA_FIELDS = ("PatientID", "PatientSex", "PatientAge", "ViewPosition", "Rows", "Columns")
 """DICOM keywords recorded per image (``metadata.csv``): what users filter and group on."""
@@ -63,9 +64,10 @@ def to_uint8(ds: Dataset, source: str | Path = "<dataset>") -> np.ndarray:
     * 8-bit data without a rescale or VOI (SIIM) is returned exactly as decoded (JPEG baseline by Pillow where
       available, see :func:`_decode`).
     * Otherwise: modality LUT / rescale (``apply_modality_lut``), then the first VOI LUT or window in the file
-      (``apply_voi_lut``), then a linear min-max stretch of the result to 0..255 (a constant image gives 0).
+      (``apply_voi_lut``), then the linear min-max stretch of the result to 0..255 that every non-8-bit image
+      gets (:func:`cxrseg.images.stretch_to_uint8`; a constant image gives 0).
     * ``MONOCHROME1`` is inverted (255 - x) so that larger is always brighter; colour images are converted to
-      luma (ITU-R 601, as Pillow's ``convert("L")``).
+      luma first (:func:`cxrseg.images.luma`, ITU-R 601), so 8-bit colour is kept exactly like 8-bit gray.
 
     Raises :class:`DicomError` naming ``source`` for missing pixel data, multi-frame data, or a transfer syntax
     that no installed plugin decodes (with what to install).
@@ -82,9 +84,8 @@ def to_uint8(ds: Dataset, source: str | Path = "<dataset>") -> np.ndarray:
         ) from error
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         raise DicomError(f"{source}: multi-frame DICOM ({ds.NumberOfFrames} frames); expected one radiograph.")
-    if pixels.ndim == 3:  # colour (pydicom already converted YBR to RGB): luma as Pillow's convert("L")
-        rgb = pixels.astype(np.float64)
-        pixels = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+    if pixels.ndim == 3:  # colour (pydicom already converted YBR to RGB)
+        pixels = luma(pixels)
     elif pixels.ndim != 2:
         raise DicomError(f"{source}: unexpected pixel array shape {pixels.shape}; expected [H, W].")
 
@@ -94,10 +95,7 @@ def to_uint8(ds: Dataset, source: str | Path = "<dataset>") -> np.ndarray:
     if pixels.dtype == np.uint8 and not (has_rescale or has_voi or has_modality_lut):
         image = pixels
     else:
-        values = apply_voi_lut(apply_modality_lut(pixels, ds), ds).astype(np.float64)
-        low, high = float(values.min()), float(values.max())
-        scaled = (values - low) * 255.0 / (high - low) if high > low else np.zeros_like(values)
-        image = np.rint(scaled).clip(0, 255).astype(np.uint8)
+        image = stretch_to_uint8(apply_voi_lut(apply_modality_lut(pixels, ds), ds))
     if ds.get("PhotometricInterpretation") == "MONOCHROME1":
         image = 255 - image
     return np.ascontiguousarray(image)

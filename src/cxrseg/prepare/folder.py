@@ -13,32 +13,24 @@ and is pneumothorax when absent. Masks must be:
 Bad pairs are handled as in ``prepare siim``: missing mask, mask without image, size mismatch, unreadable file,
 mask values outside the label set or repeated ImageIds are left out and reported in ``problems.csv``
 (``--strict``: an error, nothing written). Resizing (optional ``image_size``): images by area, binary masks and
-multi-label planes by :func:`cxrseg.prepare.writer.resize_mask`, K-class masks by nearest neighbour.
+multi-label planes by :func:`cxrseg.prepare.resize.resize_mask`, K-class masks by nearest neighbour
+(:func:`~cxrseg.prepare.resize.resize_class_indices`).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from cxrseg.labels import PNEUMOTHORAX, TASKS, LabelSet, pack_multilabel, unpack_multilabel
-from cxrseg.prepare.writer import (
-    IMAGE_SKIPPED,
-    ItemResult,
-    PrepareError,
-    Problem,
-    Summary,
-    check_image_id,
-    read_gray,
-    resize_image,
-    resize_mask,
-    write_layout,
-    write_png,
-)
+from cxrseg.errors import DataError, PrepareError
+from cxrseg.images import read_image, write_png
+from cxrseg.labels import PNEUMOTHORAX, LabelSet, pack_multilabel, unpack_multilabel
+from cxrseg.prepare.problems import IMAGE_SKIPPED, ItemResult, Problem, Summary, check_image_id
+from cxrseg.prepare.resize import resize_class_indices, resize_image, resize_mask
+from cxrseg.prepare.writer import PrepareOptions, Source, write_layout
 
 METADATA_COLUMNS = ("image_id", "split", "is_positive", "source", "height", "width")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -55,76 +47,33 @@ class FolderItem:
     image_size: int | None
 
 
-def read_labels_file(path: str | Path) -> LabelSet:
-    """The label set a JSON file declares (the layout's ``labels.json`` format); errors name the file and key."""
-    path = Path(path)
-    try:
-        spec = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise PrepareError(f"{path}: cannot read the labels JSON: {error}") from error
-    task = spec.get("task", "custom") if isinstance(spec, dict) else None
-    if task in TASKS:
-        return TASKS[task]
-    names = spec.get("names") if isinstance(spec, dict) else None
-    if not isinstance(names, list) or len(names) < 1 or not all(isinstance(name, str) for name in names):
-        raise PrepareError(f"{path}: 'names' must be a list of class names (single-label: 'background' first).")
-    labels = LabelSet(str(task), tuple(names), bool(spec.get("multilabel", False)))
-    if labels.multilabel and labels.num_labels > 16:
-        raise PrepareError(f"{path}: at most 16 multi-label classes fit a 16-bit mask, got {labels.num_labels}.")
-    if not labels.multilabel and not 2 <= labels.num_labels <= 255:
-        raise PrepareError(
-            f"{path}: a single-label set needs 2..255 names (background first), got {labels.num_labels}."
-        )
-    return labels
-
-
 def prepare_folder(
     images_dir: str | Path,
     masks_dir: str | Path,
-    out: str | Path,
+    options: PrepareOptions,
     *,
     labels_file: str | Path | None = None,
     split: str = "train",
-    image_size: int | None = None,
-    num_proc: int = 1,
-    overwrite: bool = False,
-    strict: bool = False,
-    save_dataset: bool = False,
-    push_to_hub: str | None = None,
 ) -> Summary:
-    """Convert image/mask folders into split ``split`` of the PNG layout at ``out`` (see the module docstring)."""
-    if image_size is not None and image_size <= 0:
-        raise PrepareError(f"--image-size must be positive, got {image_size}.")
+    """Convert image/mask folders into split ``split`` of the PNG layout at ``options.out`` (see the module
+    docstring). labels_file: a labels JSON (:meth:`cxrseg.labels.LabelSet.load`); pneumothorax when None."""
     check_image_id(split, "--split")
-    labels = read_labels_file(labels_file) if labels_file else PNEUMOTHORAX
+    labels = LabelSet.load(labels_file) if labels_file else PNEUMOTHORAX
     images, problems = _find(images_dir, IMAGE_SUFFIXES, split, "image")
     masks, mask_problems = _find(masks_dir, MASK_SUFFIXES, split, "mask")
     problems += mask_problems
     items = []
     for image_id, path in images.items():
         if image_id in masks:
-            items.append(FolderItem(image_id, split, str(path), str(masks[image_id]), labels, image_size))
+            items.append(FolderItem(image_id, split, str(path), str(masks[image_id]), labels, options.image_size))
         else:
             detail = f"{path}: no {image_id}{{{','.join(MASK_SUFFIXES)}}} under {masks_dir}"
             problems.append(Problem(image_id, split, "missing_mask", IMAGE_SKIPPED, detail))
     for image_id in sorted(masks.keys() - images.keys()):
         detail = f"{masks[image_id]}: no image {image_id}{{{','.join(IMAGE_SUFFIXES)}}} under {images_dir}"
         problems.append(Problem(image_id, split, "missing_image", IMAGE_SKIPPED, detail))
-    return write_layout(
-        out,
-        items,
-        convert_folder_item,
-        labels=labels,
-        splits=[split],
-        metadata_columns=METADATA_COLUMNS,
-        problems=problems,
-        num_proc=num_proc,
-        overwrite=overwrite,
-        strict=strict,
-        save_dataset=save_dataset,
-        push_to_hub=push_to_hub,
-        desc="prepare folder",
-    )
+    source = Source("folder", labels, METADATA_COLUMNS, convert_folder_item)
+    return write_layout(options, source, items, splits=[split], problems=problems)
 
 
 def convert_folder_item(item: FolderItem, root: Path) -> ItemResult:
@@ -134,8 +83,8 @@ def convert_folder_item(item: FolderItem, root: Path) -> ItemResult:
         return ItemResult(None, [Problem(item.image_id, item.split, reason, IMAGE_SKIPPED, detail)])
 
     try:
-        image = read_gray(item.image_path)
-    except PrepareError as error:
+        image = read_image(item.image_path)
+    except DataError as error:
         return skip("unreadable_image", str(error))
     mask = cv2.imread(item.mask_path, cv2.IMREAD_UNCHANGED)
     if mask is None:
@@ -167,10 +116,7 @@ def convert_folder_item(item: FolderItem, root: Path) -> ItemResult:
     elif labels.num_labels == 2:
         stored = resize_mask(mask, item.image_size) * np.uint8(255)
     else:
-        size = item.image_size
-        stored = mask.astype(np.uint8)
-        if size is not None and stored.shape != (size, size):
-            stored = cv2.resize(stored, (size, size), interpolation=cv2.INTER_NEAREST)
+        stored = resize_class_indices(mask.astype(np.uint8), item.image_size)
     name = f"{item.image_id}.png"
     write_png(root / "images" / item.split / name, resize_image(image, item.image_size))
     write_png(root / "masks" / item.split / name, stored)

@@ -5,7 +5,7 @@ ImageId is the file name without ``.dcm``) and the RLE CSV, stage 1 ``train-rle.
 ``stage_2_train.csv``. Output: ``OUT/images/train/<ImageId>.png`` (uint8 gray), ``OUT/masks/train/<ImageId>.png``
 (uint8 0/255, the union of the image's RLE rows), ``OUT/images/test/<ImageId>.png`` for ``test_dicom_dir`` (no
 masks), ``metadata.csv`` (PatientID, PatientSex, PatientAge, ViewPosition, source size), ``problems.csv`` and
-``labels.json`` (pneumothorax). Resizing: :func:`cxrseg.prepare.writer.resize_image` / ``resize_mask``.
+``labels.json`` (pneumothorax). Resizing: :func:`cxrseg.prepare.resize.resize_image` / ``resize_mask``.
 
 Matching: a train DICOM without a CSV row is unlabelled (not negative) and a CSV row without a DICOM cannot be
 used; both are left out and reported in ``problems.csv`` (``--strict``: an error). If the same ImageId appears in
@@ -20,21 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrseg.errors import PrepareError
+from cxrseg.images import write_png
 from cxrseg.labels import PNEUMOTHORAX
 from cxrseg.prepare.dicom import METADATA_FIELDS, DicomError, read_dicom_with_metadata
+from cxrseg.prepare.problems import IMAGE_SKIPPED, ItemResult, Problem, Summary, check_image_id
+from cxrseg.prepare.resize import resize_image, resize_mask
 from cxrseg.prepare.rle import RLEError, read_rle_csv, rle_decode_union
-from cxrseg.prepare.writer import (
-    IMAGE_SKIPPED,
-    ItemResult,
-    PrepareError,
-    Problem,
-    Summary,
-    check_image_id,
-    resize_image,
-    resize_mask,
-    write_layout,
-    write_png,
-)
+from cxrseg.prepare.writer import PrepareOptions, Source, write_layout
 
 METADATA_COLUMNS = ("image_id", "split", "is_positive", "source", *METADATA_FIELDS)
 
@@ -78,26 +71,13 @@ def find_dicoms(folder: str | Path, split: str) -> tuple[dict[str, Path], list[P
 
 
 def prepare_siim(
-    dicom_dir: str | Path,
-    rle_csv: str | Path,
-    out: str | Path,
-    *,
-    image_size: int | None = 512,
-    test_dicom_dir: str | Path | None = None,
-    num_proc: int = 1,
-    overwrite: bool = False,
-    strict: bool = False,
-    save_dataset: bool = False,
-    push_to_hub: str | None = None,
+    dicom_dir: str | Path, rle_csv: str | Path, options: PrepareOptions, *, test_dicom_dir: str | Path | None = None
 ) -> Summary:
-    """Convert the SIIM-ACR download to the PNG layout at ``out`` (see the module docstring).
+    """Convert the SIIM-ACR download to the PNG layout at ``options.out`` (see the module docstring).
 
-    image_size: output side in pixels (square; None or the source size keeps the pixels and masks exactly).
-    Returns the run's :class:`~cxrseg.prepare.writer.Summary`; raises
-    :class:`~cxrseg.prepare.writer.PrepareError` for unusable input or, with ``strict``, any problem.
+    Returns the run's :class:`~cxrseg.prepare.problems.Summary`; raises :class:`~cxrseg.errors.PrepareError` for
+    unusable input or, with ``options.strict``, any problem.
     """
-    if image_size is not None and image_size <= 0:
-        raise PrepareError(f"--image-size must be positive, got {image_size}.")
     rle_csv = Path(rle_csv)
     rows = read_rle_csv(rle_csv)
     for image_id in rows:
@@ -107,7 +87,7 @@ def prepare_siim(
     items = []
     for image_id, path in train.items():
         if image_id in rows:
-            items.append(SiimItem(image_id, "train", str(path), tuple(rows[image_id]), image_size))
+            items.append(SiimItem(image_id, "train", str(path), tuple(rows[image_id]), options.image_size))
         else:
             detail = f"{path} has no row in {rle_csv.name}: unlabelled, not negative"
             problems.append(Problem(image_id, "train", "unlabelled", IMAGE_SKIPPED, detail))
@@ -125,23 +105,10 @@ def prepare_siim(
                 detail = f"{path} has the ImageId of {train[image_id]} (kept as train)"
                 problems.append(Problem(image_id, "test", "duplicate_dicom", IMAGE_SKIPPED, detail))
             else:
-                items.append(SiimItem(image_id, "test", str(path), None, image_size))
+                items.append(SiimItem(image_id, "test", str(path), None, options.image_size))
 
-    return write_layout(
-        out,
-        items,
-        convert_siim_item,
-        labels=PNEUMOTHORAX,
-        splits=splits,
-        metadata_columns=METADATA_COLUMNS,
-        problems=problems,
-        num_proc=num_proc,
-        overwrite=overwrite,
-        strict=strict,
-        save_dataset=save_dataset,
-        push_to_hub=push_to_hub,
-        desc="prepare siim",
-    )
+    source = Source("siim", PNEUMOTHORAX, METADATA_COLUMNS, convert_siim_item)
+    return write_layout(options, source, items, splits=splits, problems=problems)
 
 
 def convert_siim_item(item: SiimItem, root: Path) -> ItemResult:

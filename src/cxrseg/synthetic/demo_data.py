@@ -2,40 +2,34 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from cxrseg.labels import pack_multilabel
+from cxrseg.files import atomic_folder
+from cxrseg.images import write_png
+from cxrseg.labels import TASKS, pack_multilabel
 from cxrseg.synthetic.radiographs import synthetic_multilabel_radiograph, synthetic_radiograph
 
 
 def _write_demo_layout(out: str | os.PathLike, num_images: int, draw, task: str, desc: str) -> Path:
     """Write ``num_images`` pairs ``draw(i) -> (image uint8 [S, S], mask)`` (mask: uint8 or uint16 [S, S]) and
-    labels.json ``{"task": task}`` into a temporary folder beside ``out``, then rename it to ``out``."""
+    the labels.json of ``task`` to ``out`` atomically (:func:`cxrseg.files.atomic_folder`). ``out`` must not
+    exist (FileExistsError)."""
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} already exists; remove it or choose another --out.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_folder(out) as building:
         for sub in ("images/train", "masks/train"):
-            (tmp / sub).mkdir(parents=True)
+            (building / sub).mkdir(parents=True)
         for i in tqdm(range(num_images), desc=desc, unit="img"):
             image, mask = draw(i)
             image_id = f"demo_{i:05d}"
-            cv2.imwrite(str(tmp / "images/train" / f"{image_id}.png"), image)
-            cv2.imwrite(str(tmp / "masks/train" / f"{image_id}.png"), mask)
-        (tmp / "labels.json").write_text(json.dumps({"task": task}))
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            write_png(building / "images/train" / f"{image_id}.png", image)
+            write_png(building / "masks/train" / f"{image_id}.png", mask)
+        TASKS[task].save(building)
     return out
 
 

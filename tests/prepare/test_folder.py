@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 
 import cv2
 import numpy as np
 import pytest
 
-from cxrseg.errors import PrepareError
+from cxrseg.errors import DataError, PrepareError
 from cxrseg.labels import pack_multilabel
 from cxrseg.prepare.folder import prepare_folder
+from cxrseg.prepare.writer import PrepareOptions
+from tests.prepare.conftest import run_prepare
 
 
 def write(path, array) -> None:
@@ -47,23 +47,7 @@ def test_binary_masks_and_every_kind_of_bad_pair(tmp_path):
     write(masks / "broken.png", np.zeros((32, 32), np.uint8))
 
     out = tmp_path / "out"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cxrseg",
-            "prepare",
-            "folder",
-            "--images",
-            str(images),
-            "--masks",
-            str(masks),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    result = run_prepare("folder", "--images", str(images), "--masks", str(masks), "--out", str(out))
     assert result.returncode == 1, result.stderr  # finished; the bad pairs were skipped
     assert "Wrote 3 images" in result.stdout and "positive 2, negative 1" in result.stdout
     for name in ("a", "b"):
@@ -86,7 +70,7 @@ def test_binary_masks_and_every_kind_of_bad_pair(tmp_path):
     assert json.loads((out / "labels.json").read_text())["task"] == "pneumothorax"
 
     with pytest.raises(PrepareError, match=r"--strict: 2 problems \(missing_image: 1, missing_mask: 1\)"):
-        prepare_folder(images, masks, tmp_path / "strict", strict=True)
+        prepare_folder(images, masks, PrepareOptions(tmp_path / "strict", strict=True))
     assert not (tmp_path / "strict").exists()
 
 
@@ -99,7 +83,9 @@ def test_class_index_masks_with_a_custom_label_set(tmp_path):
     write(tmp_path / "m" / "a.png", mask)
     write(tmp_path / "i" / "b.png", np.full((20, 20), 90, np.uint8))
     write(tmp_path / "m" / "b.png", mask * 2)  # value 4 is not a class
-    summary = prepare_folder(tmp_path / "i", tmp_path / "m", tmp_path / "out", labels_file=labels, split="val")
+    summary = prepare_folder(
+        tmp_path / "i", tmp_path / "m", PrepareOptions(tmp_path / "out"), labels_file=labels, split="val"
+    )
     assert summary.written == 1 and problems_of(tmp_path / "out") == {"b": "mask_values"}
     np.testing.assert_array_equal(cv2.imread(str(tmp_path / "out" / "masks" / "val" / "a.png"), 0), mask)
     assert json.loads((tmp_path / "out" / "labels.json").read_text()) == {
@@ -118,7 +104,7 @@ def test_multilabel_bit_field_masks_are_resized_per_class(tmp_path):
     planes[2, 33, 33] = 1  # one pixel: survives a 4x shrink
     write(tmp_path / "i" / "x.png", np.full((40, 40), 50, np.uint8))
     write(tmp_path / "m" / "x.png", pack_multilabel(planes))
-    prepare_folder(tmp_path / "i", tmp_path / "m", tmp_path / "out", labels_file=labels, image_size=10)
+    prepare_folder(tmp_path / "i", tmp_path / "m", PrepareOptions(tmp_path / "out", image_size=10), labels_file=labels)
     packed = cv2.imread(str(tmp_path / "out" / "masks" / "train" / "x.png"), cv2.IMREAD_UNCHANGED)
     assert packed.dtype == np.uint16 and packed.shape == (10, 10)
     assert packed[3, 3] == 0b011 and packed[8, 8] == 0b100 and packed[0, 0] == 0b001
@@ -129,5 +115,6 @@ def test_bad_labels_file_names_it(tmp_path):
     labels.write_text(json.dumps({"task": "custom", "names": "lesion"}))
     (tmp_path / "i").mkdir()
     (tmp_path / "m").mkdir()
-    with pytest.raises(PrepareError, match=r"labels\.json: 'names' must be a list"):
-        prepare_folder(tmp_path / "i", tmp_path / "m", tmp_path / "out", labels_file=labels)
+    with pytest.raises(DataError, match=r"labels\.json: key 'names' must be a list"):
+        prepare_folder(tmp_path / "i", tmp_path / "m", PrepareOptions(tmp_path / "out"), labels_file=labels)
+    assert not (tmp_path / "out").exists()

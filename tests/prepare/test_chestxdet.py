@@ -14,6 +14,7 @@ import pytest
 from cxrseg.errors import PrepareError
 from cxrseg.labels import CHESTXDET_CLASSES, unpack_multilabel
 from cxrseg.prepare.chestxdet import prepare_chestxdet, split_of_annotation_file
+from cxrseg.prepare.writer import PrepareOptions
 
 SIZE = 64
 
@@ -140,9 +141,8 @@ def test_cli_writes_multilabel_masks_without_losing_overlaps(chestxdet_raw, tmp_
 
 
 def test_shrinking_keeps_small_findings_per_class(chestxdet_raw, tmp_path):
-    prepare_chestxdet(
-        chestxdet_raw / "images", [chestxdet_raw / "ChestX_Det_train.json"], tmp_path / "out", image_size=16
-    )
+    options = PrepareOptions(tmp_path / "out", image_size=16)
+    prepare_chestxdet(chestxdet_raw / "images", [chestxdet_raw / "ChestX_Det_train.json"], options)
     second = planes_of(tmp_path / "out" / "masks" / "train" / "2.png")
     assert second.shape == (13, 16, 16)
     assert second[index("Nodule")].sum() == 1  # 2x2 source pixels: below half of a 4x4 block, kept anyway
@@ -153,13 +153,12 @@ def test_shrinking_keeps_small_findings_per_class(chestxdet_raw, tmp_path):
 
 def test_strict_and_split_rules(chestxdet_raw, tmp_path):
     with pytest.raises(PrepareError, match="--strict"):
-        prepare_chestxdet(
-            chestxdet_raw / "images", [chestxdet_raw / "ChestX_Det_train.json"], tmp_path / "o", strict=True
-        )
+        options = PrepareOptions(tmp_path / "o", strict=True)
+        prepare_chestxdet(chestxdet_raw / "images", [chestxdet_raw / "ChestX_Det_train.json"], options)
     assert not (tmp_path / "o").exists()
     assert split_of_annotation_file("ChestX_Det_test.json", 0) == "test"
     assert split_of_annotation_file("ChestX_Det_train.json", 1) == "train"
     assert [split_of_annotation_file("a.json", i) for i in (0, 1)] == ["train", "test"]
     (chestxdet_raw / "bad.json").write_text(json.dumps([{"file_name": "../1.png", "syms": [], "polygons": []}]))
     with pytest.raises(PrepareError, match=r"bad\.json, record 0: ImageId '\.\./1\.png' is not a plain file name"):
-        prepare_chestxdet(chestxdet_raw / "images", [chestxdet_raw / "bad.json"], tmp_path / "o")
+        prepare_chestxdet(chestxdet_raw / "images", [chestxdet_raw / "bad.json"], PrepareOptions(tmp_path / "o"))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -15,13 +13,8 @@ import pytest
 from cxrseg.errors import PrepareError, RLEError
 from cxrseg.prepare.dicom import read_dicom
 from cxrseg.prepare.siim import prepare_siim
-from cxrseg.prepare.writer import resize_mask
-
-
-def read_png(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    assert image is not None, path
-    return image
+from cxrseg.prepare.writer import PrepareOptions
+from tests.prepare.conftest import read_png, run_prepare
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -29,26 +22,9 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cxrseg", *args], capture_output=True, text=True)
-
-
 def test_cli_writes_exact_layout_and_reports_problems(siim_raw, tmp_path):
     out = tmp_path / "out"
-    result = run_cli(
-        "prepare",
-        "siim",
-        "--dicom-dir",
-        str(siim_raw.dicom_dir),
-        "--rle-csv",
-        str(siim_raw.csv),
-        "--test-dicom-dir",
-        str(siim_raw.test_dir),
-        "--out",
-        str(out),
-        "--image-size",
-        str(siim_raw.size),
-    )
+    result = run_prepare("siim", *siim_raw.cli_args(), "--out", str(out), "--image-size", str(siim_raw.size))
     assert result.returncode == 1, result.stderr  # finished, with skipped images listed in problems.csv
     assert "Wrote 4 images" in result.stdout and "positive 2, negative 1, without mask 1" in result.stdout
     assert "missing_dicom: 1" in result.stdout and "unlabelled: 1" in result.stdout
@@ -85,7 +61,7 @@ def test_cli_writes_exact_layout_and_reports_problems(siim_raw, tmp_path):
 
 def test_resizing_uses_area_for_images_and_keeps_every_lesion(siim_raw, tmp_path):
     size = siim_raw.size // 4
-    prepare_siim(siim_raw.dicom_dir, siim_raw.csv, tmp_path / "out", image_size=size)
+    prepare_siim(siim_raw.dicom_dir, siim_raw.csv, PrepareOptions(tmp_path / "out", image_size=size))
     for image_id, source_mask in siim_raw.masks.items():
         image = read_png(tmp_path / "out" / "images" / "train" / f"{image_id}.png")
         source = read_dicom(next(siim_raw.dicom_dir.rglob(f"{image_id}.dcm")))
@@ -100,61 +76,18 @@ def test_resizing_uses_area_for_images_and_keeps_every_lesion(siim_raw, tmp_path
 def test_stage2_csv_spelling(make_siim_raw, tmp_path):
     raw = make_siim_raw(tmp_path / "raw", stage=2, size=64)
     assert raw.csv.read_text().startswith("ImageId,EncodedPixels\n")
-    summary = prepare_siim(raw.dicom_dir, raw.csv, tmp_path / "out", image_size=64)
+    summary = prepare_siim(raw.dicom_dir, raw.csv, PrepareOptions(tmp_path / "out", image_size=64))
     assert (summary.written, summary.positive, summary.negative) == (3, 2, 1)
     np.testing.assert_array_equal(
         read_png(tmp_path / "out" / "masks" / "train" / "1.2.826.1.png"), raw.masks["1.2.826.1"] * 255
     )
 
 
-def test_strict_fails_and_writes_nothing(siim_raw, tmp_path, capsys):
-    out = tmp_path / "out"
-    with pytest.raises(PrepareError, match="--strict: 2 problems.*missing_dicom: 1, unlabelled: 1"):
-        prepare_siim(siim_raw.dicom_dir, siim_raw.csv, out, strict=True)
-    assert not out.exists()
-    from cxrseg.cli import main  # in-process: the CLI's exit code and message (the subprocess path is tested above)
-
-    raw = ["--dicom-dir", str(siim_raw.dicom_dir), "--rle-csv", str(siim_raw.csv)]
-    assert main(["prepare", "siim", *raw, "--out", str(out), "--strict"]) == 2
-    assert "error: --strict: 2 problems" in capsys.readouterr().err and not out.exists()
-
-
-def test_refuses_non_empty_out_unless_overwrite(siim_raw, tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
-    with pytest.raises(PrepareError, match="not empty; pass --overwrite"):
-        prepare_siim(siim_raw.dicom_dir, siim_raw.csv, out, image_size=32)
-    assert (out / "keep.txt").read_text() == "mine"
-    prepare_siim(siim_raw.dicom_dir, siim_raw.csv, out, image_size=32, overwrite=True)
-    assert not (out / "keep.txt").exists() and len(list((out / "images" / "train").iterdir())) == 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "raw"]
-
-
-def test_interrupted_run_leaves_no_half_dataset(siim_raw, tmp_path, monkeypatch):
-    import cxrseg.prepare.siim as module
-
-    calls = []
-
-    def failing(item, root):
-        calls.append(item.image_id)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return original(item, root)
-
-    original = module.convert_siim_item
-    monkeypatch.setattr(module, "convert_siim_item", failing)
-    with pytest.raises(KeyboardInterrupt):
-        prepare_siim(siim_raw.dicom_dir, siim_raw.csv, tmp_path / "out", image_size=32)
-    assert len(calls) == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
-
-
 @pytest.mark.parametrize("image_id", ["../evil", "a/b", "..", ""])
 def test_rejects_image_ids_that_are_not_file_names(siim_raw, tmp_path, image_id):
     siim_raw.csv.write_text(siim_raw.csv.read_text() + f'"{image_id}", 1 2\n')
     with pytest.raises((PrepareError, RLEError), match="ImageId|empty ImageId"):
-        prepare_siim(siim_raw.dicom_dir, siim_raw.csv, tmp_path / "out")
+        prepare_siim(siim_raw.dicom_dir, siim_raw.csv, PrepareOptions(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
 
@@ -164,42 +97,9 @@ def test_bad_rle_and_unreadable_dicom_are_reported(siim_raw, tmp_path):
     (siim_raw.dicom_dir / "broken").mkdir()
     (siim_raw.dicom_dir / "broken" / "1.2.826.7.dcm").write_bytes(b"not a dicom")
     siim_raw.csv.write_text(siim_raw.csv.read_text() + "1.2.826.7, -1\n")
-    summary = prepare_siim(siim_raw.dicom_dir, siim_raw.csv, tmp_path / "out", image_size=32)
+    summary = prepare_siim(siim_raw.dicom_dir, siim_raw.csv, PrepareOptions(tmp_path / "out", image_size=32))
     problems = {row["image_id"]: row for row in read_csv(tmp_path / "out" / "problems.csv")}
     assert problems["1.2.826.2"]["reason"] == "bad_rle" and "odd number" in problems["1.2.826.2"]["detail"]
     assert "ImageId 1.2.826.2" in problems["1.2.826.2"]["detail"]
     assert problems["1.2.826.7"]["reason"] == "unreadable_dicom" and "1.2.826.7.dcm" in problems["1.2.826.7"]["detail"]
     assert summary.written == 2 and summary.skipped["bad_rle"] == 1 and summary.skipped["unreadable_dicom"] == 1
-
-
-@pytest.mark.slow
-def test_two_processes_write_the_same_files(siim_raw, tmp_path):
-    one = prepare_siim(siim_raw.dicom_dir, siim_raw.csv, tmp_path / "one", image_size=64)
-    two = prepare_siim(siim_raw.dicom_dir, siim_raw.csv, tmp_path / "two", image_size=64, num_proc=2)
-    counts = [(s.written, s.positive, s.negative, s.skipped) for s in (one, two)]
-    assert counts[0] == counts[1]
-    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.png"))
-    assert len(files) == 6
-    for relative in files:
-        np.testing.assert_array_equal(read_png(tmp_path / "one" / relative), read_png(tmp_path / "two" / relative))
-    assert (tmp_path / "one" / "metadata.csv").read_text().replace("/one/", "/") == (
-        tmp_path / "two" / "metadata.csv"
-    ).read_text().replace("/two/", "/")
-
-
-def test_resize_mask_rule():
-    # Same size: exact. Large region: the 0.5 area threshold. Small region: kept as the pixels it touches.
-    mask = np.zeros((64, 64), np.uint8)
-    mask[8:40, 8:40] = 1
-    mask[50, 50] = 1
-    np.testing.assert_array_equal(resize_mask(mask, 64), mask)
-    out = resize_mask(mask, 16)
-    coverage = cv2.resize(mask.astype(np.float32), (16, 16), interpolation=cv2.INTER_AREA)
-    np.testing.assert_array_equal(out[:11, :11], (coverage[:11, :11] >= 0.5).astype(np.uint8))
-    assert out[12, 12] == 1 and out[12:, 12:].sum() == 1
-    # No random non-empty mask ever becomes empty.
-    rng = np.random.default_rng(0)
-    for _ in range(200):
-        sparse = (rng.random((96, 96)) < rng.uniform(0.0001, 0.01)).astype(np.uint8)
-        if sparse.any():
-            assert resize_mask(sparse, int(rng.integers(4, 40))).any()

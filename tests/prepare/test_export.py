@@ -2,42 +2,20 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import cv2
 import datasets
 import numpy as np
 import pytest
 
+from cxrseg.prepare.export import layout_to_datasetdict
 from cxrseg.prepare.siim import prepare_siim
-from cxrseg.prepare.writer import layout_to_datasetdict
+from cxrseg.prepare.writer import PrepareOptions
+from tests.prepare.conftest import run_prepare
 
 
 def test_save_dataset_round_trips_the_layout(siim_raw, tmp_path):
     out = tmp_path / "out"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cxrseg",
-            "prepare",
-            "siim",
-            "--dicom-dir",
-            str(siim_raw.dicom_dir),
-            "--rle-csv",
-            str(siim_raw.csv),
-            "--test-dicom-dir",
-            str(siim_raw.test_dir),
-            "--out",
-            str(out),
-            "--image-size",
-            "64",
-            "--save-dataset",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    result = run_prepare("siim", *siim_raw.cli_args(), "--out", str(out), "--image-size", "64", "--save-dataset")
     assert result.returncode == 1, result.stderr  # finished; the unlabelled DICOM was skipped
     loaded = datasets.load_from_disk(str(out / "hf_dataset"))
     assert set(loaded) == {"train", "test"} and loaded["train"].num_rows == 3 and loaded["test"].num_rows == 1
@@ -62,7 +40,9 @@ def test_push_to_hub_is_private(siim_raw, tmp_path, monkeypatch):
         calls.append((repo_id, args, kwargs, {split: self[split].num_rows for split in self}))
 
     monkeypatch.setattr(datasets.DatasetDict, "push_to_hub", fake_push)
-    prepare_siim(siim_raw.dicom_dir, siim_raw.csv, tmp_path / "out", image_size=32, push_to_hub="me/siim-png")
+    prepare_siim(
+        siim_raw.dicom_dir, siim_raw.csv, PrepareOptions(tmp_path / "out", image_size=32, push_to_hub="me/siim-png")
+    )
     assert calls == [("me/siim-png", (), {"private": True}, {"train": 3})]
 
 

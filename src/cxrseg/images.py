@@ -1,0 +1,113 @@
+"""Image files ↔ uint8 gray arrays: the one place cxrseg decodes and encodes pixels.
+
+Reading gives uint8 gray ``[H, W]`` by two rules, for files (:func:`read_image`) and for images already decoded,
+e.g. the Pillow images of a ``datasets.Image`` column (:func:`to_gray`):
+
+* **Colour → luma**: ITU-R 601 ``Y = 0.299 R + 0.587 G + 0.114 B`` (OpenCV's ``COLOR_RGB2GRAY``); alpha is
+  dropped; palette, 1-bit and CMYK images are first expanded to RGB.
+* **More than 8 bits → linear min-max stretch**: ``rint((x - min) * 255 / (max - min))`` over the image, so its
+  darkest pixel is 0 and its brightest 255; a constant image gives all 0. 8-bit images are kept exactly.
+
+Files are decoded by Pillow, the decoder ``datasets`` uses for the training layout, so a file and its row in a
+saved dataset give the same pixels; Pillow refuses truncated files rather than filling in their missing part.
+Pillow reads 16-bit colour PNG/TIFF as 8-bit colour (the high byte of each sample). DICOM files go through
+:func:`cxrseg.prepare.dicom.read_dicom`, whose rescale/window step ends with the same stretch.
+
+Writing (:func:`write_png`) is atomic: the PNG appears whole or not at all.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from cxrseg.errors import DataError
+from cxrseg.files import atomic_write_bytes
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+PIXEL_MODES = ("L", "LA", "RGB", "RGBA", "I;16", "I;16L", "I;16B", "I", "F")
+"""Pillow modes :func:`to_gray` reads as they are; any other mode (palette, 1-bit, CMYK, ...) is expanded to RGB."""
+
+
+def stretch_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Any real-valued ``[H, W]`` as uint8 by the linear min-max stretch (see the module docstring)."""
+    values = np.asarray(values, dtype=np.float64)
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    return np.rint((values - low) * 255.0 / (high - low)).clip(0, 255).astype(np.uint8)
+
+
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """RGB or RGBA ``[H, W, 3|4]`` → ITU-R 601 luma ``[H, W]``, alpha dropped. uint8, uint16 and float32 keep their
+    dtype (integers rounded); other dtypes give float32."""
+    rgb = np.asarray(rgb)
+    if rgb.dtype not in (np.uint8, np.uint16, np.float32):
+        rgb = rgb.astype(np.float32)
+    return cv2.cvtColor(np.ascontiguousarray(rgb[..., :3]), cv2.COLOR_RGB2GRAY)
+
+
+def to_gray(image: np.ndarray | Image.Image) -> np.ndarray:
+    """A decoded image as uint8 gray ``[H, W]`` (see the module docstring).
+
+    image: a Pillow image, or an array ``[H, W]`` (gray), ``[H, W, 2]`` (gray + alpha), ``[H, W, 3]`` (RGB) or
+    ``[H, W, 4]`` (RGBA) of any integer or float dtype.
+    """
+    if isinstance(image, Image.Image):
+        image = np.asarray(image if image.mode in PIXEL_MODES else image.convert("RGB"))
+    pixels = np.asarray(image)
+    if pixels.ndim == 3 and pixels.shape[2] in (1, 2):
+        pixels = pixels[..., 0]
+    elif pixels.ndim == 3 and pixels.shape[2] in (3, 4):
+        pixels = luma(pixels)
+    elif pixels.ndim != 2:
+        raise ValueError(f"Expected an image [H, W] or [H, W, 1..4], got shape {pixels.shape}.")
+    return pixels if pixels.dtype == np.uint8 else stretch_to_uint8(pixels)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """A PNG, JPEG, TIFF, BMP or DICOM file as uint8 gray ``[H, W]`` (see the module docstring).
+
+    Raises :class:`~cxrseg.errors.DataError` naming ``path`` for a file that cannot be read or decoded
+    (:class:`~cxrseg.errors.DicomError` for DICOM files).
+    """
+    path = Path(path)
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        from cxrseg.prepare.dicom import read_dicom  # pydicom is imported only when a DICOM is read
+
+        return read_dicom(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            pixels = to_gray(image)
+    except Exception as error:  # Pillow raises several types for missing, corrupt or truncated files
+        raise DataError(f"{path}: not a readable image file ({type(error).__name__}: {error}).") from error
+    if min(pixels.shape) == 0:
+        raise DataError(f"{path}: the image is empty ({pixels.shape[1]}x{pixels.shape[0]} pixels).")
+    return pixels
+
+
+def write_png(path: str | os.PathLike, pixels: np.ndarray) -> Path:
+    """Write uint8 or uint16 gray ``[H, W]``, or uint8 RGB ``[H, W, 3]``, as a PNG, atomically. Returns ``path``.
+
+    Encoded by OpenCV with fast compression (level 1; PNG is lossless, so only the file size depends on it).
+    Raises ValueError for other dtypes or shapes and OSError when encoding or writing fails; nothing is left at
+    ``path`` (nor a temporary file) then.
+    """
+    pixels = np.ascontiguousarray(pixels)
+    gray = pixels.ndim == 2 and pixels.dtype in (np.uint8, np.uint16)
+    rgb = pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.dtype == np.uint8
+    if not (gray or rgb) or min(pixels.shape[:2]) == 0:
+        raise ValueError(
+            f"write_png: expected uint8/uint16 [H, W] or uint8 [H, W, 3], got {pixels.dtype} {pixels.shape}."
+        )
+    if rgb:
+        pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise OSError(f"Could not encode {path} as PNG ({pixels.dtype} {pixels.shape}).")
+    return atomic_write_bytes(path, encoded.tobytes())

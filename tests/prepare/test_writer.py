@@ -1,0 +1,69 @@
+"""The shared prepare run (`write_layout`), through `prepare siim`: --strict, OUT refusal and replacement, an
+interrupted run, worker processes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cxrseg.errors import PrepareError
+from cxrseg.prepare.siim import prepare_siim
+from cxrseg.prepare.writer import PrepareOptions
+from tests.prepare.conftest import read_png
+
+
+def test_strict_fails_and_writes_nothing(siim_raw, tmp_path, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(PrepareError, match="--strict: 2 problems.*missing_dicom: 1, unlabelled: 1"):
+        prepare_siim(siim_raw.dicom_dir, siim_raw.csv, PrepareOptions(out, strict=True))
+    assert not out.exists()
+    from cxrseg.cli import main  # in-process: the exit status and message (test_siim runs the CLI as a subprocess)
+
+    assert main(["prepare", "siim", *siim_raw.cli_args(test=False), "--out", str(out), "--strict"]) == 2
+    assert "error: --strict: 2 problems" in capsys.readouterr().err and not out.exists()
+
+
+def test_refuses_non_empty_out_unless_overwrite(siim_raw, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(PrepareError, match="not empty; pass --overwrite"):
+        prepare_siim(siim_raw.dicom_dir, siim_raw.csv, PrepareOptions(out, image_size=32))
+    assert (out / "keep.txt").read_text() == "mine"
+    prepare_siim(siim_raw.dicom_dir, siim_raw.csv, PrepareOptions(out, image_size=32, overwrite=True))
+    assert not (out / "keep.txt").exists() and len(list((out / "images" / "train").iterdir())) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "raw"]
+
+
+def test_interrupted_run_leaves_no_half_dataset(siim_raw, tmp_path, monkeypatch):
+    import cxrseg.prepare.siim as module
+
+    calls = []
+
+    def failing(item, root):
+        calls.append(item.image_id)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(item, root)
+
+    original = module.convert_siim_item
+    monkeypatch.setattr(module, "convert_siim_item", failing)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_siim(siim_raw.dicom_dir, siim_raw.csv, PrepareOptions(tmp_path / "out", image_size=32))
+    assert len(calls) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_same_files(siim_raw, tmp_path):
+    one = prepare_siim(siim_raw.dicom_dir, siim_raw.csv, PrepareOptions(tmp_path / "one", image_size=64))
+    two = prepare_siim(siim_raw.dicom_dir, siim_raw.csv, PrepareOptions(tmp_path / "two", image_size=64, num_proc=2))
+    counts = [(s.written, s.positive, s.negative, s.skipped) for s in (one, two)]
+    assert counts[0] == counts[1]
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.png"))
+    assert len(files) == 6
+    for relative in files:
+        np.testing.assert_array_equal(read_png(tmp_path / "one" / relative), read_png(tmp_path / "two" / relative))
+    assert (tmp_path / "one" / "metadata.csv").read_text().replace("/one/", "/") == (
+        tmp_path / "two" / "metadata.csv"
+    ).read_text().replace("/two/", "/")
