@@ -19,7 +19,7 @@ from cxrseg.cli import main
 from cxrseg.data.png_layout import index_layout
 from cxrseg.data.splits import make_split
 from cxrseg.errors import DataError, UsageError
-from cxrseg.evaluate import ImageResult, evaluate, search_grid, select_examples, split_rows
+from cxrseg.evaluate import evaluate, search_grid, split_rows
 from cxrseg.inference import Preprocessor, Segmenter, load_segmenter
 from cxrseg.labels import PNEUMOTHORAX, LabelSet, pack_multilabel
 from cxrseg.metrics import SegmentationMetrics, dice_score
@@ -180,29 +180,6 @@ def test_split_comes_from_splits_json_then_from_a_layout_folder(tmp_path, demo_r
     segmenter.labels = LabelSet("custom", ("a", "b"), multilabel=True)
     with pytest.raises(DataError, match="predicts"):
         split_rows(segmenter, demo_root, "val")
-
-
-def test_select_examples_takes_each_category_in_turn():
-    def result(image_id, truth, pred):
-        return ImageResult(image_id, np.array([truth]), np.array([pred]), np.array([0.0]))
-
-    results = [
-        result("tp_small", 5, 3),
-        result("tp_big", 50, 40),
-        result("miss", 9, 0),
-        result("fp", 0, 7),
-        result("tn_b", 0, 0),
-        result("tn_a", 0, 0),
-    ]
-    chosen = select_examples(results, 5)
-    assert [(r.image_id, c) for r, c in chosen] == [
-        ("tp_big", "true positive"),
-        ("miss", "miss"),
-        ("fp", "false positive"),
-        ("tn_a", "true negative"),
-        ("tp_small", "true positive"),
-    ]
-    assert len(select_examples(results, 100)) == 6
 
 
 def multilabel_dataset(root: Path, names: tuple[str, ...], num_images: int = 6) -> Path:

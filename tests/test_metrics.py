@@ -247,6 +247,32 @@ def test_multilabel_default_names_and_shape_check():
         metrics.update(np.ones((1, 3, 4, 4), np.float32), np.ones((1, 3, 4, 4), np.float32))
 
 
+def test_result_keys_and_their_order():
+    """The layout metrics.json and the Trainer's logs carry: binary keys unsuffixed, with best F1; multi-label keys
+    per class, then the means over classes."""
+    rng = np.random.default_rng(10)
+    probs, target = random_batch(rng, shape=(2, 2, 8, 8))
+    assert list(metrics_of(probs[:, 0], target[:, 0])) == [
+        "dice",
+        "iou",
+        "kaggle_dice",
+        "ap",
+        "best_f1",
+        "best_threshold",
+        "num_images",
+        "num_positive_images",
+    ]
+    per_class = ("dice", "iou", "ap", "kaggle_dice", "num_positive_images")
+    assert list(metrics_of(probs, target, num_classes=2, class_names=["a", "b"])) == [
+        *(f"{key}/{name}" for name in ("a", "b") for key in per_class),
+        "dice",
+        "iou",
+        "kaggle_dice",
+        "ap",
+        "num_images",
+    ]
+
+
 def test_chunked_update_equals_whole(monkeypatch):
     """update() walks the (image, class) planes in chunks; chunk borders must not change any count."""
     rng = np.random.default_rng(8)

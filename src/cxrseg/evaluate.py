@@ -4,9 +4,11 @@ Evaluation runs at the model's working resolution (the image processor's size): 
 same pipeline as training's validation (``make_transform(..., "none", ...)``: INTER_AREA for images, nearest
 neighbour for masks), so the numbers are comparable with the ``eval_*`` metrics training reports.
 
-One streaming pass feeds :class:`~cxrseg.metrics.SegmentationMetrics` (pixel Dice/IoU/AP/best F1 and the Kaggle
-mean Dice at ``prob >= 0.5``), writes ``per_image.csv`` row by row, and, with ``search=True``, feeds the same
-batches to :func:`~cxrseg.postprocess.search_postprocess`. Only one batch of probabilities is ever held.
+One streaming pass (:func:`stream_predictions`) feeds an :class:`EvaluationAccumulator`, which updates
+:class:`~cxrseg.metrics.SegmentationMetrics` (pixel Dice/IoU/AP/best F1 and the Kaggle mean Dice at
+``prob >= 0.5``) and writes ``per_image.csv`` row by row; with ``search=True`` the same batches go on to
+:func:`~cxrseg.postprocess.search_postprocess`. Only one batch of probabilities is ever held.
+:mod:`cxrseg.example_selection` streams the same predictions to choose the images of a picture.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -32,9 +34,9 @@ from cxrseg.errors import UsageError
 from cxrseg.files import AtomicCsv, atomic_write_text
 from cxrseg.images import to_gray
 from cxrseg.inference import Segmenter
-from cxrseg.labels import IGNORE_INDEX, binarize_mask, unpack_multilabel
+from cxrseg.labels import IGNORE_INDEX
 from cxrseg.metrics import SegmentationMetrics, dice_from_counts
-from cxrseg.plots import PRCurve, PredictionExample, plot_pr_curve
+from cxrseg.plots import PRCurve, plot_pr_curve
 from cxrseg.postprocess import POSTPROCESS_FILENAME, PostProcess, search_postprocess
 
 logger = logging.getLogger(__name__)
@@ -163,23 +165,90 @@ class ImageResult:
     dice: np.ndarray  # float64 [K]
 
 
-def stream_predictions(
-    segmenter: Segmenter, loader: DataLoader, tta: str = "none"
-) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """(image ids, probs float32 [B, K, S, S], target uint8 [B, K, S, S], masks uint8 [B, K, S, S]) per batch;
-    masks follow the segmenter's rule (post-processing or ``prob >= 0.5``)."""
+class PredictedBatch(NamedTuple):
+    """One batch of :func:`stream_predictions` at the working size S, K outputs."""
+
+    image_ids: list[str]
+    probs: torch.Tensor  # float32 [B, K, S, S]
+    target: torch.Tensor  # uint8 [B, K, S, S]: 0/1/IGNORE_INDEX (:func:`target_planes`)
+    masks: torch.Tensor  # uint8 [B, K, S, S]: the segmenter's rule (post-processing or prob >= 0.5)
+
+
+def stream_predictions(segmenter: Segmenter, loader: DataLoader, tta: str = "none") -> Iterator[PredictedBatch]:
+    """The predictions of every batch of ``loader`` (:func:`evaluation_loader`), one batch at a time."""
     for batch in tqdm(loader, desc="evaluating", unit="batch"):
         probs = segmenter.probabilities(batch["pixel_values"], tta)
         target = target_planes(segmenter, batch["labels"])
         masks = torch.from_numpy(segmenter.rule.apply(probs.flatten(0, 1))).view(probs.shape)
-        yield batch["image_id"], probs, target, masks
+        yield PredictedBatch(batch["image_id"], probs, target, masks)
 
 
-def image_results(image_ids: Sequence[str], target: torch.Tensor, masks: torch.Tensor) -> list[ImageResult]:
-    """Per-image counts and Dice (:func:`cxrseg.metrics.dice_from_counts`) of a batch."""
-    intersection, pred_area, truth_area = (x.numpy() for x in plane_counts(masks, target))
+def image_results(batch: PredictedBatch) -> list[ImageResult]:
+    """Per-image counts and Dice (:func:`cxrseg.metrics.dice_from_counts`) of a batch's masks."""
+    intersection, pred_area, truth_area = (x.numpy() for x in plane_counts(batch.masks, batch.target))
     dice = dice_from_counts(intersection, pred_area, truth_area)
-    return [ImageResult(i, truth_area[b], pred_area[b], dice[b]) for b, i in enumerate(image_ids)]
+    return [ImageResult(i, truth_area[b], pred_area[b], dice[b]) for b, i in enumerate(batch.image_ids)]
+
+
+# --------------------------------------------------------------------------- one streaming pass
+
+PER_IMAGE_COLUMNS = ("image_id", "class", "truth_area", "predicted_area", "dice")
+SEARCH_COLUMNS = ("top_threshold", "min_area", "bottom_threshold", "kaggle_dice")
+
+
+class EvaluationAccumulator:
+    """What :func:`evaluate` adds up over its one pass, batch by batch, in constant memory: the
+    :class:`~cxrseg.metrics.SegmentationMetrics` at ``prob >= THRESHOLD``, per class the sum of per-image Dice under
+    the mask rule in effect, the number of images with any predicted pixel, and one ``per_image`` row per image and
+    class (:data:`PER_IMAGE_COLUMNS`; areas in pixels at the working size).
+    """
+
+    def __init__(self, names: Sequence[str], per_image: AtomicCsv) -> None:
+        self.names = tuple(names)
+        self.metrics = SegmentationMetrics(threshold=THRESHOLD, num_classes=len(names), class_names=names)
+        self.dice_sum = np.zeros(len(names))  # float64 [K]
+        self.predicted_positive_images = 0
+        self._per_image = per_image
+
+    def add(self, batch: PredictedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add a batch; returns its (probs, target) as scored: [B, S, S] for one class (what
+        :func:`~cxrseg.postprocess.search_postprocess` takes), else [B, K, S, S]."""
+        scored = (batch.probs[:, 0], batch.target[:, 0]) if len(self.names) == 1 else (batch.probs, batch.target)
+        self.metrics.update(*scored)
+        for result in image_results(batch):
+            self.dice_sum += result.dice
+            self.predicted_positive_images += bool(result.predicted_area.any())
+            for k, name in enumerate(self.names):
+                self._per_image.writerow(
+                    (
+                        result.image_id,
+                        name,
+                        int(result.truth_area[k]),
+                        int(result.predicted_area[k]),
+                        f"{result.dice[k]:.6f}",
+                    )
+                )
+        return scored
+
+    def results(self, postprocess: PostProcess | None) -> dict:
+        """The metrics values, ``num_predicted_positive_images``, the rule in effect (``postprocess``: None for
+        ``prob >= 0.5``) and ``kaggle_dice_rule``, the mean per-image Dice under it (per class too in multi-label)."""
+        values = self.metrics.compute()
+        kaggle_rule = self.dice_sum / values["num_images"]
+        results = {
+            **values,
+            "num_predicted_positive_images": self.predicted_positive_images,
+            "postprocess": None if postprocess is None else dataclasses.asdict(postprocess),
+            "kaggle_dice_rule": float(kaggle_rule.mean()),
+        }
+        if len(self.names) > 1:
+            results.update({f"kaggle_dice_rule/{name}": float(v) for name, v in zip(self.names, kaggle_rule)})
+        return results
+
+    def pr_curves(self) -> list[PRCurve]:
+        """One pixel precision-recall curve per class, with its AP."""
+        aps = self.metrics.class_scores().ap
+        return [PRCurve(name, *self.metrics.pr_curve(k), float(aps[k])) for k, name in enumerate(self.names)]
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -226,11 +295,11 @@ def evaluate(
     """Evaluate ``segmenter`` on ``split`` of ``data_root`` and write ``metrics.json``, ``per_image.csv`` and
     ``pr_curve.png`` to ``out_dir`` (default :func:`default_out_dir`).
 
-    metrics.json: the :class:`~cxrseg.metrics.SegmentationMetrics` values at ``prob >= 0.5`` (dice, iou,
-    kaggle_dice, ap, best_f1, best_threshold, num_images, num_positive_images; multi-label: per class too), plus
-    num_predicted_positive_images (images with any predicted pixel) and kaggle_dice_rule (the mean of
-    per_image.csv's Dice, under the mask rule in effect: ``postprocess`` when set), and the run's settings. NaN is
-    written as null.
+    metrics.json: the run's settings, then :meth:`EvaluationAccumulator.results`: the
+    :class:`~cxrseg.metrics.SegmentationMetrics` values at ``prob >= 0.5`` (dice, iou, kaggle_dice, ap, best_f1,
+    best_threshold, num_images, num_positive_images; multi-label: per class too), num_predicted_positive_images
+    (images with any predicted pixel) and kaggle_dice_rule (the mean of per_image.csv's Dice, under the mask rule in
+    effect: ``postprocess`` when set). NaN is written as null.
     per_image.csv: image_id, class, truth_area, predicted_area, dice (pixels at the working size; the mask rule
     in effect). With ``search``: the post-processing grid search (single-foreground models) on the same pass; the
     winner is saved as ``postprocess.json`` next to a local model (in ``out_dir`` for a Hub model) and the full
@@ -254,44 +323,18 @@ def evaluate(
         segmenter.image_size,
         ", hflip TTA" if tta == "hflip" else "",
     )
+    batches = stream_predictions(segmenter, evaluation_loader(segmenter, rows, batch_size, num_workers), tta)
 
-    metrics = SegmentationMetrics(threshold=THRESHOLD, num_classes=len(names), class_names=names)
-    counters = {"dice_sum": np.zeros(len(names)), "predicted_positive_images": 0}
-    loader = evaluation_loader(segmenter, rows, batch_size, num_workers)
-
-    with AtomicCsv(out / "per_image.csv", ("image_id", "class", "truth_area", "predicted_area", "dice")) as table:
-
-        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            """Updates the metrics and per_image.csv, and yields (probs, target): [B, S, S] for one class (what
-            search_postprocess and SegmentationMetrics(num_classes=1) take), else [B, K, S, S]."""
-            for image_ids, probs, target, masks in stream_predictions(segmenter, loader, tta):
-                scored = (probs[:, 0], target[:, 0]) if len(names) == 1 else (probs, target)
-                metrics.update(*scored)
-                for result in image_results(image_ids, target, masks):
-                    counters["dice_sum"] += result.dice
-                    counters["predicted_positive_images"] += bool(result.predicted_area.any())
-                    for k, name in enumerate(names):
-                        table.writerow(
-                            (
-                                result.image_id,
-                                name,
-                                int(result.truth_area[k]),
-                                int(result.predicted_area[k]),
-                                f"{result.dice[k]:.6f}",
-                            )
-                        )
-                yield scored
-
-        best, search_table = None, []
-        if search:  # the search consumes the stream: still one pass over the images
-            best, search_table = search_postprocess(batches(), *search_grid(segmenter.image_size))
+    with AtomicCsv(out / "per_image.csv", PER_IMAGE_COLUMNS) as per_image:
+        accumulator = EvaluationAccumulator(names, per_image)
+        if search:  # the search consumes the scored batches: still one pass over the images
+            best, search_table = search_postprocess(map(accumulator.add, batches), *search_grid(segmenter.image_size))
         else:
-            for _ in batches():
-                pass
+            best, search_table = None, []
+            for batch in batches:
+                accumulator.add(batch)
 
-    values = metrics.compute()
-    kaggle_rule = counters["dice_sum"] / values["num_images"]
-    result = {
+    metrics = {
         "model": segmenter.source,
         "data": str(data_root),
         "split": split,
@@ -299,45 +342,39 @@ def evaluate(
         "image_size": segmenter.image_size,
         "tta": tta,
         "threshold": THRESHOLD,
-        **values,
-        "num_predicted_positive_images": counters["predicted_positive_images"],
-        "postprocess": None if segmenter.postprocess is None else dataclasses.asdict(segmenter.postprocess),
-        "kaggle_dice_rule": float(kaggle_rule.mean()),
+        **accumulator.results(segmenter.postprocess),
     }
-    if len(names) > 1:
-        result.update({f"kaggle_dice_rule/{name}": float(v) for name, v in zip(names, kaggle_rule)})
-    evaluation = EvaluationResult(result, out, search_table)
+    evaluation = EvaluationResult(metrics, out, search_table)
     if search:
         evaluation.best_postprocess = best
-        evaluation.postprocess_path = best.save(
-            segmenter.model_dir if segmenter.is_local else out / POSTPROCESS_FILENAME
-        )
-        result["search"] = {
+        evaluation.postprocess_path = _save_search(segmenter, out, best, search_table)
+        metrics["search"] = {
             "postprocess": dataclasses.asdict(best),
             "kaggle_dice": search_table[0]["kaggle_dice"],
             "saved_to": str(evaluation.postprocess_path),
             "grid_points": len(search_table),
         }
-        with AtomicCsv(
-            out / "postprocess_search.csv", ("top_threshold", "min_area", "bottom_threshold", "kaggle_dice")
-        ) as grid_table:
-            for row in search_table:
-                grid_table.writerow(
-                    (row["top_threshold"], row["min_area"], row["bottom_threshold"], f"{row['kaggle_dice']:.6f}")
-                )
     plot_pr_curve(
-        [
-            PRCurve(name, *metrics.pr_curve(k), values["ap"] if len(names) == 1 else values[f"ap/{name}"])
-            for k, name in enumerate(names)
-        ],
+        accumulator.pr_curves(),
         out / "pr_curve.png",
-        title=f"{Path(segmenter.source).name}: {split}, {int(values['num_images'])} images at "
+        title=f"{Path(segmenter.source).name}: {split}, {int(metrics['num_images'])} images at "
         f"{segmenter.image_size}x{segmenter.image_size}",
     )
-    text = json.dumps(_json_safe(result), indent=2) + "\n"
-    atomic_write_text(out / "metrics.json", text)
+    atomic_write_text(out / "metrics.json", json.dumps(_json_safe(metrics), indent=2) + "\n")
     logger.info("Wrote %s, %s and %s.", out / "metrics.json", out / "per_image.csv", out / "pr_curve.png")
     return evaluation
+
+
+def _save_search(segmenter: Segmenter, out: Path, best: PostProcess, search_table: list[dict]) -> Path:
+    """Save the winner as ``postprocess.json`` next to a local model (in ``out`` for a Hub model) and the table as
+    ``out/postprocess_search.csv``; returns where the winner went."""
+    saved_to = best.save(segmenter.model_dir if segmenter.is_local else out / POSTPROCESS_FILENAME)
+    with AtomicCsv(out / "postprocess_search.csv", SEARCH_COLUMNS) as table:
+        for row in search_table:
+            table.writerow(
+                (row["top_threshold"], row["min_area"], row["bottom_threshold"], f"{row['kaggle_dice']:.6f}")
+            )
+    return saved_to
 
 
 def summary_table(evaluation: EvaluationResult) -> str:
@@ -376,85 +413,3 @@ def summary_table(evaluation: EvaluationResult) -> str:
         lines.append(f"  {label:<44}{fmt(evaluation.search_table[0]['kaggle_dice'])}")
         lines.append(f"  saved to {evaluation.postprocess_path}")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- examples for pictures
-
-CATEGORIES = ("true positive", "miss", "false positive", "true negative")
-
-
-def categorise(truth_area: int, predicted_area: int) -> str:
-    """An image's category from its truth and predicted areas (any class)."""
-    if truth_area > 0:
-        return "true positive" if predicted_area > 0 else "miss"
-    return "false positive" if predicted_area > 0 else "true negative"
-
-
-def select_examples(results: Sequence[ImageResult], n: int) -> list[tuple[ImageResult, str]]:
-    """Up to ``n`` images taking the categories in turn (true positive, miss, false positive, true negative).
-
-    Within a category: true positives and misses by truth area, false positives by predicted area (largest
-    first), true negatives in id order; deterministic.
-    """
-    groups: dict[str, list[ImageResult]] = {c: [] for c in CATEGORIES}
-    for result in results:
-        groups[categorise(int(result.truth_area.sum()), int(result.predicted_area.sum()))].append(result)
-    groups["true positive"].sort(key=lambda r: (-int(r.truth_area.sum()), r.image_id))
-    groups["miss"].sort(key=lambda r: (-int(r.truth_area.sum()), r.image_id))
-    groups["false positive"].sort(key=lambda r: (-int(r.predicted_area.sum()), r.image_id))
-    groups["true negative"].sort(key=lambda r: r.image_id)
-    chosen: list[tuple[ImageResult, str]] = []
-    while len(chosen) < n and any(groups.values()):
-        for category in CATEGORIES:
-            if groups[category] and len(chosen) < n:
-                chosen.append((groups[category].pop(0), category))
-    return chosen
-
-
-def prediction_examples(
-    segmenter: Segmenter,
-    data_root: str | os.PathLike,
-    split: str = "val",
-    n: int = 16,
-    *,
-    tta: str = "none",
-    batch_size: int = 8,
-    num_workers: int = 0,
-) -> list[PredictionExample]:
-    """Examples for :func:`cxrseg.plots.plot_prediction_grid`: one streaming pass keeps only per-image counts,
-    :func:`select_examples` picks ``n``, and those images are predicted again for their pictures."""
-    rows, _ = split_rows(segmenter, data_root, split)
-    results = []
-    for image_ids, _, target, masks in stream_predictions(
-        segmenter, evaluation_loader(segmenter, rows, batch_size, num_workers), tta
-    ):
-        results += image_results(image_ids, target, masks)
-    by_id = {row.image_id: row for row in rows}
-    examples = []
-    for result, category in select_examples(results, n):
-        row = by_id[result.image_id]
-        image, truth = _read_pair(segmenter, row)
-        image, truth = segmenter.preprocessor.resize(image, truth)
-        probs = segmenter.probabilities(segmenter.preprocessor.to_pixel_values(image).unsqueeze(0), tta)[0]
-        truth = torch.from_numpy(np.ascontiguousarray(truth.transpose(2, 0, 1) if truth.ndim == 3 else truth))
-        planes = target_planes(segmenter, truth.unsqueeze(0).long() if truth.ndim == 2 else truth.unsqueeze(0))[0]
-        examples.append(
-            PredictionExample(
-                result.image_id,
-                image,
-                planes.numpy(),
-                probs.numpy(),
-                segmenter.masks(probs),
-                float(result.dice.mean()),
-                category,
-            )
-        )
-    return examples
-
-
-def _read_pair(segmenter: Segmenter, row: IndexedImage) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 gray image, mask as class indices [H, W] or planes [H, W, C]) of a layout row, as training reads it."""
-    with Image.open(row.image_path) as image, Image.open(row.mask_path) as mask_image:
-        image, mask = to_gray(np.asarray(image)), np.asarray(mask_image)
-    labels = segmenter.labels
-    return image, unpack_multilabel(mask, labels.num_labels) if labels.multilabel else binarize_mask(mask)

@@ -10,7 +10,9 @@ Conventions used everywhere in cxrseg (metrics and :mod:`cxrseg.postprocess`):
 
 :class:`SegmentationMetrics` keeps only counters: a ``[C, 2, num_bins]`` histogram of quantised probabilities for
 negative/positive pixels, dataset-level TP/FP/FN at the threshold, and running sums of per-image Dice. Its memory
-does not grow with the number of images, so it never stores logits.
+does not grow with the number of images, so it never stores logits. The pieces: ``update`` adds a batch's counts;
+:func:`ranking_metrics` and :func:`precision_recall_curve` read one class's histogram; ``class_scores`` gives every
+metric per class (:class:`ClassScores`) and :func:`name_metrics` names them, the one key layout of ``compute``.
 
 Distributed evaluation: the instance holds the counts of the data it was given and does no all-reduce. The Trainer
 gathers predictions across processes before calling :meth:`SegmentationMetrics.update`, so every process (or only
@@ -20,6 +22,7 @@ the main one) sees all images.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -133,6 +136,112 @@ def _lower_bin_edges(num_bins: int) -> np.ndarray:
     return edges.numpy()
 
 
+def _descending_counts(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Cumulative (TP, FP) int64 [N] for ``prob >= edge_k`` with k descending from N-1 to 0, and the positive total,
+    of one class's ``[negative/positive, N]`` histogram."""
+    tp = np.cumsum(hist[1, ::-1])
+    fp = np.cumsum(hist[0, ::-1])
+    return tp, fp, int(tp[-1])
+
+
+def ranking_metrics(hist: np.ndarray, bin_edges: np.ndarray) -> tuple[float, float, float]:
+    """(ap, best_f1, best_threshold) of one class from its int64 ``[negative/positive, N]`` histogram and the float32
+    [N] lower bin edges (definitions in :class:`SegmentationMetrics`); NaNs without positive pixels."""
+    tp, fp, num_positive = _descending_counts(hist)
+    if num_positive == 0:
+        return float("nan"), float("nan"), float("nan")
+    recall_gain = np.diff(tp, prepend=0) / num_positive
+    precision = tp / np.maximum(tp + fp, 1)  # 0/1 where nothing is predicted yet; recall_gain is 0 there
+    f1 = 2 * tp / (tp + fp + num_positive)
+    ap = float(np.sum(recall_gain * precision))
+    best = int(np.argmax(f1))  # first maximum in descending order: the highest threshold
+    return ap, float(f1[best]), float(bin_edges[len(bin_edges) - 1 - best])
+
+
+def precision_recall_curve(hist: np.ndarray, bin_edges: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixel precision-recall curve of one class's ``[negative/positive, N]`` histogram, in sklearn's
+    ``precision_recall_curve`` convention (see :meth:`SegmentationMetrics.pr_curve`)."""
+    tp, fp, num_positive = _descending_counts(hist)
+    nonempty = (hist.sum(0) > 0)[::-1]  # descending bin order, like tp/fp
+    tp, fp = tp[nonempty][::-1], fp[nonempty][::-1]
+    thresholds = bin_edges[::-1][nonempty][::-1].copy()
+    precision = tp / np.maximum(tp + fp, 1)
+    recall = tp / num_positive if num_positive else np.ones_like(precision)
+    return np.append(precision, 1.0), np.append(recall, 0.0), thresholds
+
+
+@dataclass(frozen=True)
+class ClassScores:
+    """Every metric of every class, float64 [C] each (definitions in :class:`SegmentationMetrics`)."""
+
+    dice: np.ndarray
+    iou: np.ndarray
+    kaggle_dice: np.ndarray
+    ap: np.ndarray
+    best_f1: np.ndarray
+    best_threshold: np.ndarray
+    num_positive_images: np.ndarray
+
+
+SUMMARY_KEYS = ("dice", "iou", "kaggle_dice", "ap")
+"""The headline metrics: a binary model's values, or a multi-label model's unweighted means over classes."""
+
+PER_CLASS_KEYS = ("dice", "iou", "ap", "kaggle_dice", "num_positive_images")
+"""A multi-label model's per-class metrics, named ``<metric>/<class name>``."""
+
+
+def _mean_over_classes(values: np.ndarray) -> float:
+    """Unweighted mean over the classes that have a value (NaN is the ap of a class without positive pixels, left
+    out); NaN if none has."""
+    defined = values[~np.isnan(values)]
+    return float(defined.mean()) if defined.size else float("nan")
+
+
+def name_metrics(scores: ClassScores, num_images: int, class_names: Sequence[str]) -> dict[str, float]:
+    """The dict :meth:`SegmentationMetrics.compute` returns, every value a float, in this order.
+
+    Binary (one class): :data:`SUMMARY_KEYS`, ``best_f1``, ``best_threshold``, ``num_images``,
+    ``num_positive_images``. Multi-label: :data:`PER_CLASS_KEYS` as ``<metric>/<class name>`` class by class, then
+    :data:`SUMMARY_KEYS` as means over classes (:func:`_mean_over_classes`), then ``num_images``.
+    """
+    if len(class_names) == 1:
+        named = {key: float(getattr(scores, key)[0]) for key in (*SUMMARY_KEYS, "best_f1", "best_threshold")}
+        named["num_images"] = float(num_images)
+        named["num_positive_images"] = float(scores.num_positive_images[0])
+        return named
+    named = {
+        f"{key}/{name}": float(getattr(scores, key)[i]) for i, name in enumerate(class_names) for key in PER_CLASS_KEYS
+    }
+    named.update({key: _mean_over_classes(getattr(scores, key)) for key in SUMMARY_KEYS})
+    named["num_images"] = float(num_images)
+    return named
+
+
+def _histogram_and_counts(
+    probs: torch.Tensor, target: torch.Tensor, num_classes: int, num_bins: int, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Histogram int64 [C, 2, N] and per-plane (intersection, predicted area, truth area) int64 [P, 3] at
+    ``threshold`` of planes ``probs`` float [P, pixels] against 0/1/IGNORE_INDEX ``target`` [P, pixels], where plane
+    p is of class ``p % num_classes``. Raises before returning anything on a bad value."""
+    c, n = num_classes, num_bins
+    # A few planes at a time: temporaries stay ~4 MB, which the allocator reuses, instead of fresh batch-sized
+    # buffers (page faults dominated the CPU time).
+    hist = torch.zeros(2 * c * n + 1, dtype=torch.int64, device=probs.device)
+    counts = []
+    step = max(1, _CHUNK_PIXELS // max(probs.shape[1], 1))
+    for start in range(0, probs.shape[0], step):
+        chunk = _check_probs(probs[start : start + step])
+        positive, valid = _split_target(target[start : start + step])
+        # Histogram: flat index (class * 2 + is_positive) * N + bin; ignored pixels go to one trash bin.
+        rows = torch.arange(start, start + chunk.shape[0], device=probs.device, dtype=torch.int32)
+        index = _quantise(chunk, n).add_((rows % c * (2 * n)).unsqueeze(1)).add_(positive.to(torch.int32) * n)
+        index.masked_fill_(~valid, 2 * c * n)
+        hist += torch.bincount(index.view(-1), minlength=2 * c * n + 1)
+        predicted = (chunk >= threshold).logical_and_(valid)
+        counts.append(torch.stack([_count(predicted & positive), _count(predicted), _count(positive)], 1))
+    return hist[: 2 * c * n].view(c, 2, n), torch.cat(counts)
+
+
 class SegmentationMetrics:
     """Streaming binary or multi-label segmentation metrics (constant memory; see the module docstring).
 
@@ -158,7 +267,7 @@ class SegmentationMetrics:
     Multi-label keys: ``dice/<name>``, ``iou/<name>``, ``ap/<name>``, ``kaggle_dice/<name>``,
     ``num_positive_images/<name>``, and ``dice``, ``iou``, ``kaggle_dice``, ``ap`` as unweighted means over classes
     (``ap`` over the classes that have positive pixels; NaN if none has). Note that a class with neither truth nor
-    prediction anywhere scores dice = iou = 1 by the empty/empty rule.
+    prediction anywhere scores dice = iou = 1 by the empty/empty rule. The layout is :func:`name_metrics`'s.
     """
 
     def __init__(
@@ -185,7 +294,6 @@ class SegmentationMetrics:
         self.bin_edges = _lower_bin_edges(num_bins)
         self.reset()
 
-    # ------------------------------------------------------------------ state
     def reset(self) -> None:
         """Forget all data seen so far."""
         c, n = self.num_classes, self.num_bins
@@ -215,29 +323,18 @@ class SegmentationMetrics:
             raise ValueError(f"target shape {tuple(target.shape)} != probs shape {tuple(probs.shape)}.")
         if probs.shape[0] == 0:
             return
-        batch, c, n = probs.shape[0], self.num_classes, self.num_bins
-        # One row per (image, class) plane, processed a few planes at a time: temporaries stay ~4 MB, which the
-        # allocator reuses, instead of fresh batch-sized buffers (page faults dominated the CPU time).
-        probs = probs.reshape(batch * c, -1)
-        target = target.to(probs.device).reshape(batch * c, -1)
-        hist = torch.zeros(2 * c * n + 1, dtype=torch.int64, device=probs.device)
-        plane_counts = []
-        step = max(1, _CHUNK_PIXELS // max(probs.shape[1], 1))
-        for start in range(0, batch * c, step):
-            chunk = _check_probs(probs[start : start + step])
-            positive, valid = _split_target(target[start : start + step])
-            # Histogram: flat index (class * 2 + is_positive) * N + bin; ignored pixels go to one trash bin.
-            rows = torch.arange(start, start + chunk.shape[0], device=probs.device, dtype=torch.int32)
-            index = _quantise(chunk, n).add_((rows % c * (2 * n)).unsqueeze(1)).add_(positive.to(torch.int32) * n)
-            index.masked_fill_(~valid, 2 * c * n)
-            hist += torch.bincount(index.view(-1), minlength=2 * c * n + 1)
-            # Per-plane pixel counts at the threshold: intersection, predicted area, truth area.
-            predicted = (chunk >= self.threshold).logical_and_(valid)
-            plane_counts.append(torch.stack([_count(predicted & positive), _count(predicted), _count(positive)], 1))
-        intersection, pred_area, truth_area = torch.cat(plane_counts).view(batch, c, 3).cpu().unbind(2)  # [B, C]
+        batch, c = probs.shape[0], self.num_classes
+        hist, counts = _histogram_and_counts(  # one row per (image, class) plane
+            probs.reshape(batch * c, -1),
+            target.to(probs.device).reshape(batch * c, -1),
+            c,
+            self.num_bins,
+            self.threshold,
+        )
+        intersection, pred_area, truth_area = counts.view(batch, c, 3).cpu().unbind(2)  # [B, C]
 
         # All checks passed: commit.
-        self._hist += hist[: 2 * c * n].view(c, 2, n).cpu()
+        self._hist += hist.cpu()
         self._tp += intersection.sum(0)
         self._fp += (pred_area - intersection).sum(0)
         self._fn += (truth_area - intersection).sum(0)
@@ -245,62 +342,28 @@ class SegmentationMetrics:
         self._positive_images += (truth_area > 0).sum(0).numpy()
         self._num_images += batch
 
-    # ------------------------------------------------------------------ results
-    def _descending_counts(self, class_index: int) -> tuple[np.ndarray, np.ndarray, int]:
-        """Cumulative (TP, FP) for ``prob >= edge_k`` with k descending from N-1 to 0, and the positive total."""
-        hist = self._hist[class_index].numpy()
-        tp = np.cumsum(hist[1, ::-1])
-        fp = np.cumsum(hist[0, ::-1])
-        return tp, fp, int(tp[-1])
-
-    def _ranking_metrics(self, class_index: int) -> tuple[float, float, float]:
-        """(ap, best_f1, best_threshold) from the histogram of one class; NaNs without positive pixels."""
-        tp, fp, num_positive = self._descending_counts(class_index)
-        if num_positive == 0:
-            return float("nan"), float("nan"), float("nan")
-        recall_gain = np.diff(tp, prepend=0) / num_positive
-        precision = tp / np.maximum(tp + fp, 1)  # 0/1 where nothing is predicted yet; recall_gain is 0 there
-        f1 = 2 * tp / (tp + fp + num_positive)
-        ap = float(np.sum(recall_gain * precision))
-        best = int(np.argmax(f1))  # first maximum in descending order: the highest threshold
-        return ap, float(f1[best]), float(self.bin_edges[self.num_bins - 1 - best])
-
-    def compute(self) -> dict[str, float]:
-        """The metrics of everything seen since the last reset (keys and definitions in the class docstring)."""
+    def class_scores(self) -> ClassScores:
+        """Every metric of every class over everything seen since the last reset."""
         if self._num_images == 0:
             raise RuntimeError("SegmentationMetrics.compute() called before any update().")
         tp, fp, fn = (x.numpy().astype(np.float64) for x in (self._tp, self._fp, self._fn))
         errors = fp + fn
-        dice = np.where(tp + errors == 0, 1.0, 2 * tp / np.maximum(2 * tp + errors, 1))
-        iou = np.where(tp + errors == 0, 1.0, tp / np.maximum(tp + errors, 1))
-        kaggle = self._dice_sum / self._num_images
-        ranking = [self._ranking_metrics(i) for i in range(self.num_classes)]
-        if self.num_classes == 1:
-            ap, best_f1, best_threshold = ranking[0]
-            return {
-                "dice": float(dice[0]),
-                "iou": float(iou[0]),
-                "kaggle_dice": float(kaggle[0]),
-                "ap": ap,
-                "best_f1": best_f1,
-                "best_threshold": best_threshold,
-                "num_images": float(self._num_images),
-                "num_positive_images": float(self._positive_images[0]),
-            }
-        ap = np.array([r[0] for r in ranking])
-        results: dict[str, float] = {}
-        for i, name in enumerate(self.class_names):
-            results[f"dice/{name}"] = float(dice[i])
-            results[f"iou/{name}"] = float(iou[i])
-            results[f"ap/{name}"] = float(ap[i])
-            results[f"kaggle_dice/{name}"] = float(kaggle[i])
-            results[f"num_positive_images/{name}"] = float(self._positive_images[i])
-        results["dice"] = float(dice.mean())
-        results["iou"] = float(iou.mean())
-        results["kaggle_dice"] = float(kaggle.mean())
-        results["ap"] = float(ap[~np.isnan(ap)].mean()) if (~np.isnan(ap)).any() else float("nan")
-        results["num_images"] = float(self._num_images)
-        return results
+        ap, best_f1, best_threshold = np.array(
+            [ranking_metrics(self._hist[i].numpy(), self.bin_edges) for i in range(self.num_classes)]
+        ).T
+        return ClassScores(
+            dice=np.where(tp + errors == 0, 1.0, 2 * tp / np.maximum(2 * tp + errors, 1)),
+            iou=np.where(tp + errors == 0, 1.0, tp / np.maximum(tp + errors, 1)),
+            kaggle_dice=self._dice_sum / self._num_images,
+            ap=ap,
+            best_f1=best_f1,
+            best_threshold=best_threshold,
+            num_positive_images=self._positive_images.astype(np.float64),
+        )
+
+    def compute(self) -> dict[str, float]:
+        """The metrics of everything seen since the last reset (keys and definitions in the class docstring)."""
+        return name_metrics(self.class_scores(), self._num_images, self.class_names)
 
     def pr_curve(self, class_index: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Pixel precision-recall curve of one class in sklearn's ``precision_recall_curve`` convention.
@@ -311,11 +374,4 @@ class SegmentationMetrics:
         """
         if not 0 <= class_index < self.num_classes:
             raise IndexError(f"class_index {class_index} out of range for {self.num_classes} classes.")
-        tp, fp, num_positive = self._descending_counts(class_index)
-        hist = self._hist[class_index].numpy()
-        nonempty = (hist.sum(0) > 0)[::-1]  # descending bin order, like tp/fp
-        tp, fp = tp[nonempty][::-1], fp[nonempty][::-1]
-        thresholds = self.bin_edges[::-1][nonempty][::-1].copy()
-        precision = tp / np.maximum(tp + fp, 1)
-        recall = tp / num_positive if num_positive else np.ones_like(precision)
-        return np.append(precision, 1.0), np.append(recall, 0.0), thresholds
+        return precision_recall_curve(self._hist[class_index].numpy(), self.bin_edges)

@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_predictions(args: argparse.Namespace) -> int:
-    from cxrseg.evaluate import prediction_examples
+    from cxrseg.example_selection import prediction_examples
     from cxrseg.plots import plot_prediction_grid
 
     segmenter = load_segmenter(args.model, device=args.device, use_postprocess=not args.no_postprocess)
@@ -64,15 +64,12 @@ def run_predictions(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.num_workers,
     )
-    out = (
-        Path(args.out)
-        if args.out
-        else (
-            segmenter.model_dir / f"predictions_{args.split}.png"
-            if segmenter.is_local
-            else Path(f"predictions_{args.split}.png")
-        )
-    )
+    if args.out:
+        out = Path(args.out)
+    elif segmenter.is_local:
+        out = segmenter.model_dir / f"predictions_{args.split}.png"
+    else:
+        out = Path(f"predictions_{args.split}.png")
     title = f"{Path(segmenter.source).name} on {args.split} at {segmenter.image_size}x{segmenter.image_size}"
     plot_prediction_grid(examples, out, segmenter.output_names, title=title)
     print(f"Wrote {out} ({len(examples)} images)")
