@@ -32,7 +32,6 @@ from cxrseg.data.dataset import make_transform, rows_to_dataset
 from cxrseg.data.png_layout import DataError, IndexedImage, index_layout, list_pairs, read_layout_labels
 from cxrseg.errors import UsageError
 from cxrseg.files import AtomicCsv, atomic_write_text
-from cxrseg.images import to_gray
 from cxrseg.inference import Segmenter
 from cxrseg.labels import IGNORE_INDEX
 from cxrseg.metrics import SegmentationMetrics, dice_from_counts

@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from cxrseg.data.png_layout import IndexedImage
-from cxrseg.data.transforms import to_gray
 from cxrseg.evaluate import ImageResult, evaluation_loader, image_results, split_rows, stream_predictions, target_planes
+from cxrseg.images import read_image
 from cxrseg.inference import Segmenter
 from cxrseg.labels import binarize_mask, unpack_multilabel
 from cxrseg.plots import PredictionExample
@@ -92,7 +92,8 @@ def prediction_examples(
 
 def _read_pair(segmenter: Segmenter, row: IndexedImage) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 gray image, mask as class indices [H, W] or planes [H, W, C]) of a layout row, as training reads it."""
-    with Image.open(row.image_path) as image, Image.open(row.mask_path) as mask_image:
-        image, mask = to_gray(np.asarray(image)), np.asarray(mask_image)
+    image = read_image(row.image_path)
+    with Image.open(row.mask_path) as mask_image:
+        mask = np.asarray(mask_image)
     labels = segmenter.labels
     return image, unpack_multilabel(mask, labels.num_labels) if labels.multilabel else binarize_mask(mask)
