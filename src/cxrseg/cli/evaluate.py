@@ -3,29 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
-from cxrseg.inference import TTA_MODES, load_segmenter
-
-logger = logging.getLogger(__name__)
-
-
-def add_model_arguments(parser: argparse.ArgumentParser, postprocess: bool = True) -> None:
-    """--model, --tta, --batch-size, --num-workers, --device (and --no-postprocess): shared by the subcommands."""
-    parser.add_argument("--model", required=True, help="trained model folder (run_train.py output) or Hub id")
-    parser.add_argument(
-        "--tta",
-        choices=TTA_MODES,
-        default="none",
-        help="test-time augmentation: hflip averages the probabilities of the image and its mirror",
-    )
-    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
-    parser.add_argument("--num-workers", type=int, default=2, help="DataLoader processes reading images (default 2)")
-    parser.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, cuda:1, ...")
-    if postprocess:
-        parser.add_argument(
-            "--no-postprocess", action="store_true", help="ignore the model's postprocess.json: masks are prob >= 0.5"
-        )
+from cxrseg.cli.model_options import add_model_arguments, load_model, run_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,16 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from cxrseg.evaluate import evaluate, summary_table
 
-    segmenter = load_segmenter(args.model, device=args.device, use_postprocess=not args.no_postprocess)
     result = evaluate(
-        segmenter,
-        args.data,
-        args.split,
-        args.out,
-        tta=args.tta,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        search=args.search_postprocess,
+        load_model(args), args.data, args.split, args.out, search=args.search_postprocess, **run_options(args)
     )
     print(summary_table(result))
     print(f"Wrote {result.out_dir}/metrics.json, per_image.csv, pr_curve.png")

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
-from cxrseg.cli.evaluate import add_model_arguments
+from cxrseg.cli.model_options import add_model_arguments, load_model, run_options
 from cxrseg.errors import EXIT_INPUTS_SKIPPED, EXIT_OK
-from cxrseg.inference import load_segmenter
-
-logger = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,18 +44,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from cxrseg.predict import predict
 
-    segmenter = load_segmenter(
-        args.model, device=args.device, use_postprocess=not args.no_postprocess, postprocess_path=args.postprocess
-    )
     summary = predict(
-        segmenter,
+        load_model(args, postprocess_path=args.postprocess),
         args.input,
         args.out,
-        tta=args.tta,
         submission=args.submission,
         save_probabilities=args.save_probabilities,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
+        **run_options(args),
     )
     print("\n".join(summary.lines()))
     return EXIT_INPUTS_SKIPPED if summary.problems else EXIT_OK

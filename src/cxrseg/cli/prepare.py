@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 from typing import TYPE_CHECKING
 
 from cxrseg.errors import EXIT_INPUTS_SKIPPED, EXIT_OK
@@ -13,7 +12,6 @@ if TYPE_CHECKING:
     from cxrseg.prepare.problems import Summary
     from cxrseg.prepare.writer import PrepareOptions
 
-logger = logging.getLogger(__name__)
 
 PUSH_HELP = (
     "also push the dataset to this Hub repository, always PRIVATE (private=True): SIIM-ACR's terms forbid public "

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
 
-from cxrseg.cli.evaluate import add_model_arguments
+from cxrseg.cli.model_options import add_model_arguments, load_model, run_options
 from cxrseg.errors import DataError
 from cxrseg.inference import load_segmenter
-
-logger = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,16 +51,8 @@ def run_predictions(args: argparse.Namespace) -> int:
     from cxrseg.example_selection import prediction_examples
     from cxrseg.plots import plot_prediction_grid
 
-    segmenter = load_segmenter(args.model, device=args.device, use_postprocess=not args.no_postprocess)
-    examples = prediction_examples(
-        segmenter,
-        args.data,
-        args.split,
-        args.n,
-        tta=args.tta,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-    )
+    segmenter = load_model(args)
+    examples = prediction_examples(segmenter, args.data, args.split, args.n, **run_options(args))
     if args.out:
         out = Path(args.out)
     elif segmenter.is_local:
