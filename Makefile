@@ -30,11 +30,11 @@ demo: install  ## synthetic data → train → metrics, on CPU in a few minutes
 	print('\n'.join(f'{k:>26} = {v:.4f}' for k, v in sorted(m.items()) if k.startswith('eval_'))); \
 	print('Model: outputs/demo  (UperNetForSemanticSegmentation.from_pretrained(\"outputs/demo\"))')"
 
-test: install-dev  ## the whole suite (slow tests included)
+test: install-dev  ## the whole suite (slow tests included; the browser test needs Debian's chromium: .ci/run installs it)
 	$(PY) -m pytest
 
 quality: install-dev
-	$(VENV)/bin/ruff check src tests bench run_train.py
+	$(VENV)/bin/ruff check src tests bench run_train.py app.py
 
 clean:
 	rm -rf outputs data/demo .pytest_cache

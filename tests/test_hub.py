@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -315,8 +316,9 @@ def test_model_card_parts_appear_exactly_when_they_apply(tmp_path, labels, recip
 
 
 def test_card_template_ships_in_the_wheel(tmp_path):
-    """The package data in pyproject.toml puts the template into a built wheel, where importlib.resources (as
-    :func:`card_template` reads it) finds it, from the zip. Built offline with the project's own build backend."""
+    """The package data in pyproject.toml puts the template (and the web app's examples) into a built wheel, where
+    importlib.resources (as :func:`card_template` reads it) finds it, from the zip. Built offline with the
+    project's own build backend."""
     project = tmp_path / "project"
     shutil.copytree(ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     for name in ("pyproject.toml", "README.md"):
@@ -324,6 +326,8 @@ def test_card_template_ships_in_the_wheel(tmp_path):
     build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "--quiet"]
     subprocess.run([*build, "--wheel-dir", str(tmp_path / "dist"), str(project)], check=True, capture_output=True)
     (wheel,) = (tmp_path / "dist").glob("cxrseg-*.whl")
+    examples = {f"cxrseg/app_examples/{p.name}" for p in (ROOT / "src/cxrseg/app_examples").iterdir()}
+    assert len(examples) == 3 and examples <= set(zipfile.ZipFile(wheel).namelist())  # the web app's, with README
     code = (
         "import cxrseg, importlib.resources; print(cxrseg.__file__); "
         f"print(importlib.resources.files('cxrseg').joinpath({CARD_TEMPLATE!r}).read_text(), end='')"

@@ -12,7 +12,7 @@ from pydicom.data import get_testdata_file
 import cxrseg.files
 import cxrseg.images
 from cxrseg.errors import DataError, DicomError
-from cxrseg.images import read_image, stretch_to_uint8, to_gray, write_png
+from cxrseg.images import read_image, read_image_geometry, stretch_to_uint8, to_gray, write_png
 from cxrseg.prepare.dicom import read_dicom, write_dicom
 
 
@@ -159,3 +159,16 @@ def test_write_png_failing_encoder_or_write_leaves_no_file_and_no_temp(tmp_path,
         with pytest.raises(OSError, match="disk full"):
             write_png(tmp_path / name, np.zeros((4, 4), np.uint8))
     assert leftovers(tmp_path) == ["kept.png"] and (tmp_path / "kept.png").read_bytes() == b"the user's file"
+
+
+def test_geometry_comes_from_the_header_without_decoding(tmp_path, monkeypatch):
+    cv2.imwrite(str(tmp_path / "wide.png"), np.zeros((30, 50), np.uint16))
+    cv2.imwrite(str(tmp_path / "photo.jpg"), np.zeros((20, 10, 3), np.uint8))
+    write_dicom(tmp_path / "scan.dcm", np.zeros((40, 60), np.uint8), PixelSpacing=[0.2, 0.3])
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("pixels decoded"))
+    assert read_image_geometry(tmp_path / "wide.png") == ((30, 50), None)
+    assert read_image_geometry(tmp_path / "photo.jpg") == ((20, 10), None)
+    assert read_image_geometry(tmp_path / "scan.dcm") == ((40, 60), (0.2, 0.3))
+    with pytest.raises(DataError, match="broken.png: not a readable image file"):
+        read_image_geometry(tmp_path / "broken.png")

@@ -45,6 +45,8 @@ def test_readme_command_parses(command):
         assert Path(script).is_file()
         recipe_args = tokens[tokens.index(script) + 1 :]
         parse_recipe(["--config", *recipe_args])
+    elif tokens[0] == "python" and tokens[1].endswith(".py"):
+        assert Path(tokens[1]).is_file()
     elif tokens[0] in ("pip", "python", "wandb", "tensorboard"):
         pass  # third-party tools
     else:

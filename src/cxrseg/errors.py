@@ -66,6 +66,10 @@ class TrackingSetupError(CxrsegError):
     """A ``report_to`` integration cannot work in this environment."""
 
 
+class OptionalDependencyError(CxrsegError):
+    """An optional part of cxrseg whose packages are not installed; the message names the pip extra."""
+
+
 def report(error: CxrsegError) -> int:
     """Print ``error`` as one line on stderr and return its exit status."""
     print(f"error: {error}", file=sys.stderr)

@@ -91,6 +91,27 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return pixels
 
 
+def read_image_geometry(path: str | os.PathLike) -> tuple[tuple[int, int], tuple[float, float] | None]:
+    """((height, width), pixel spacing or None) of an image file, read from its header without decoding the pixels
+    (so a size limit can be checked before the memory is spent).
+
+    Pixel spacing: (row spacing, column spacing) in mm in the patient, from a DICOM's ``PixelSpacing``
+    (:func:`cxrseg.prepare.dicom.read_dicom_geometry`); None for other formats (a PNG's or JPEG's resolution is
+    for printing, not the patient). Raises like :func:`read_image` for a file whose header cannot be read.
+    """
+    path = Path(path)
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        from cxrseg.prepare.dicom import read_dicom_geometry
+
+        return read_dicom_geometry(path)
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception as error:  # as in read_image
+        raise DataError(f"{path}: not a readable image file ({type(error).__name__}: {error}).") from error
+    return (height, width), None
+
+
 def write_png(path: str | os.PathLike, pixels: np.ndarray) -> Path:
     """Write uint8 or uint16 gray ``[H, W]``, or uint8 RGB ``[H, W, 3]``, as a PNG, atomically. Returns ``path``.
 

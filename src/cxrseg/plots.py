@@ -76,6 +76,13 @@ def overlay(
     return out
 
 
+def probability_image(probs: np.ndarray, colormap: str = "magma") -> np.ndarray:
+    """float [K, H, W] in [0, 1] → uint8 RGB [H, W, 3]: each pixel's highest probability over the K classes in
+    ``colormap`` (magma: black at 0, pale yellow at 1)."""
+    peak = np.asarray(probs, dtype=np.float32).max(0).clip(0, 1)
+    return colormaps[colormap](peak, bytes=True)[..., :3]
+
+
 def _draw_legend(canvas: np.ndarray, entries: Sequence[tuple[str, np.ndarray]]) -> None:
     """Colour swatches and class names in a dark box in the top-left corner of an RGB image (in place)."""
     if not entries:

@@ -213,10 +213,7 @@ def _write_outputs(
     names = segmenter.output_names
     probs_at_size = segmenter.resize_probabilities(probs, image.shape[:2])
     masks = segmenter.masks(probs, probs_at_size)
-    if len(names) == 1:
-        write_png(out / "masks" / f"{image_id}.png", masks[0] * np.uint8(255))
-    else:
-        write_png(out / "masks" / f"{image_id}.png", pack_multilabel(masks))
+    write_png(out / "masks" / f"{image_id}.png", mask_png_pixels(masks))
     write_png(
         out / "overlays" / f"{image_id}.png", overlay(image, masks, colours, names=names if len(names) > 1 else None)
     )
@@ -228,6 +225,12 @@ def _write_outputs(
             for name, plane in zip(names, levels):
                 write_png(out / "probabilities" / image_id / f"{_safe_name(name)}.png", plane)
     return masks
+
+
+def mask_png_pixels(masks: np.ndarray) -> np.ndarray:
+    """The pixels of a mask PNG from masks uint8 0/1 [K, H, W]: one class → uint8 0/255 [H, W]; several → the
+    uint16 bit field [H, W] of :func:`cxrseg.labels.pack_multilabel` (bit c = class c)."""
+    return masks[0] * np.uint8(255) if masks.shape[0] == 1 else pack_multilabel(masks)
 
 
 def _at_submission_size(mask: np.ndarray) -> np.ndarray:

@@ -12,7 +12,14 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 from pydicom.uid import MPEG2MPML
 
-from cxrseg.prepare.dicom import DicomError, read_dicom, read_dicom_metadata, read_dicom_with_metadata, write_dicom
+from cxrseg.prepare.dicom import (
+    DicomError,
+    read_dicom,
+    read_dicom_geometry,
+    read_dicom_metadata,
+    read_dicom_with_metadata,
+    write_dicom,
+)
 
 
 def real(name: str) -> str:
@@ -62,6 +69,21 @@ def test_compressed_16bit_files_decode(name):
 def test_file_without_pixel_data_names_the_file():
     with pytest.raises(DicomError, match=r"rtplan\.dcm: the DICOM file has no pixel data"):
         read_dicom(real("rtplan.dcm"))
+
+
+def test_geometry_is_read_from_the_header(tmp_path):
+    pixels = np.zeros((30, 40), np.uint8)
+    assert read_dicom_geometry(write_dicom(tmp_path / "a.dcm", pixels, PixelSpacing=[0.5, 0.8])) == (
+        (30, 40),
+        (0.5, 0.8),
+    )
+    assert read_dicom_geometry(write_dicom(tmp_path / "b.dcm", pixels)) == ((30, 40), None)
+    for i, spacing in enumerate([[0.5], [0, 0.5], [0.5, -1]]):  # not two positive numbers: unknown
+        assert read_dicom_geometry(write_dicom(tmp_path / f"c{i}.dcm", pixels, PixelSpacing=spacing))[1] is None
+    ds = pydicom.dcmread(real("CT_small.dcm"))
+    assert read_dicom_geometry(real("CT_small.dcm")) == ((128, 128), tuple(float(v) for v in ds.PixelSpacing))
+    with pytest.raises(DicomError, match=r"rtplan\.dcm: the DICOM file has no pixel data \(no Rows, Columns"):
+        read_dicom_geometry(real("rtplan.dcm"))
 
 
 def test_unsupported_transfer_syntax_says_what_to_install(tmp_path):

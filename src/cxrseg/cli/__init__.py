@@ -13,7 +13,7 @@ import sys
 from cxrseg.errors import CxrsegError, report
 
 # Subcommand modules under cxrseg.cli, in the order `cxrseg --help` lists them.
-SUBCOMMANDS = ("make_demo_data", "prepare", "evaluate", "predict", "visualize", "push", "env")
+SUBCOMMANDS = ("make_demo_data", "prepare", "evaluate", "predict", "visualize", "app", "push", "env")
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:

@@ -8,8 +8,9 @@ from typing import Any
 from cxrseg.inference import TTA_MODES, Segmenter, load_segmenter
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, postprocess: bool = True) -> None:
-    """--model, --tta, --batch-size, --num-workers, --device (and --no-postprocess)."""
+def add_model_arguments(parser: argparse.ArgumentParser, postprocess: bool = True, batching: bool = True) -> None:
+    """--model, --tta, --device, and --batch-size, --num-workers (with ``batching``), --no-postprocess (with
+    ``postprocess``)."""
     parser.add_argument("--model", required=True, help="trained model folder (run_train.py output) or Hub id")
     parser.add_argument(
         "--tta",
@@ -17,8 +18,11 @@ def add_model_arguments(parser: argparse.ArgumentParser, postprocess: bool = Tru
         default="none",
         help="test-time augmentation: hflip averages the probabilities of the image and its mirror",
     )
-    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
-    parser.add_argument("--num-workers", type=int, default=2, help="DataLoader processes reading images (default 2)")
+    if batching:
+        parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+        parser.add_argument(
+            "--num-workers", type=int, default=2, help="DataLoader processes reading images (default 2)"
+        )
     parser.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, cuda:1, ...")
     if postprocess:
         parser.add_argument(

@@ -47,6 +47,32 @@ def read_dicom_metadata(path: str | Path) -> dict[str, str]:
     return dicom_metadata(_dcmread(path, stop_before_pixels=True))
 
 
+def read_dicom_geometry(path: str | Path) -> tuple[tuple[int, int], tuple[float, float] | None]:
+    """((height, width), pixel spacing in mm or None) of a DICOM image from its header, without decoding pixels.
+
+    height, width: ``Rows``, ``Columns``. Pixel spacing: ``PixelSpacing`` = (row spacing, column spacing), the
+    distance in mm between the centres of adjacent rows and of adjacent columns, in the patient; None when absent
+    or not two positive numbers. ``ImagerPixelSpacing`` (at the detector, larger than the patient by the
+    geometric magnification) is not used. Raises :class:`DicomError` for an unreadable file or one without
+    ``Rows``/``Columns`` (not an image; a file with them but without pixel data fails in :func:`read_dicom`).
+    """
+    ds = _dcmread(path, stop_before_pixels=True)
+    try:
+        shape = int(ds.Rows), int(ds.Columns)
+    except (AttributeError, TypeError, ValueError) as error:
+        raise DicomError(f"{path}: the DICOM file has no pixel data (no Rows, Columns: is it an image?).") from error
+    return shape, pixel_spacing_mm(ds)
+
+
+def pixel_spacing_mm(ds: Dataset) -> tuple[float, float] | None:
+    """``PixelSpacing`` as (row spacing, column spacing) in mm; None when absent or not two positive numbers."""
+    try:
+        spacing = tuple(float(value) for value in ds.get("PixelSpacing") or ())
+    except (TypeError, ValueError):
+        return None
+    return spacing if len(spacing) == 2 and all(np.isfinite(spacing)) and min(spacing) > 0 else None
+
+
 def read_dicom_with_metadata(path: str | Path) -> tuple[np.ndarray, dict[str, str]]:
     """Image (uint8 ``[H, W]``) and metadata of a DICOM file, read once."""
     ds = _dcmread(path)

@@ -62,5 +62,32 @@ def make_multilabel_demo_data(out: str | os.PathLike, num_images: int = 400, siz
     return _write_demo_layout(out, num_images, draw, "chestxdet", "Drawing multi-label demo radiographs")
 
 
+EXAMPLE_PIXEL_SPACING_MM = 0.8
+"""Pixel spacing (mm) of the synthetic example DICOM: at 512 px a 41 cm film, as a real chest radiograph."""
+
+
+def write_example_radiographs(folder: str | os.PathLike, multilabel: bool = False, size: int = 512) -> list[Path]:
+    """Inputs for trying a model (the web app's examples): a synthetic radiograph with a finding as
+    ``synthetic.png``, and another as ``synthetic_spacing_0.8mm.dcm`` with ``PixelSpacing`` =
+    :data:`EXAMPLE_PIXEL_SPACING_MM`, so that areas are shown in cm². multilabel: ChestX-Det-like images with at
+    least two findings each, else pneumothorax. Returns the two paths."""
+    from cxrseg.prepare.dicom import write_dicom  # pydicom is imported only here
+
+    def draw(seed: int) -> np.ndarray:
+        if not multilabel:
+            return synthetic_radiograph(seed, size, positive=True)[0]
+        while True:
+            image, planes = synthetic_multilabel_radiograph(seed, size)
+            if planes.any((1, 2)).sum() >= 2:
+                return image
+            seed += 1000
+
+    folder = Path(folder)
+    spacing = EXAMPLE_PIXEL_SPACING_MM
+    png = write_png(folder / "synthetic.png", draw(1))
+    dicom = write_dicom(folder / f"synthetic_spacing_{spacing}mm.dcm", draw(2), PixelSpacing=[spacing, spacing])
+    return [png, dicom]
+
+
 DEMO_DATA_MAKERS = {"pneumothorax": make_demo_data, "chestxdet": make_multilabel_demo_data}
 """The demo generator of each task (the recipe key ``task``): ``maker(out, num_images, size, seed) -> out``."""
