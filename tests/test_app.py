@@ -85,9 +85,27 @@ def test_without_gradio_the_command_says_what_to_install(monkeypatch, capsys):
     assert "pip install 'cxrseg[app]'" in capsys.readouterr().err
 
 
-def test_a_missing_model_is_a_user_error(tmp_path, capsys):
+def test_a_missing_model_or_a_bad_limit_is_a_user_error(tmp_path, capsys):
     assert main(["app", "--model", str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err
+    assert main(["app", "--model", str(tmp_path), "--max-megapixels", "0"]) == 2
+    assert "--max-megapixels must be a positive number" in capsys.readouterr().err
+
+
+def test_a_bug_gives_a_message_in_the_page_and_a_traceback_in_the_log(tmp_path, monkeypatch, caplog):
+    import cxrseg.app
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cxrseg.app, "segment_image", broken)
+    cv2.imwrite(str(tmp_path / "scan.png"), np.zeros((8, 8), np.uint8))
+    demo = cxrseg.app.create_app(stand_in_segmenter())
+    analyse = next(f.fn for f in demo.fns.values() if f.api_name == "segment")
+    message, *outputs = analyse(str(tmp_path / "scan.png"), False)
+    assert "Cannot use scan.png</b>: internal error (RuntimeError); see the server log." in message
+    assert outputs == [None, None, "", None] and "Traceback" not in message
+    assert "RuntimeError: a bug" in caplog.text  # the traceback, in the server's log
 
 
 @pytest.mark.slow

@@ -16,6 +16,8 @@ from cxrseg.findings import Radiograph, area_cm2, read_radiograph, segment_image
 from cxrseg.inference import load_segmenter
 from cxrseg.postprocess import PostProcess
 from cxrseg.prepare.dicom import write_dicom
+from cxrseg.synthetic import synthetic_multilabel_radiograph, synthetic_radiograph
+from cxrseg.synthetic.demo_data import EXAMPLE_PIXEL_SPACING_MM, write_example_radiographs
 from tests.conftest import save_tiny_model
 from tests.test_evaluate import intensity_segmenter
 
@@ -122,3 +124,15 @@ def test_read_radiograph_names_the_file_it_cannot_use(tmp_path):
     ds.save_as(path)
     with pytest.raises(DicomError, match=r"empty\.dcm: the DICOM file has no pixel data"):
         read_radiograph(path)
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_example_radiographs_have_findings_and_a_pixel_spacing(tmp_path, multilabel):
+    png, dicom = write_example_radiographs(tmp_path, multilabel=multilabel, size=64)
+    assert read_radiograph(dicom).pixel_spacing_mm == (EXAMPLE_PIXEL_SPACING_MM, EXAMPLE_PIXEL_SPACING_MM)
+    image = read_radiograph(png).image
+    if not multilabel:
+        np.testing.assert_array_equal(image, synthetic_radiograph(1, 64, positive=True)[0])
+    else:  # drawn from the first of seeds 1, 1001, ... whose image holds at least two findings
+        seed = next(s for s in range(1, 100_000, 1000) if (synthetic_multilabel_radiograph(s, 64)[0] == image).all())
+        assert synthetic_multilabel_radiograph(seed, 64)[1].any((1, 2)).sum() >= 2

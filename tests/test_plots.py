@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from matplotlib import colormaps
 from PIL import Image
 
 from cxrseg.cli import main
@@ -24,6 +25,7 @@ from cxrseg.plots import (
     plot_pr_curve,
     plot_prediction_grid,
     plot_training_curves,
+    probability_image,
 )
 from tests.conftest import save_tiny_model
 
@@ -202,3 +204,13 @@ def test_cli_visualize_predictions_and_features(tmp_path, demo_root):
     )
     assert pixels(tmp_path / "f.png").shape == (round(80 * (1.6 * 11 + 0.4)), round(80 * 1.6 * 5), 3)
     assert main(["visualize", "features", "--model", str(model_dir), "--image", str(tmp_path / "none.png")]) == 2
+
+
+def test_probability_image_colours_the_highest_probability_of_any_class():
+    probs = np.zeros((2, 2, 3), np.float32)
+    probs[0, 0, 0], probs[1, 0, 0], probs[1, 1, 2] = 0.2, 0.7, 1.0
+    picture = probability_image(probs)
+    magma = colormaps["magma"]
+    assert picture.dtype == np.uint8 and picture.shape == (2, 3, 3)
+    for (y, x), p in {(0, 0): 0.7, (1, 2): 1.0, (0, 1): 0.0}.items():
+        np.testing.assert_array_equal(picture[y, x], magma(p, bytes=True)[:3])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cxrseg.cli.model_options import add_model_arguments
+from cxrseg.errors import UsageError
 from cxrseg.findings import MAX_MEGAPIXELS
 
 
@@ -27,6 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.max_megapixels > 0:
+        raise UsageError(f"--max-megapixels must be a positive number, got {args.max_megapixels:g}.")
     from cxrseg.app import launch, load_app  # Gradio is checked before the model is loaded
 
     launch(
