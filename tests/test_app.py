@@ -133,9 +133,10 @@ def test_the_app_in_a_browser(tmp_path):
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 860})
-            outside = []
+            page.set_default_timeout(60_000)  # generous: CI machines are shared
+            outside = []  # requests to anywhere but this server
             page.on(
-                "request", lambda r: None if r.url.startswith(f"http://127.0.0.1:{port}") else outside.append(r.url)
+                "request", lambda r: None if r.url.startswith(f"http://127.0.0.1:{port}/") else outside.append(r.url)
             )
             page.goto(f"http://127.0.0.1:{port}/")
 

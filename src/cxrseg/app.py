@@ -26,7 +26,9 @@ from cxrseg.images import DICOM_SUFFIXES, write_png
 from cxrseg.plots import class_colours, overlay, probability_image
 from cxrseg.predict import mask_png_pixels
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio is imported: no telemetry threads
+# No telemetry or version check (outbound requests) from any Blocks, Gradio's inner ones included; a user's own
+# setting wins.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 try:
     import gradio as gr
 except ImportError as error:
