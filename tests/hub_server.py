@@ -27,6 +27,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,6 +66,7 @@ class FakeHub:
     def __init__(self, mirrors: Path, me: dict | None = None, error: Exception | None = None) -> None:
         self.mirrors, self.me, self.error = mirrors, me or ME, error
         self.calls: list[tuple] = []
+        self.lock = threading.RLock()  # commits from several HfApi threads land one after the other, as on the Hub
 
     def __call__(self, token: str | None = None, **kwargs) -> HfApi:
         return _FakeHfApi(self, token=token, **kwargs)
@@ -91,22 +93,24 @@ class FakeHub:
 
     def create_repo(self, repo_id: str) -> None:
         folder = self.repo(repo_id)
-        if not (folder / ".git").is_dir():
-            folder.mkdir(parents=True, exist_ok=True)
-            git(folder, "init", "--quiet", "--initial-branch=main")
+        with self.lock:
+            if not (folder / ".git").is_dir():
+                folder.mkdir(parents=True, exist_ok=True)
+                git(folder, "init", "--quiet", "--initial-branch=main")
 
     def commit(self, repo_id: str, operations, message: str) -> str:
         """Write the operations' files into the working tree and commit them; returns the commit sha."""
-        self.create_repo(repo_id)
-        folder = self.repo(repo_id)
-        for op in operations:
-            path = folder / op.path_in_repo
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with op.as_file() as file:
-                path.write_bytes(file.read())
-        git(folder, "add", "--all")
-        git(folder, "commit", "--quiet", "--allow-empty", "--message", message)
-        return git(folder, "rev-parse", "HEAD")
+        with self.lock:
+            self.create_repo(repo_id)
+            folder = self.repo(repo_id)
+            for op in operations:
+                path = folder / op.path_in_repo
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with op.as_file() as file:
+                    path.write_bytes(file.read())
+            git(folder, "add", "--all")
+            git(folder, "commit", "--quiet", "--allow-empty", "--message", message)
+            return git(folder, "rev-parse", "HEAD")
 
 
 class _FakeHfApi(HfApi):

@@ -1,6 +1,7 @@
-"""Hub: what a push uploads (exactly), that it holds no token or local path, that the pushed folder works with
-from_pretrained and the image-segmentation pipeline, the model card, and the start-up check. Only the network boundary
-(``HfApi``) is replaced: a commit lands in a local folder laid out as the Hub repo."""
+"""Hub: what a push uploads (exactly), that it holds no token or local path, the model card, the start-up check, and
+what each save uploads during training (``hub_strategy``), in the background. Only the network boundary (``HfApi``'s
+upload API) is replaced: a commit becomes a git commit (tests/hub_server.py). Downloading what was pushed, over HTTP:
+tests/test_hub_http.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -30,12 +33,13 @@ from cxrseg.hub import (
     push_folder,
     upload_plan,
 )
+from cxrseg.hub_checkpoints import HubCheckpointPush, checkpoint_upload_plan
 from cxrseg.labels import CHESTXDET, PNEUMOTHORAX, LabelSet
 from cxrseg.model import build_model
 from cxrseg.postprocess import PostProcess
 from cxrseg.synthetic import synthetic_radiograph
 from cxrseg.train import main as train_main
-from tests.conftest import TINY_MODEL_CONFIG
+from tests.conftest import TINY_MODEL_CONFIG, save_tiny_model
 from tests.hub_server import ME
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -360,3 +364,87 @@ def test_push_cli(output_folder, hub, capsys):
     hub.error = OSError("Failed to resolve 'huggingface.co'")
     assert cli_main(["push", "--model", str(output_folder), "--repo-id", "lab/cli"]) == 2
     assert "cannot be reached" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- during training
+CHECKPOINT_FILES = {"config.json", "model.safetensors", "preprocessor_config.json", "optimizer.pt", "scheduler.pt",
+                    "rng_state.pth", "trainer_state.json"}  # fmt: skip
+SAVE_FILES = {"config.json", "model.safetensors", "preprocessor_config.json", "recipe.yaml", "splits.json", "README.md"}
+
+
+@pytest.fixture
+def checkpoint(output_folder) -> Path:
+    """``checkpoint-4`` as the Trainer saves it into the output folder, training_args.bin with the token included."""
+    folder = save_tiny_model(output_folder / "checkpoint-4", seed=4)
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        (folder / name).write_bytes(name.encode())
+    torch.save({"hub_token": TOKEN, "output_dir": str(output_folder)}, folder / "training_args.bin")
+    history = [{"loss": 1.0, "step": 2}, {"eval_loss": 0.5, "eval_dice": 0.25, "step": 2}]
+    history += [{"eval_loss": 0.4, "eval_dice": 0.3125, "eval_num_images": 5.0, "step": 4}]
+    state = {"global_step": 4, "best_model_checkpoint": str(folder), "log_history": history}
+    (folder / "trainer_state.json").write_text(json.dumps(state))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("strategy", "folder"),
+    [("every_save", None), ("checkpoint", "last-checkpoint"), ("all_checkpoints", "checkpoint-4")],
+)
+def test_what_a_save_uploads(output_folder, checkpoint, strategy, folder):
+    plan = checkpoint_upload_plan(checkpoint, output_folder, "me/tiny", strategy, TOKEN)
+    assert set(plan) == SAVE_FILES | ({f"{folder}/{name}" for name in CHECKPOINT_FILES} if folder else set())
+    assert plan["model.safetensors"] == checkpoint / "model.safetensors"  # the checkpoint's model
+    for name, content in plan.items():
+        data = content if isinstance(content, bytes) else content.read_bytes()
+        assert TOKEN.encode() not in data and str(output_folder.parent).encode() not in data, name
+    card = plan["README.md"].decode()  # this checkpoint's last evaluation, not the output folder's all_results.json
+    assert "**Training in progress**: the model and metrics of step 4." in card and "| dice | 0.3125 |" in card
+    assert "step 2" not in card and "0.6123" not in card and 'model="me/tiny"' in card
+    if folder:
+        assert json.loads(plan[f"{folder}/trainer_state.json"])["best_model_checkpoint"] == "checkpoint-4"
+
+
+def save_event(output_folder: Path, step: int = 4) -> tuple[SimpleNamespace, SimpleNamespace]:
+    """The (args, state) a TrainerCallback's on_save receives on the main process."""
+    return SimpleNamespace(output_dir=str(output_folder)), SimpleNamespace(is_world_process_zero=True, global_step=step)
+
+
+def test_saves_are_pushed_in_the_background_one_at_a_time(output_folder, checkpoint, hub, monkeypatch, caplog):
+    caplog.set_level("INFO")
+    release, commit = threading.Event(), hub.commit
+    monkeypatch.setattr(hub, "commit", lambda *args: release.wait(60) and commit(*args))
+    push = HubCheckpointPush("me/tiny", "checkpoint", token=TOKEN)
+    push.on_save(*save_event(output_folder), control=None)  # returns while the commit waits
+    push.on_save(*save_event(output_folder), control=None)  # the previous push still runs: skipped, as the Trainer does
+    assert len(push.pushes) == 1 and not push.pushes[0].done()
+    assert "Step 4 not pushed: the previous push to me/tiny is still running." in caplog.text
+    always = HubCheckpointPush("me/tiny", "checkpoint", token=TOKEN, always_push=True)
+    always.on_save(*save_event(output_folder), control=None)
+    always.on_save(*save_event(output_folder), control=None)
+    assert len(always.pushes) == 2
+    weights = (checkpoint / "model.safetensors").read_bytes()
+    shutil.rmtree(checkpoint)  # save_total_limit deletes an old checkpoint while its push waits: files are open
+    release.set()
+    push.on_train_end(None, None, None)
+    always.on_train_end(None, None, None)
+    assert all(future.done() for future in push.pushes + always.pushes)
+    assert [message for _, message in hub.log("me/tiny")] == ["Training in progress, step 4"] * 3
+    assert (
+        hub.read("me/tiny", "last-checkpoint/model.safetensors") == weights == hub.read("me/tiny", "model.safetensors")
+    )
+    assert hub.files("me/tiny") == SAVE_FILES | {f"last-checkpoint/{name}" for name in CHECKPOINT_FILES}
+    assert [call for call in hub.calls if call[0] == "create_repo"] == [("create_repo", "me/tiny", None)] * 2
+
+
+def test_a_failed_save_push_is_a_warning_and_end_pushes_nothing(output_folder, checkpoint, hub, monkeypatch, caplog):
+    def offline(*args):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(hub, "commit", offline)
+    push = HubCheckpointPush("me/tiny", "every_save")
+    push.on_save(*save_event(output_folder), control=None)
+    push.on_train_end(None, None, None)  # waits, does not raise: the final push reports an unreachable Hub
+    assert "A checkpoint push to me/tiny failed: OSError: Network is unreachable" in caplog.text
+    end = HubCheckpointPush("me/tiny", "end")
+    end.on_save(*save_event(output_folder), control=None)
+    assert end.pushes == []
