@@ -52,3 +52,39 @@ def demo_root(tmp_path_factory):
     from cxrseg.synthetic import make_demo_data
 
     return make_demo_data(tmp_path_factory.mktemp("data") / "demo", num_images=24, size=64, seed=1)
+
+
+# ---------------------------------------------------------------------------------------------- a local Hub
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """The replaced ``HfApi`` (:class:`tests.hub_server.FakeHub`): pushes become git commits in tmp_path/mirrors."""
+    from huggingface_hub import constants
+
+    import cxrseg.hub
+    from tests.hub_server import FakeHub
+
+    fake = FakeHub(tmp_path / "mirrors")
+    monkeypatch.setattr(cxrseg.hub, "HfApi", fake)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # set to 1 above for every other test
+    return fake
+
+
+@pytest.fixture(scope="session")
+def hub_server(tmp_path_factory):
+    """(endpoint, mirrors): the olah server of tests/hub_server.py, serving the git repos under mirrors."""
+    from tests.hub_server import serve
+
+    mirrors = tmp_path_factory.mktemp("hub") / "mirrors"
+    with serve(mirrors, tmp_path_factory.mktemp("hub_server")) as endpoint:
+        yield endpoint, mirrors
+
+
+@pytest.fixture
+def served_hub(hub, hub_server, tmp_path, monkeypatch):
+    """:func:`hub`, committing where the server serves; this process and its subprocesses download from it (into an
+    empty cache). Repos outlive the test: each test pushes to its own repo ids."""
+    from tests.hub_server import use_endpoint
+
+    hub.endpoint, hub.mirrors = hub_server
+    use_endpoint(monkeypatch, hub.endpoint, tmp_path / "hf_home")
+    return hub

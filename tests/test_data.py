@@ -6,6 +6,7 @@ import dataclasses
 import json
 import shutil
 import warnings
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -84,6 +85,19 @@ def test_index_is_cached_and_invalidated(tmp_path):
     cv2.imwrite(str(root / "masks/train/img1.png"), np.full((32, 32), 255, np.uint8))
     changed = {row.image_id: row for row in index_layout(root, "train", PNEUMOTHORAX)}
     assert changed["img1"].pixel_counts == (0, 1024)
+
+
+def test_cached_index_paths_follow_how_the_root_is_named(tmp_path, monkeypatch):
+    """The cache written through a relative ROOT serves an absolute one (or another working directory)."""
+    small_layout(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    relative = index_layout("data", "train", PNEUMOTHORAX)
+    monkeypatch.chdir(tmp_path.parent)
+    absolute = index_layout(tmp_path / "data", "train", PNEUMOTHORAX)
+    assert [Path(row.image_path) for row in absolute] == [
+        tmp_path / "data/images/train" / Path(row.image_path).name for row in relative
+    ]
+    assert all(Path(row.image_path).is_file() and Path(row.mask_path).is_file() for row in absolute)
 
 
 def test_split_is_stratified_and_seeded():

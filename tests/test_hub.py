@@ -1,6 +1,7 @@
-"""Hub: what a push uploads (exactly), that it holds no token or local path, that the pushed folder works with
-from_pretrained and the image-segmentation pipeline, the model card, and the start-up check. Only the network boundary
-(``HfApi``) is replaced: a commit lands in a local folder laid out as the Hub repo."""
+"""Hub: what a push uploads (exactly), that it holds no token or local path, the model card, the start-up check, and
+what each save uploads during training (``hub_strategy``), in the background. Only the network boundary (``HfApi``'s
+upload API) is replaced: a commit becomes a git commit (tests/hub_server.py). Downloading what was pushed, over HTTP:
+tests/test_hub_http.py."""
 
 from __future__ import annotations
 
@@ -9,19 +10,17 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 import yaml
 from huggingface_hub import ModelCard
 from huggingface_hub.errors import LocalTokenNotFoundError
 from PIL import Image
-from transformers import AutoImageProcessor, UperNetForSemanticSegmentation, pipeline
 
 import cxrseg.hub
 from cxrseg.cli import main as cli_main
@@ -35,16 +34,17 @@ from cxrseg.hub import (
     push_folder,
     upload_plan,
 )
+from cxrseg.hub_checkpoints import HubCheckpointPush, checkpoint_upload_plan
 from cxrseg.labels import CHESTXDET, PNEUMOTHORAX, LabelSet
 from cxrseg.model import build_model
 from cxrseg.postprocess import PostProcess
 from cxrseg.synthetic import synthetic_radiograph
 from cxrseg.train import main as train_main
-from tests.conftest import TINY_MODEL_CONFIG
+from tests.conftest import TINY_MODEL_CONFIG, save_tiny_model
+from tests.hub_server import ME
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_FAKEtokenFAKEtokenFAKEtoken0123"
-ME = {"name": "me", "orgs": [{"name": "lab"}], "auth": {"accessToken": {"role": "write"}}}
 REPO_FILES = {
     "config.json",
     "model.safetensors",
@@ -67,42 +67,6 @@ RESULTS = {
     "eval_num_images": 5.0,
     "train_loss": 0.3,
 }
-
-
-class FakeHub:
-    """Stands in for the ``HfApi`` class: records calls; ``create_commit`` writes the files into ``repo``."""
-
-    def __init__(self, repo: Path, me: dict | None = None, error: Exception | None = None) -> None:
-        self.repo, self.me, self.error = repo, me or ME, error
-        self.calls: list[tuple] = []
-
-    def __call__(self, token: str | None = None) -> FakeHub:
-        return self
-
-    def whoami(self) -> dict:
-        self.calls.append(("whoami",))
-        if self.error is not None:
-            raise self.error
-        return self.me
-
-    def create_repo(self, repo_id: str, *, private: bool | None = None, exist_ok: bool = False) -> None:
-        self.calls.append(("create_repo", repo_id, private))
-
-    def create_commit(self, repo_id: str, operations, *, commit_message: str) -> SimpleNamespace:
-        self.calls.append(("create_commit", repo_id, sorted(op.path_in_repo for op in operations)))
-        self.repo.mkdir(parents=True, exist_ok=True)
-        for op in operations:
-            with op.as_file() as file:
-                (self.repo / op.path_in_repo).write_bytes(file.read())
-        return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/0")
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch) -> FakeHub:
-    fake = FakeHub(tmp_path / "hub_repo")
-    monkeypatch.setattr(cxrseg.hub, "HfApi", fake)
-    monkeypatch.setattr(cxrseg.hub.hub_constants, "HF_HUB_OFFLINE", False)  # conftest sets HF_HUB_OFFLINE=1
-    return fake
 
 
 def xray_image() -> Image.Image:
@@ -143,9 +107,10 @@ def output_folder(tmp_path) -> Path:
 
 def test_push_uploads_exactly_the_repo_files(output_folder, hub):
     url = push_folder(output_folder, "me/tiny", private=True, token=TOKEN)
-    assert url == "https://huggingface.co/me/tiny/commit/0"
+    ((sha, message),) = hub.log("me/tiny")
+    assert url == f"https://huggingface.co/me/tiny/commit/{sha}" and message == "Upload cxrseg model"
     assert hub.calls == [("create_repo", "me/tiny", True), ("create_commit", "me/tiny", sorted(REPO_FILES))]
-    assert {p.name for p in hub.repo.iterdir()} == REPO_FILES
+    assert hub.files("me/tiny") == REPO_FILES
     assert (output_folder / "README.md").is_file()  # the card is also written locally: the folder is the repo
 
 
@@ -153,45 +118,26 @@ def test_pushed_files_hold_no_token_or_local_path(output_folder, hub, tmp_path, 
     caplog.set_level("DEBUG")
     push_folder(output_folder, "me/tiny", token=TOKEN)
     local = [str(tmp_path), str(tmp_path.resolve()), str(Path.cwd()), str(Path.home())]
-    for path in hub.repo.iterdir():
-        data = path.read_bytes()
-        assert TOKEN.encode() not in data, path.name
+    for name in hub.files("me/tiny"):
+        data = hub.read("me/tiny", name)
+        assert TOKEN.encode() not in data, name
         for prefix in local:
-            assert prefix.encode() not in data, (path.name, prefix)
+            assert prefix.encode() not in data, (name, prefix)
     assert TOKEN not in caplog.text and str(tmp_path) not in caplog.text
-    shared = yaml.safe_load((hub.repo / "recipe.yaml").read_text())
+    shared = yaml.safe_load((hub.repo("me/tiny") / "recipe.yaml").read_text())
     assert shared["data_dir"] == "siim" and shared["output_dir"] == "out" and "hub_token" not in shared
-    assert "made relative or cut" in (hub.repo / "recipe.yaml").read_text()
-    parse_recipe(["--config", str(hub.repo / "recipe.yaml")])  # still a valid recipe
-    assert json.loads((hub.repo / "trainer_state.json").read_text())["best_model_checkpoint"] == "checkpoint-2"
+    assert "made relative or cut" in (hub.repo("me/tiny") / "recipe.yaml").read_text()
+    parse_recipe(["--config", str(hub.repo("me/tiny") / "recipe.yaml")])  # still a valid recipe
+    assert (
+        json.loads((hub.repo("me/tiny") / "trainer_state.json").read_text())["best_model_checkpoint"] == "checkpoint-2"
+    )
     # The local files are untouched: the local recipe still reproduces the run here.
     assert yaml.safe_load((output_folder / "recipe.yaml").read_text())["output_dir"] == str(output_folder)
 
 
-def test_pushed_folder_works_with_from_pretrained_and_the_pipeline(output_folder, hub):
-    push_folder(output_folder, "me/tiny")
-    model = UperNetForSemanticSegmentation.from_pretrained(hub.repo).eval()
-    saved = UperNetForSemanticSegmentation.from_pretrained(output_folder).state_dict()
-    assert all(torch.equal(value, saved[key]) for key, value in model.state_dict().items())
-    assert model.config.id2label == PNEUMOTHORAX.id2label
-
-    image = xray_image()
-    results = pipeline("image-segmentation", model=str(hub.repo), device="cpu")(image)
-    # One mask per label, at the input size, from the model's own arg-max.
-    assert sorted(r["label"] for r in results) == ["background", "pneumothorax"]
-    processor = AutoImageProcessor.from_pretrained(hub.repo)
-    with torch.no_grad():
-        logits = model(**processor(images=image, return_tensors="pt")).logits
-    argmax = F.interpolate(logits, size=image.size[::-1], mode="bilinear", align_corners=False).argmax(1)[0].numpy()
-    for result in results:
-        mask = np.asarray(result["mask"])
-        assert result["mask"].size == image.size
-        np.testing.assert_array_equal(mask > 0, argmax == model.config.label2id[result["label"]])
-
-
 def test_model_card(output_folder, hub):
     push_folder(output_folder, "me/tiny")
-    text = (hub.repo / "README.md").read_text()
+    text = (hub.repo("me/tiny") / "README.md").read_text()
     card = ModelCard(text)
     assert card.data.pipeline_tag == "image-segmentation" and card.data.library_name == "transformers"
     for row in (
@@ -344,7 +290,7 @@ def test_failed_push_says_how_to_retry(output_folder, hub, monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("Network is unreachable")
 
-    monkeypatch.setattr(hub, "create_commit", offline)
+    monkeypatch.setattr(hub, "commit", offline)
     with pytest.raises(HubAccessError, match=r"Network is unreachable.*cxrseg push --model OUTPUT_DIR --repo-id me/x"):
         push_folder(output_folder, "me/x")
 
@@ -393,29 +339,116 @@ def test_training_with_push_fails_before_training_without_the_hub(hub, demo_root
 
 
 @pytest.mark.slow
-def test_training_pushes_our_card_and_no_checkpoints_at_the_end(hub, demo_root, tmp_path, capsys, caplog):
+def test_hub_strategy_end_pushes_our_card_and_no_checkpoints_at_the_end(hub, demo_root, tmp_path, capsys, caplog):
     out = tmp_path / "out"
-    assert train_main(train_argv(demo_root, out, "--hub_model_id", "tiny", "--hub_private_repo", "true")) == 0
+    argv = train_argv(demo_root, out, "--hub_model_id", "tiny", "--hub_private_repo", "true", "--hub_strategy", "end")
+    assert train_main(argv) == 0
     commits = [call for call in hub.calls if call[0] == "create_commit"]
     assert hub.calls[0] == ("whoami",) and ("create_repo", "me/tiny", True) in hub.calls and len(commits) == 1
-    files = {p.name for p in hub.repo.iterdir()}
+    files = hub.files("me/tiny")
     assert REPO_FILES - {"postprocess.json", "training_curves.png"} <= files
     assert files <= REPO_FILES | {"eval_results.json", "train_results.json"}
-    card = (hub.repo / "README.md").read_text()
+    card = (hub.repo("me/tiny") / "README.md").read_text()
     assert "not a medical device" in card and 'model="me/tiny"' in card
     assert "More information needed" not in card  # not the Trainer's generated card
     results = json.loads((out / "all_results.json").read_text())
     assert f"| dice | {results['eval_dice']:.4f} |" in card
     logs = capsys.readouterr()
     assert TOKEN not in logs.out + logs.err + caplog.text
-    for path in hub.repo.iterdir():
-        assert TOKEN.encode() not in path.read_bytes() and str(tmp_path).encode() not in path.read_bytes()
+    for name in files:
+        assert TOKEN.encode() not in hub.read("me/tiny", name) and str(tmp_path).encode() not in hub.read(
+            "me/tiny", name
+        )
 
 
 def test_push_cli(output_folder, hub, capsys):
     assert cli_main(["push", "--model", str(output_folder), "--repo-id", "lab/cli", "--private"]) == 0
     assert ("create_repo", "lab/cli", True) in hub.calls
-    assert 'model="lab/cli"' in (hub.repo / "README.md").read_text()
+    assert 'model="lab/cli"' in (hub.repo("lab/cli") / "README.md").read_text()
     hub.error = OSError("Failed to resolve 'huggingface.co'")
     assert cli_main(["push", "--model", str(output_folder), "--repo-id", "lab/cli"]) == 2
     assert "cannot be reached" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- during training
+CHECKPOINT_FILES = {"config.json", "model.safetensors", "preprocessor_config.json", "optimizer.pt", "scheduler.pt",
+                    "rng_state.pth", "trainer_state.json"}  # fmt: skip
+SAVE_FILES = {"config.json", "model.safetensors", "preprocessor_config.json", "recipe.yaml", "splits.json", "README.md"}
+
+
+@pytest.fixture
+def checkpoint(output_folder) -> Path:
+    """``checkpoint-4`` as the Trainer saves it into the output folder, training_args.bin with the token included."""
+    folder = save_tiny_model(output_folder / "checkpoint-4", seed=4)
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        (folder / name).write_bytes(name.encode())
+    torch.save({"hub_token": TOKEN, "output_dir": str(output_folder)}, folder / "training_args.bin")
+    history = [{"loss": 1.0, "step": 2}, {"eval_loss": 0.5, "eval_dice": 0.25, "step": 2}]
+    history += [{"eval_loss": 0.4, "eval_dice": 0.3125, "eval_num_images": 5.0, "step": 4}]
+    state = {"global_step": 4, "best_model_checkpoint": str(folder), "log_history": history}
+    (folder / "trainer_state.json").write_text(json.dumps(state))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("strategy", "folder"),
+    [("every_save", None), ("checkpoint", "last-checkpoint"), ("all_checkpoints", "checkpoint-4")],
+)
+def test_what_a_save_uploads(output_folder, checkpoint, strategy, folder):
+    plan = checkpoint_upload_plan(checkpoint, output_folder, "me/tiny", strategy, TOKEN)
+    assert set(plan) == SAVE_FILES | ({f"{folder}/{name}" for name in CHECKPOINT_FILES} if folder else set())
+    assert plan["model.safetensors"] == checkpoint / "model.safetensors"  # the checkpoint's model
+    for name, content in plan.items():
+        data = content if isinstance(content, bytes) else content.read_bytes()
+        assert TOKEN.encode() not in data and str(output_folder.parent).encode() not in data, name
+    card = plan["README.md"].decode()  # this checkpoint's last evaluation, not the output folder's all_results.json
+    assert "**Training in progress**: the model and metrics of step 4." in card and "| dice | 0.3125 |" in card
+    assert "step 2" not in card and "0.6123" not in card and 'model="me/tiny"' in card
+    if folder:
+        assert json.loads(plan[f"{folder}/trainer_state.json"])["best_model_checkpoint"] == "checkpoint-4"
+
+
+def save_event(output_folder: Path, step: int = 4) -> tuple[SimpleNamespace, SimpleNamespace]:
+    """The (args, state) a TrainerCallback's on_save receives on the main process."""
+    return SimpleNamespace(output_dir=str(output_folder)), SimpleNamespace(is_world_process_zero=True, global_step=step)
+
+
+def test_saves_are_pushed_in_the_background_one_at_a_time(output_folder, checkpoint, hub, monkeypatch, caplog):
+    caplog.set_level("INFO")
+    release, commit = threading.Event(), hub.commit
+    monkeypatch.setattr(hub, "commit", lambda *args: release.wait(60) and commit(*args))
+    push = HubCheckpointPush("me/tiny", "checkpoint", token=TOKEN)
+    push.on_save(*save_event(output_folder), control=None)  # returns while the commit waits
+    push.on_save(*save_event(output_folder), control=None)  # the previous push still runs: skipped, as the Trainer does
+    assert len(push.pushes) == 1 and not push.pushes[0].done()
+    assert "Step 4 not pushed: the previous push to me/tiny is still running." in caplog.text
+    always = HubCheckpointPush("me/tiny", "checkpoint", token=TOKEN, always_push=True)
+    always.on_save(*save_event(output_folder), control=None)
+    always.on_save(*save_event(output_folder), control=None)
+    assert len(always.pushes) == 2
+    weights = (checkpoint / "model.safetensors").read_bytes()
+    shutil.rmtree(checkpoint)  # save_total_limit deletes an old checkpoint while its push waits: files are open
+    release.set()
+    push.on_train_end(None, None, None)
+    always.on_train_end(None, None, None)
+    assert all(future.done() for future in push.pushes + always.pushes)
+    assert [message for _, message in hub.log("me/tiny")] == ["Training in progress, step 4"] * 3
+    assert (
+        hub.read("me/tiny", "last-checkpoint/model.safetensors") == weights == hub.read("me/tiny", "model.safetensors")
+    )
+    assert hub.files("me/tiny") == SAVE_FILES | {f"last-checkpoint/{name}" for name in CHECKPOINT_FILES}
+    assert [call for call in hub.calls if call[0] == "create_repo"] == [("create_repo", "me/tiny", None)] * 2
+
+
+def test_a_failed_save_push_is_a_warning_and_end_pushes_nothing(output_folder, checkpoint, hub, monkeypatch, caplog):
+    def offline(*args):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(hub, "commit", offline)
+    push = HubCheckpointPush("me/tiny", "every_save")
+    push.on_save(*save_event(output_folder), control=None)
+    push.on_train_end(None, None, None)  # waits, does not raise: the final push reports an unreachable Hub
+    assert "A checkpoint push to me/tiny failed: OSError: Network is unreachable" in caplog.text
+    end = HubCheckpointPush("me/tiny", "end")
+    end.on_save(*save_event(output_folder), control=None)
+    assert end.pushes == []

@@ -208,7 +208,7 @@ def _format(value: Any, count: bool = False) -> str:
     return str(int(value)) if count else f"{value:.4f}"
 
 
-def _is_hub_id(value: Any) -> bool:
+def is_hub_id(value: Any) -> bool:
     """Whether ``value`` names a Hub repo (``namespace/name``, not an existing local path)."""
     return isinstance(value, str) and not os.path.exists(value) and re.fullmatch(r"[\w.-]+/[\w.-]+", value) is not None
 
@@ -230,24 +230,36 @@ def _class_rows(results: dict[str, Any], classes: tuple[str, ...]) -> list[tuple
     ]
 
 
-def card_values(folder: str | os.PathLike, repo_id: str | None = None) -> dict[str, Any]:
+def card_values(
+    folder: str | os.PathLike, repo_id: str | None = None, checkpoint: str | os.PathLike | None = None
+) -> dict[str, Any]:
     """What the card template shows, read from an output folder (see :data:`CARD_TEMPLATE` for how it is shown).
 
     Reads ``config.json`` (labels), ``recipe.yaml`` (shared as by :func:`shareable_recipe`), ``all_results.json``
     (or ``eval_results.json``) and ``postprocess.json`` when present. Metrics are strings, already formatted:
     ``metrics`` holds (name, value, definition) for each result present, ``class_metrics`` (class, [values of
     :data:`CLASS_METRICS`]) for every foreground class. ``repo_id`` is the card's title and the id in its loading
-    code (a placeholder when None).
+    code (a placeholder when None). With ``checkpoint`` (a ``checkpoint-N`` folder, during training), the model's
+    ``config.json`` and the metrics (the last evaluation in its ``trainer_state.json``) come from there, and
+    ``checkpoint_step`` is N.
     """
     folder = Path(folder)
-    config = _read_json(folder / "config.json")
+    model_folder = Path(checkpoint) if checkpoint is not None else folder
+    config = _read_json(model_folder / "config.json")
     if "id2label" not in config:
-        raise ModelLoadError(f"{folder / 'config.json'} with id2label is missing: is {folder} an output folder?")
+        raise ModelLoadError(
+            f"{model_folder / 'config.json'} with id2label is missing: is {model_folder} an output folder?"
+        )
     labels = labels_from_config(config["id2label"])
     recipe_path = folder / RECIPE_FILENAME
     resolved = yaml.safe_load(recipe_path.read_text()) if recipe_path.is_file() else None
     recipe, _ = shareable_recipe(resolved or {})
-    results = _read_json(folder / "all_results.json") or _read_json(folder / "eval_results.json")
+    state = _read_json(model_folder / "trainer_state.json") if checkpoint is not None else {}
+    if checkpoint is not None:
+        evaluations = [entry for entry in state.get("log_history", []) if "eval_loss" in entry]
+        results = evaluations[-1] if evaluations else {}
+    else:
+        results = _read_json(folder / "all_results.json") or _read_json(folder / "eval_results.json")
     dataset_name, dataset_url, citations = DATASETS.get(labels.task, ("custom data", None, ()))
     base_model = recipe.get("model_name_or_path")
     return {
@@ -261,8 +273,9 @@ def card_values(folder: str | os.PathLike, repo_id: str | None = None) -> dict[s
         "dataset_url": dataset_url,
         "citations": citations,
         "image_size": recipe.get("image_size") or config.get("backbone_config", {}).get("image_size"),
-        "hub_base_model": base_model if _is_hub_id(base_model) else None,
+        "hub_base_model": base_model if is_hub_id(base_model) else None,
         "from_scratch": base_model is None,
+        "checkpoint_step": state.get("global_step"),
         "metrics": _metric_rows(results),
         "class_metrics": _class_rows(results, labels.foreground),
         "postprocess": _read_json(folder / POSTPROCESS_FILENAME),
@@ -272,13 +285,16 @@ def card_values(folder: str | os.PathLike, repo_id: str | None = None) -> dict[s
     }
 
 
-def model_card(folder: str | os.PathLike, repo_id: str | None = None) -> str:
-    """The model card (``README.md``) of an output folder: :data:`CARD_TEMPLATE` filled with :func:`card_values`.
+def model_card(
+    folder: str | os.PathLike, repo_id: str | None = None, checkpoint: str | os.PathLike | None = None
+) -> str:
+    """The model card (``README.md``) of an output folder (or of its ``checkpoint``, see :func:`card_values`):
+    :data:`CARD_TEMPLATE` filled with :func:`card_values`.
 
     Its metadata: library transformers, pipeline image-segmentation, :data:`CARD_TAGS` and the task, and the base
     model when it is a Hub id.
     """
-    values = card_values(folder, repo_id)
+    values = card_values(folder, repo_id, checkpoint)
     metadata = ModelCardData(
         library_name="transformers",
         pipeline_tag="image-segmentation",
@@ -303,18 +319,22 @@ def write_model_card(folder: str | os.PathLike, repo_id: str | None = None) -> P
 def upload_plan(folder: str | os.PathLike, token: str | None = None) -> dict[str, bytes | Path]:
     """What a push uploads: path in the repo → bytes (redacted text) or the local file (binary). See module doc."""
     folder = Path(folder)
-    plan: dict[str, bytes | Path] = {}
-    for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.name.startswith(".") or path.suffix not in UPLOAD_SUFFIXES:
-            continue
-        if path.suffix not in TEXT_SUFFIXES:
-            plan[path.name] = path
-            continue
-        text = path.read_text()
-        if path.name == RECIPE_FILENAME:
-            text = _shareable_recipe_text(text)
-        plan[path.name] = redact_text(text, folder, token).encode()
-    return plan
+    return {
+        path.name: shared_file(path, folder, token)
+        for path in sorted(folder.iterdir())
+        if path.is_file() and not path.name.startswith(".") and path.suffix in UPLOAD_SUFFIXES
+    }
+
+
+def shared_file(path: Path, folder: Path, token: str | None = None) -> bytes | Path:
+    """What is uploaded of ``path``: a text file (:data:`TEXT_SUFFIXES`) as redacted bytes (:func:`redact_text`
+    with ``folder``, the output folder; ``recipe.yaml`` as :func:`shareable_recipe`), any other file as it is."""
+    if path.suffix not in TEXT_SUFFIXES:
+        return path
+    text = path.read_text()
+    if path.name == RECIPE_FILENAME:
+        text = _shareable_recipe_text(text)
+    return redact_text(text, folder, token).encode()
 
 
 def push_folder(

@@ -17,7 +17,8 @@ from transformers.trainer_utils import get_last_checkpoint
 from cxrseg.config import Recipe, parse_recipe, save_recipe
 from cxrseg.data.dataset import load_training_data
 from cxrseg.errors import CxrsegError, report
-from cxrseg.hub import check_hub_access, push_folder, write_model_card
+from cxrseg.hub import check_hub_access, is_hub_id, push_folder, write_model_card
+from cxrseg.hub_checkpoints import HubCheckpointPush, download_checkpoint
 from cxrseg.labels import get_labels
 from cxrseg.losses import build_loss
 from cxrseg.model import build_model
@@ -52,14 +53,27 @@ def train(recipe: Recipe, callbacks: Sequence[TrainerCallback] = ()) -> dict[str
     output_dir = Path(args.output_dir)
 
     # ------------------------------------------------------------------ Start-up checks (tracking, Hub)
-    # Fail now rather than after training. We push ourselves at the end (our model card, no checkpoints), so the
-    # Trainer's own push is off.
+    # Fail now rather than after training. The Trainer's own push is off: HubCheckpointPush pushes the saves as
+    # hub_strategy says, and push_folder makes the final commit (our model card, redacted copies). The token is kept
+    # out of TrainingArguments, which every checkpoint pickles (training_args.bin).
     push_to_hub, args.push_to_hub = args.push_to_hub, False
+    hub_token, args.hub_token = args.hub_token, None
     hub_model_id = args.hub_model_id
     if args.process_index == 0:
         check_tracking(args.report_to)
         if push_to_hub:
-            hub_model_id = check_hub_access(args.hub_model_id or output_dir.name, args.hub_token)
+            hub_model_id = check_hub_access(args.hub_model_id or output_dir.name, hub_token)
+            push = HubCheckpointPush(
+                hub_model_id,
+                args.hub_strategy,
+                token=hub_token,
+                private=args.hub_private_repo,
+                always_push=args.hub_always_push,
+            )
+            callbacks = [*callbacks, push]
+    if is_hub_id(args.resume_from_checkpoint):  # a Hub repo: continue from its pushed checkpoint
+        with args.main_process_first(desc="checkpoint download"):
+            args.resume_from_checkpoint = str(download_checkpoint(args.resume_from_checkpoint, hub_token))
 
     # ------------------------------------------------------------------ Last checkpoint
     # resume_from_checkpoint: a checkpoint folder, or "last" for the newest checkpoint-N in output_dir.
@@ -132,7 +146,7 @@ def train(recipe: Recipe, callbacks: Sequence[TrainerCallback] = ()) -> dict[str
     if trainer.is_world_process_zero():
         write_model_card(output_dir, hub_model_id)
         if push_to_hub:
-            url = push_folder(output_dir, hub_model_id, private=args.hub_private_repo, token=args.hub_token)
+            url = push_folder(output_dir, hub_model_id, private=args.hub_private_repo, token=hub_token)
             logger.info("Pushed %s to %s", output_dir.name, url)
     trainer.end()  # finish the trackers and leave the process group (without it DDP processes can abort at exit)
     return metrics

@@ -136,9 +136,12 @@ def index_layout(root: str | os.PathLike, split: str, labels: LabelSet, num_proc
     """Validate every pair of ``split`` and count its pixels; cached (see module docstring)."""
     pairs = list_pairs(root, split)
     cache = Path(root) / ".cxrseg-cache" / f"index-{split}-{_fingerprint(pairs, labels)}.json"
-    if cache.exists():
+    if cache.exists():  # its rows follow ``pairs``; paths come from ``pairs``: ROOT may be named another way now
         return [
-            IndexedImage(**{**row, "pixel_counts": tuple(row["pixel_counts"])}) for row in json.loads(cache.read_text())
+            IndexedImage(
+                **{**row, "image_path": str(image), "mask_path": str(mask), "pixel_counts": tuple(row["pixel_counts"])}
+            )
+            for row, (_, image, mask) in zip(json.loads(cache.read_text()), pairs, strict=True)
         ]
     jobs = [(i, str(image), str(mask), labels) for i, image, mask in pairs]
     desc = f"Checking {split} masks"
