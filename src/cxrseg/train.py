@@ -16,7 +16,9 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from cxrseg.config import Recipe, parse_recipe, save_recipe
 from cxrseg.data.dataset import load_training_data
+from cxrseg.data.splits import save_split
 from cxrseg.errors import CxrsegError, report
+from cxrseg.files import TRAINING_RUN, check_output_folder, mark_output
 from cxrseg.hub import check_hub_access, push_folder, write_model_card
 from cxrseg.labels import get_labels
 from cxrseg.losses import build_loss
@@ -51,15 +53,17 @@ def train(recipe: Recipe, callbacks: Sequence[TrainerCallback] = ()) -> dict[str
     datasets.utils.logging.set_verbosity(log_level)
     output_dir = Path(args.output_dir)
 
-    # ------------------------------------------------------------------ Start-up checks (tracking, Hub)
+    # ------------------------------------------------------------------ Start-up checks (output folder, tracking, Hub)
     # Fail now rather than after training. We push ourselves at the end (our model card, no checkpoints), so the
-    # Trainer's own push is off.
+    # Trainer's own push is off; the Hub token is recipe.hub_token, never in the pickled TrainingArguments.
+    model_folder = model_args.model_name_or_path if Path(model_args.model_name_or_path or "").is_dir() else None
+    check_output_folder(output_dir, TRAINING_RUN, inputs=[data_args.data_dir, model_folder])
     push_to_hub, args.push_to_hub = args.push_to_hub, False
     hub_model_id = args.hub_model_id
     if args.process_index == 0:
         check_tracking(args.report_to)
         if push_to_hub:
-            hub_model_id = check_hub_access(args.hub_model_id or output_dir.name, args.hub_token)
+            hub_model_id = check_hub_access(args.hub_model_id or output_dir.name, recipe.hub_token)
 
     # ------------------------------------------------------------------ Last checkpoint
     # resume_from_checkpoint: a checkpoint folder, or "last" for the newest checkpoint-N in output_dir.
@@ -70,9 +74,6 @@ def train(recipe: Recipe, callbacks: Sequence[TrainerCallback] = ()) -> dict[str
             logger.info("No checkpoint in %s to resume from; starting fresh.", output_dir)
     if last_checkpoint is not None:
         logger.info("Resuming from %s.", last_checkpoint)
-    if args.should_save:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_recipe(recipe, output_dir / "recipe.yaml")
 
     # ------------------------------------------------------------------ Data and model
     labels = get_labels(model_args.task)
@@ -92,6 +93,14 @@ def train(recipe: Recipe, callbacks: Sequence[TrainerCallback] = ()) -> dict[str
     if loss_fn.class_weights is not None:
         logger.info("Class weights: %s", dict(zip(labels.names, [round(w, 4) for w in loss_fn.class_weights.tolist()])))
     sampler = build_sampler(sampling_args, labels, data, seed=args.seed)
+
+    # ------------------------------------------------------------------ Output folder
+    # Everything the run needs is checked: only now is output_dir created or changed (a run that fails earlier
+    # leaves it as it was).
+    if args.should_save:
+        mark_output(output_dir, TRAINING_RUN)
+        save_recipe(recipe, output_dir / "recipe.yaml")
+        save_split(output_dir / "splits.json", data.split)
 
     # ------------------------------------------------------------------ Trainer
     compute_metrics, preprocess_logits = streaming_metrics(labels.multilabel, list(labels.foreground))
@@ -132,7 +141,7 @@ def train(recipe: Recipe, callbacks: Sequence[TrainerCallback] = ()) -> dict[str
     if trainer.is_world_process_zero():
         write_model_card(output_dir, hub_model_id)
         if push_to_hub:
-            url = push_folder(output_dir, hub_model_id, private=args.hub_private_repo, token=args.hub_token)
+            url = push_folder(output_dir, hub_model_id, private=args.hub_private_repo, token=recipe.hub_token)
             logger.info("Pushed %s to %s", output_dir.name, url)
     trainer.end()  # finish the trackers and leave the process group (without it DDP processes can abort at exit)
     return metrics

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxrseg.errors import PrepareError
+from cxrseg.errors import OutputError, PrepareError
 from cxrseg.prepare.siim import prepare_siim
 from cxrseg.prepare.writer import PrepareOptions
 from tests.prepare.conftest import read_png
@@ -23,15 +23,23 @@ def test_strict_fails_and_writes_nothing(siim_raw, tmp_path, capsys):
     assert "error: --strict: 2 problems" in capsys.readouterr().err and not out.exists()
 
 
-def test_refuses_non_empty_out_unless_overwrite(siim_raw, tmp_path):
+def test_replaces_only_its_own_dataset_and_only_with_overwrite(siim_raw, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(PrepareError, match="not empty; pass --overwrite"):
+    for overwrite in (False, True):  # a folder cxrseg did not write is never replaced
+        with pytest.raises(OutputError, match="cxrseg did not write"):
+            prepare_siim(siim_raw.dicom_dir, siim_raw.csv, PrepareOptions(out, image_size=32, overwrite=overwrite))
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    (out / "keep.txt").unlink()
+    prepare_siim(siim_raw.dicom_dir, siim_raw.csv, PrepareOptions(out, image_size=32))
+    (out / "images" / "train" / "extra.png").write_bytes(b"")
+    with pytest.raises(OutputError, match="pass --overwrite"):
         prepare_siim(siim_raw.dicom_dir, siim_raw.csv, PrepareOptions(out, image_size=32))
-    assert (out / "keep.txt").read_text() == "mine"
+    assert (out / "images" / "train" / "extra.png").exists()
     prepare_siim(siim_raw.dicom_dir, siim_raw.csv, PrepareOptions(out, image_size=32, overwrite=True))
-    assert not (out / "keep.txt").exists() and len(list((out / "images" / "train").iterdir())) == 3
+    written = [p.name for p in (out / "images" / "train").iterdir()]
+    assert "extra.png" not in written and len(written) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "raw"]
 
 
