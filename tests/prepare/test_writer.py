@@ -1,7 +1,11 @@
 """The shared prepare run (`write_layout`), through `prepare siim`: --strict, OUT refusal and replacement, an
-interrupted run, worker processes."""
+interrupted or killed run, worker processes."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -75,3 +79,41 @@ def test_two_processes_write_the_same_files(siim_raw, tmp_path):
     assert (tmp_path / "one" / "metadata.csv").read_text().replace("/one/", "/") == (
         tmp_path / "two" / "metadata.csv"
     ).read_text().replace("/two/", "/")
+
+
+KILLED_PREPARE = """
+import os, signal, sys
+import cxrseg.prepare.siim as siim
+from cxrseg.cli import main
+
+convert = siim.convert_siim_item
+calls = []
+
+def convert_then_die(item, root):  # kill -9 on the second image: no cleanup runs
+    calls.append(item)
+    if len(calls) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return convert(item, root)
+
+siim.convert_siim_item = convert_then_die
+main(sys.argv[1:])
+"""
+
+
+def test_a_killed_prepare_leaves_a_folder_that_the_rerun_removes(siim_raw, tmp_path):
+    """A prepare killed mid-run leaves its temporary folder beside OUT; the rerun removes it, and the layout gets
+    mkdir's permissions under the user's umask (not mkdtemp's 0700)."""
+    from cxrseg.cli import main
+
+    out = tmp_path / "out"
+    argv = ["prepare", "siim", *siim_raw.cli_args(test=False), "--out", str(out), "--image-size", "32"]
+    assert subprocess.run([sys.executable, "-c", KILLED_PREPARE, *argv]).returncode == -9
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name != "raw")
+    assert len(left) == 1 and left[0].startswith(".out.partial-")
+    umask = os.umask(0o027)
+    try:
+        assert main(argv) == 1  # finished; the unlabelled DICOM is skipped
+    finally:
+        os.umask(umask)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "raw"]
+    assert out.stat().st_mode & 0o777 == 0o750

@@ -25,7 +25,6 @@ from typing import Any
 
 from cxrseg.errors import HubAccessError, OutputError, PrepareError
 from cxrseg.files import DATASET, atomic_folder, check_output_folder
-from cxrseg.hub import check_hub_access
 from cxrseg.labels import LabelSet
 from cxrseg.parallel import parallel_map
 from cxrseg.prepare.export import push_dataset, save_dataset
@@ -129,6 +128,8 @@ def _check_out(options: PrepareOptions, inputs: Sequence[str | Path | None]) -> 
     if check_output_folder(options.out, DATASET, inputs) and not options.overwrite:
         raise OutputError(f"{options.out} holds a dataset that cxrseg wrote earlier; pass --overwrite to replace it.")
     if options.push_to_hub:
+        from cxrseg.hub import check_hub_access  # imports torch (seconds): only for a push
+
         check_hub_access(options.push_to_hub)
 
 
