@@ -6,11 +6,12 @@ are 0/1 or 0/255 (any non-zero is the finding), multi-label masks are 16-bit bit
 
 Indexing reads every mask once: it validates the pair (readable, same size, allowed values) and counts pixels per
 class, which gives ``is_positive`` and the exact class weights. The index is cached in ``ROOT/.cxrseg-cache/``
-keyed by the label set and the files' names, sizes and modification times, so a second run costs only a directory
-listing and three mask reads. The cache holds no paths (they come from the listing, so the dataset can be moved or
-used from any working directory), and it is used only when it is well formed, lists exactly the images found, and
-agrees with the first, middle and last pair indexed again; otherwise (a cache copied from elsewhere, edited or
-stale) the layout is indexed again.
+keyed by the label set and the files' names, sizes and modification times, so a second run costs a directory
+listing, one read (no decoding) of every mask file and three mask decodes. The cache holds no paths (they come from
+the listing, so the dataset can be moved or used from any working directory), and it is used only when it is well
+formed, lists exactly the images found, holds the SHA-256 of the mask files' bytes it was made from, and agrees with
+the first, middle and last pair indexed again; otherwise (a cache copied from elsewhere, edited or stale) the
+layout is indexed again.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def mask_pixel_counts(mask: np.ndarray, labels: LabelSet, where: object) -> tupl
     return tuple(int(n) for n in np.bincount(mask.ravel(), minlength=num_labels))
 
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 """Version of the cache files; part of their key, so files of another format are never read."""
 
 
@@ -140,15 +141,26 @@ def _fingerprint(pairs: list[tuple[str, Path, Path]], labels: LabelSet) -> str:
     return digest.hexdigest()[:20]
 
 
+def _masks_digest(pairs: list[tuple[str, Path, Path]]) -> str:
+    """SHA-256 of the mask files' bytes, in listing order: ties a cache to the very masks it counted."""
+    digest = hashlib.sha256()
+    for _, _, mask in pairs:
+        digest.update(mask.read_bytes())
+    return digest.hexdigest()
+
+
 def _cached_rows(cache: Path, pairs: list[tuple[str, Path, Path]], labels: LabelSet) -> list[IndexedImage] | None:
     """The index stored in ``cache`` for ``pairs``, or None when it is absent, malformed or does not describe them
-    (ids in order, sizes, counts that fit the size, and the first, middle and last pair indexed again)."""
+    (the masks' digest, ids in order, sizes, counts that fit the size, and the first, middle and last pair indexed
+    again)."""
     if not cache.exists():
         return None
     try:
         stored = json.loads(cache.read_text())
+        if stored["masks_sha256"] != _masks_digest(pairs):
+            raise ValueError("it was made from other mask files")
         index = []
-        for (image_id, image, mask), row in zip(pairs, stored, strict=True):
+        for (image_id, image, mask), row in zip(pairs, stored["rows"], strict=True):
             width, height, counts = row["width"], row["height"], tuple(row["pixel_counts"])
             sizes_ok = all(type(n) is int and n >= 0 for n in (width, height, *counts))
             total_ok = max(counts) <= width * height if labels.multilabel else sum(counts) == width * height
@@ -176,9 +188,10 @@ def index_layout(root: str | os.PathLike, split: str, labels: LabelSet, num_proc
     jobs = [(i, str(image), str(mask), labels) for i, image, mask in pairs]
     desc = f"Checking {split} masks"
     index = list(parallel_map(_index_pair, jobs, num_proc=num_proc, desc=desc, show_progress=len(jobs) >= 200))
-    stored = [
+    rows = [
         {"image_id": r.image_id, "width": r.width, "height": r.height, "pixel_counts": r.pixel_counts} for r in index
     ]
+    stored = {"masks_sha256": _masks_digest(pairs), "rows": rows}
     try:
         atomic_write_text(cache, json.dumps(stored))
     except OSError as error:  # a read-only dataset still trains; it is just indexed again next time
