@@ -406,6 +406,9 @@ def test_training_pushes_our_card_and_no_checkpoints_at_the_end(hub, demo_root, 
     assert TOKEN not in logs.out + logs.err + caplog.text
     for path in hub.repo.iterdir():
         assert TOKEN.encode() not in path.read_bytes() and str(tmp_path).encode() not in path.read_bytes()
+    written = [path for path in out.rglob("*") if path.is_file()]
+    assert out / "training_args.bin" in written  # the pickle the token used to end up in
+    assert [path for path in written if TOKEN.encode() in path.read_bytes()] == []
 
 
 def test_push_cli(output_folder, hub, capsys):
