@@ -15,9 +15,9 @@ import pytest
 from cxrseg.config import DataArguments
 from cxrseg.data.dataset import load_training_data
 from cxrseg.data.png_layout import index_layout
-from cxrseg.data.splits import load_or_make_split, make_split
+from cxrseg.data.splits import load_or_make_split, make_split, save_split
 from cxrseg.data.transforms import AUGMENTATIONS, ToModelInputs, build_transforms
-from cxrseg.errors import DataError
+from cxrseg.errors import DataError, OutputError
 from cxrseg.labels import PNEUMOTHORAX
 from cxrseg.synthetic import make_demo_data, synthetic_radiograph
 
@@ -51,7 +51,8 @@ def test_load_training_data_columns_split_and_counts(tmp_path):
     row = data.train[0]
     assert row["pixel_values"].shape == (3, 16, 16) and row["labels"].shape == (16, 16)
     assert set(np.unique(row["labels"].numpy())) <= {0, 1}
-    # the split is saved and reused
+    # a saved split is reused
+    save_split(tmp_path / "out/splits.json", data.split)
     data_args.val_fraction = 0.5
     again = load_training_data(data_args, PNEUMOTHORAX, tmp_path / "out/splits.json", mean=MEAN, std=STD)
     assert again.split == data.split
@@ -164,7 +165,7 @@ def test_synthetic_data_is_deterministic_and_realistic(tmp_path):
     assert 0.1 < len(positive) / len(index) < 0.35  # ~22% like SIIM
     fractions = sorted(row.pixel_counts[1] / (64 * 64) for row in positive)
     assert fractions[0] < 0.01 < fractions[-1]  # tiny to large
-    with pytest.raises(FileExistsError):
+    with pytest.raises(OutputError, match="already exists"):
         make_demo_data(root, num_images=1)
 
 

@@ -359,6 +359,9 @@ def test_hub_strategy_end_pushes_our_card_and_no_checkpoints_at_the_end(hub, dem
         assert TOKEN.encode() not in hub.read("me/tiny", name) and str(tmp_path).encode() not in hub.read(
             "me/tiny", name
         )
+    written = [path for path in out.rglob("*") if path.is_file()]
+    assert out / "training_args.bin" in written  # the pickle the token used to end up in
+    assert [path for path in written if TOKEN.encode() in path.read_bytes()] == []
 
 
 def test_push_cli(output_folder, hub, capsys):
@@ -414,7 +417,7 @@ def save_event(output_folder: Path, step: int = 4) -> tuple[SimpleNamespace, Sim
 
 
 def test_saves_are_pushed_in_the_background_one_at_a_time(output_folder, checkpoint, hub, monkeypatch, caplog):
-    caplog.set_level("INFO")
+    caplog.set_level("INFO", logger="cxrseg")  # an earlier training may have raised its level
     release, commit = threading.Event(), hub.commit
     monkeypatch.setattr(hub, "commit", lambda *args: release.wait(60) and commit(*args))
     push = HubCheckpointPush("me/tiny", "checkpoint", token=TOKEN)

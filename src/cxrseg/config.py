@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
+from transformers.hf_argparser import string_to_bool
 
 from cxrseg.data.transforms import AUGMENTATIONS
 from cxrseg.errors import RecipeError
@@ -46,6 +47,15 @@ class ModelArguments:
             raise RecipeError(f"task must be one of {sorted(TASKS)}, got {self.task!r}.")
         if self.model_name_or_path is None and self.model_config is None:
             raise RecipeError("Set model_name_or_path (a Hub id or folder) or model_config (an inline config).")
+        spec = self.model_config
+        if isinstance(spec, str):
+            try:
+                spec = yaml.safe_load(spec)  # JSON is YAML too
+            except yaml.YAMLError as error:
+                raise RecipeError(f"model_config is neither JSON nor YAML: {_one_line(error)}.") from error
+        if not isinstance(spec, dict | None):
+            raise RecipeError(f"model_config must be a mapping (a JSON object), got {self.model_config!r}.")
+        self.model_config = spec
 
 
 @dataclass
@@ -68,6 +78,9 @@ class DataArguments:
             raise RecipeError(f"augmentation must be one of {AUGMENTATIONS}, got {self.augmentation!r}.")
         if not 0.0 < self.val_fraction < 1.0:
             raise RecipeError(f"val_fraction must be in (0, 1), got {self.val_fraction}.")
+        for key in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise RecipeError(f"{key} must be at least 1 (or null for every row), got {getattr(self, key)}.")
 
 
 @dataclass
@@ -89,11 +102,17 @@ class LossArguments:
     def __post_init__(self) -> None:
         weights = self.class_weights
         if isinstance(weights, str) and weights not in ("auto", "none", "null"):
-            weights = [float(w) for w in weights.split(",")]
+            weights = weights.split(",")
         if weights in ("none", "null"):
             weights = None
         if isinstance(weights, (list, tuple)):
-            weights = [float(w) for w in weights]
+            try:
+                weights = [float(w) for w in weights]
+            except (TypeError, ValueError):
+                raise RecipeError(
+                    f"class_weights must be null, 'auto' or one number per class (a YAML list, or '0.5,54.2' on the "
+                    f"command line), got {self.class_weights!r}."
+                ) from None
         self.class_weights = weights
 
 
@@ -183,7 +202,12 @@ SECRET_KEYS = ("hub_token",)
 
 @dataclass
 class Recipe:
-    """The parsed arguments plus the flat mapping that reproduces them (``recipe.yaml``)."""
+    """The parsed arguments plus the flat mapping that reproduces them (``recipe.yaml``).
+
+    hub_token: the recipe's ``hub_token``, kept here and out of ``training`` (whose ``hub_token`` is None): the
+    Trainer pickles its arguments into ``training_args.bin`` in every checkpoint, and no secret may reach a file.
+    Pass it explicitly to the Hub calls.
+    """
 
     model: ModelArguments
     data: DataArguments
@@ -193,6 +217,7 @@ class Recipe:
     training: TrainingArguments
     resolved: dict[str, Any]
     source: str | None
+    hub_token: str | None = field(default=None, repr=False)
 
 
 def _known_keys() -> set[str]:
@@ -211,19 +236,74 @@ def _cli_keys(argv: list[str]) -> list[str]:
     return [token[2:].split("=", 1)[0] for token in argv if token.startswith("--")]
 
 
+class _RecipeParser(HfArgumentParser):
+    """HfArgumentParser whose errors are one-line :class:`~cxrseg.errors.RecipeError` instead of the usage text."""
+
+    def error(self, message: str):
+        raise RecipeError(f"{_one_line(message)} (on the command line; `python run_train.py --help` lists the keys).")
+
+
+def _one_line(error: object) -> str:
+    """The message of ``error`` on one line, without a final full stop; for YAML, the problem and where it is."""
+    mark = getattr(error, "problem_mark", None)
+    text = f"{error.problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(error)
+    return " ".join(text.split()).rstrip(".")
+
+
+def _read_recipe_file(path: Path) -> dict[str, Any]:
+    """The YAML mapping of the recipe at ``path``; :class:`~cxrseg.errors.RecipeError` naming the file (and line)."""
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise RecipeError(f"Recipe {path} {what}: --config takes a YAML file (recipes live in recipe/).")
+    try:
+        with path.open() as handle:
+            recipe = yaml.safe_load(handle)
+    except (OSError, UnicodeDecodeError) as error:
+        raise RecipeError(f"Recipe {path} cannot be read: {error}.") from error
+    except yaml.YAMLError as error:  # its message holds the line and column
+        raise RecipeError(f"Recipe {path} is not valid YAML: {_one_line(error)}") from error
+    if not isinstance(recipe, dict | None):
+        raise RecipeError(f"Recipe {path} must be a flat mapping of keys to values.")
+    return recipe or {}
+
+
+def _check_recipe_values(parser: HfArgumentParser, recipe: dict[str, Any], path: str) -> None:
+    """Each YAML value must be what the command line would accept for its key: converted by the same argparse
+    ``type`` (numbers, booleans) and within its ``choices``. Mappings and lists pass for text keys (e.g.
+    ``model_config``, ``class_weights``), which their dataclass checks."""
+    actions = {action.dest: action for action in parser._actions}  # argparse's list of the options it defines
+    for key, value in recipe.items():
+        action = actions[key]
+        if value is None:
+            if action.default is not None and action.type in (int, float, string_to_bool):
+                raise RecipeError(f"{key} in {path} cannot be null: give a value, or leave the key out.")
+            continue
+        values = value if isinstance(value, list) and action.nargs in ("+", "*") else [value]
+        for item in values:
+            try:
+                converted = action.type(item if isinstance(item, str) else str(item)) if action.type else item
+                if action.choices is not None and converted not in action.choices:
+                    raise ValueError(f"choose one of {', '.join(map(str, action.choices))}")
+            except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
+                kind = {int: "integer", float: "number", string_to_bool: "true or false"}.get(action.type, "value")
+                raise RecipeError(f"{key} in {path}: {item!r} is not a valid {kind} ({_one_line(error)}).") from error
+
+
 def parse_recipe(argv: list[str] | None = None) -> Recipe:
-    """Parse ``--config FILE`` plus overrides (see module docstring). Raises :class:`~cxrseg.errors.RecipeError`."""
-    pre = argparse.ArgumentParser(add_help=False)
+    """Parse ``--config FILE`` plus overrides (see module docstring). Raises :class:`~cxrseg.errors.RecipeError`
+    naming the key and where it came from (the YAML file or the command line)."""
+    try:
+        return _parse_recipe(argv)
+    except argparse.ArgumentError as error:  # a command-line value argparse cannot convert
+        key = error.argument_name.split("/")[0]
+        raise RecipeError(f"{key} on the command line: {_one_line(error.message)}.") from error
+
+
+def _parse_recipe(argv: list[str] | None) -> Recipe:
+    pre = argparse.ArgumentParser(add_help=False, exit_on_error=False)
     pre.add_argument("--config", default=None)
     known, rest = pre.parse_known_args(argv)
-    recipe: dict[str, Any] = {}
-    if known.config is not None:
-        path = Path(known.config)
-        if not path.is_file():
-            raise RecipeError(f"Recipe {path} does not exist (recipes live in recipe/).")
-        recipe = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(recipe, dict):
-            raise RecipeError(f"Recipe {path} must be a flat mapping of keys to values.")
+    recipe = _read_recipe_file(Path(known.config)) if known.config is not None else {}
     keys = _known_keys()
     for key in recipe:
         if key not in keys:
@@ -233,11 +313,16 @@ def parse_recipe(argv: list[str] | None = None) -> Recipe:
             raise RecipeError(
                 f"Unknown key {key!r} on the command line. Known keys are the fields of {_class_names()}."
             )
+    parser = _RecipeParser(ARGUMENT_CLASSES, allow_abbrev=False, exit_on_error=False)
+    _check_recipe_values(parser, recipe, known.config)
     pre.add_argument("--mixed_precision", default=recipe.get("mixed_precision", "auto"))
     precision = precision_defaults(pre.parse_known_args(rest)[0].mixed_precision)
-    parser = HfArgumentParser(ARGUMENT_CLASSES, allow_abbrev=False)
     parser.set_defaults(**{**RECIPE_DEFAULTS, **precision, **recipe})
-    model, data, loss, sampling, precision_args, training = parser.parse_args_into_dataclasses(args=rest)
+    try:
+        model, data, loss, sampling, precision_args, training = parser.parse_args_into_dataclasses(args=rest)
+    except ValueError as error:  # TrainingArguments' own checks of settings that do not fit together
+        raise RecipeError(f"{_one_line(error)} (from {known.config or 'the defaults'} + the command line)") from error
+    hub_token, training.hub_token = training.hub_token, None
     _check_task_settings(model, sampling)
     explicit = set(RECIPE_DEFAULTS) | set(recipe) | set(_cli_keys(rest))
     resolved: dict[str, Any] = {}
@@ -246,7 +331,7 @@ def parse_recipe(argv: list[str] | None = None) -> Recipe:
     for f in dataclasses.fields(TrainingArguments):
         if f.name in explicit and f.name not in SECRET_KEYS:
             resolved[f.name] = _plain(getattr(training, f.name))
-    return Recipe(model, data, loss, sampling, precision_args, training, resolved, known.config)
+    return Recipe(model, data, loss, sampling, precision_args, training, resolved, known.config, hub_token)
 
 
 def _check_task_settings(model: ModelArguments, sampling: SamplingArguments) -> None:

@@ -8,12 +8,15 @@ Exit statuses, the same for ``run_train.py`` and every ``cxrseg`` command:
 
 A :class:`CxrsegError` is printed as one line (``error: ...``) by :func:`report` at the entry points
 (``cxrseg.cli.main``, ``cxrseg.train.main``); any other exception is a bug and keeps its traceback. Library errors
-(yaml, safetensors, the Hub, albumentations) are converted to one of these where cxrseg calls the library.
+(yaml, safetensors, the Hub, albumentations, argparse) are converted to one of these where cxrseg calls the library.
+With the environment variable ``CXRSEG_DEBUG=1`` a user error also prints its traceback.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 
 EXIT_OK = 0
 EXIT_INPUTS_SKIPPED = 1
@@ -32,6 +35,11 @@ class RecipeError(CxrsegError):
 
 class DataError(CxrsegError):
     """Bad input data (a training layout, a split, a saved dataset)."""
+
+
+class OutputError(CxrsegError):
+    """An output path cxrseg may not write: it is, holds or lies inside an input, it holds files cxrseg did not
+    write, or it is a file where a folder belongs (or the reverse)."""
 
 
 class PrepareError(CxrsegError):
@@ -70,7 +78,13 @@ class OptionalDependencyError(CxrsegError):
     """An optional part of cxrseg whose packages are not installed; the message names the pip extra."""
 
 
+DEBUG_VARIABLE = "CXRSEG_DEBUG"
+"""Set to anything but empty or ``0`` to see the traceback of a user error too."""
+
+
 def report(error: CxrsegError) -> int:
-    """Print ``error`` as one line on stderr and return its exit status."""
+    """Print ``error`` as one line on stderr (after its traceback with ``CXRSEG_DEBUG=1``); return its exit status."""
+    if os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
+        traceback.print_exception(error, file=sys.stderr)
     print(f"error: {error}", file=sys.stderr)
     return error.exit_code

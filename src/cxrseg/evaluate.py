@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from cxrseg.data.dataset import make_transform, rows_to_dataset
 from cxrseg.data.png_layout import DataError, IndexedImage, index_layout, list_pairs, read_layout_labels
 from cxrseg.errors import UsageError
-from cxrseg.files import AtomicCsv, atomic_write_text
+from cxrseg.files import EVALUATION, AtomicCsv, atomic_write_text, check_output_folder, mark_output
 from cxrseg.inference import Segmenter
 from cxrseg.labels import IGNORE_INDEX
 from cxrseg.metrics import SegmentationMetrics, dice_from_counts
@@ -292,7 +292,8 @@ def evaluate(
     search: bool = False,
 ) -> EvaluationResult:
     """Evaluate ``segmenter`` on ``split`` of ``data_root`` and write ``metrics.json``, ``per_image.csv`` and
-    ``pr_curve.png`` to ``out_dir`` (default :func:`default_out_dir`).
+    ``pr_curve.png`` to ``out_dir`` (default :func:`default_out_dir`; new, empty or an earlier evaluation, apart from
+    ``data_root``: :func:`cxrseg.files.check_output_folder`).
 
     metrics.json: the run's settings, then :meth:`EvaluationAccumulator.results`: the
     :class:`~cxrseg.metrics.SegmentationMetrics` values at ``prob >= 0.5`` (dice, iou, kaggle_dice, ap, best_f1,
@@ -312,7 +313,8 @@ def evaluate(
         )
     rows, described = split_rows(segmenter, data_root, split)
     out = Path(out_dir) if out_dir is not None else default_out_dir(segmenter, split)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_folder(out, EVALUATION, inputs=[data_root])
+    mark_output(out, EVALUATION)
     logger.info(
         "Evaluating %s on %d images: %s, at %dx%d%s.",
         segmenter.source,

@@ -1,14 +1,40 @@
-"""Atomic writing: every file and folder cxrseg writes appears whole or not at all (temporary name, then rename)."""
+"""Writing safely: every file and folder cxrseg writes appears whole or not at all (temporary name, then rename),
+and cxrseg writes only where it may.
+
+Output folders carry a marker, :data:`OUTPUT_MARKER` (``.cxrseg``, JSON ``{"kind": ...}``). Before writing, a
+command checks its output (:func:`check_output_folder`, :func:`check_output_file`): a folder that is not empty is
+written into or replaced only when its marker names the same kind of output, and no output may be, hold or lie
+inside an input of the command. Unmarked folders, and files cxrseg cannot recognise as its own, belong to the user:
+they are never deleted or overwritten.
+"""
 
 from __future__ import annotations
 
 import csv
+import json
+import logging
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+from cxrseg.errors import OutputError
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_MARKER = ".cxrseg"
+"""The file that marks a folder as cxrseg's output; it holds ``{"kind": KIND}``, one of the kinds below."""
+DATASET = "dataset"
+"""A PNG layout written by ``cxrseg prepare`` or ``cxrseg make-demo-data``."""
+TRAINING_RUN = "training run"
+"""The ``output_dir`` of ``run_train.py``."""
+PREDICTIONS = "predictions"
+"""The ``--out`` of ``cxrseg predict``."""
+EVALUATION = "evaluation"
+"""The ``--out`` of ``cxrseg evaluate``."""
 
 
 def _umask() -> int:
@@ -80,22 +106,154 @@ class AtomicCsv:
             self.discard()
 
 
-@contextmanager
-def atomic_folder(out: str | os.PathLike) -> Iterator[Path]:
-    """Build a folder in a temporary folder beside ``out``; it becomes ``out`` when the block ends without error.
+def output_kind(folder: str | os.PathLike) -> str | None:
+    """The kind of cxrseg output ``folder`` holds (its :data:`OUTPUT_MARKER`); None when it has no readable marker."""
+    try:
+        kind = json.loads((Path(folder) / OUTPUT_MARKER).read_text())["kind"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return kind if isinstance(kind, str) else None
 
-    An ``out`` that exists by then is replaced (moved aside, then removed once the new folder is in place): the
-    caller decides beforehand whether ``out`` may be replaced. On error (or interruption) the temporary folder is
-    removed and ``out`` is left as it was. The new folder gets ``mkdir``'s permissions (0o777 less the umask).
+
+def mark_output(folder: str | os.PathLike, kind: str) -> Path:
+    """Create ``folder`` (and its parents) if needed and mark it as cxrseg's output of ``kind``. Returns ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if output_kind(folder) != kind:
+        atomic_write_text(folder / OUTPUT_MARKER, json.dumps({"kind": kind}) + "\n")
+    return folder
+
+
+def _check_apart(out: Path, inputs: Iterable[str | os.PathLike | None]) -> None:
+    """Refuse an ``out`` that is, holds or lies inside one of ``inputs`` (files or folders; None ignored)."""
+    for given in inputs:
+        if given is None:
+            continue
+        path = Path(given).resolve()
+        if out == path:
+            raise OutputError(f"The output {out} is also an input of this command; choose another output.")
+        if path.is_relative_to(out):
+            raise OutputError(f"The output {out} holds the input {given}; choose an output outside the inputs.")
+        if out.is_relative_to(path) and path.is_dir():
+            raise OutputError(
+                f"The output {out} lies inside the input {given} (a rerun would read it as input); choose an output "
+                "outside the inputs."
+            )
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse a ``path`` whose nearest existing folder cannot be written (or is a file)."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if existing != path and not existing.is_dir():
+        raise OutputError(f"Cannot write {path}: {existing} is a file, not a folder.")
+    folder = existing if existing.is_dir() else existing.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"Cannot write {path}: no write permission in {folder}.")
+
+
+def check_output_folder(out: str | os.PathLike, kind: str, inputs: Iterable[str | os.PathLike | None] = ()) -> bool:
+    """Check, before anything is written, that the folder ``out`` may receive cxrseg output of ``kind``.
+
+    It may when it is absent, empty, or marked with ``kind``; it must neither be, hold nor lie inside one of
+    ``inputs``; and it (or its nearest existing parent) must be writable. Returns True when ``out`` already holds
+    output of ``kind`` (the caller decides whether to add to it or replace it), False when it is absent or empty.
+    Raises :class:`~cxrseg.errors.OutputError` saying what is wrong and what to do.
+    """
+    out = Path(out).resolve()
+    _check_apart(out, inputs)
+    _check_writable(out)
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise OutputError(f"{out} is a file; the output must be a folder (new or empty, or one cxrseg wrote).")
+    if not any(out.iterdir()):
+        return False
+    found = output_kind(out)
+    if found is None:
+        raise OutputError(
+            f"{out} holds files that cxrseg did not write (it has no {OUTPUT_MARKER} marker), and cxrseg never "
+            "overwrites or deletes your files: choose a new or empty folder."
+        )
+    if found != kind:
+        raise OutputError(f"{out} holds a cxrseg {found}, not {kind}: choose a new or empty folder.")
+    return True
+
+
+def check_output_file(
+    path: str | os.PathLike,
+    written_by_cxrseg: Callable[[Path], bool],
+    inputs: Iterable[str | os.PathLike | None] = (),
+) -> Path:
+    """Check, before anything is written, that one output file may be written at ``path``: not a folder, not one of
+    ``inputs`` nor inside an input folder, in a writable folder, and when it exists a file that
+    ``written_by_cxrseg(path)`` recognises as cxrseg's own. Returns ``path``; raises
+    :class:`~cxrseg.errors.OutputError`."""
+    path = Path(path)
+    resolved = path.resolve()
+    _check_apart(resolved, inputs)
+    _check_writable(resolved)
+    if resolved.is_dir():
+        raise OutputError(f"{path} is a folder; give the path of a file to write.")
+    if resolved.exists() and not written_by_cxrseg(resolved):
+        raise OutputError(
+            f"{path} exists and cxrseg did not write it; cxrseg never overwrites your files: remove it or choose "
+            "another path."
+        )
+    return path
+
+
+def _process_is_running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_leftovers(out: Path) -> None:
+    """Remove the temporary folders that :func:`atomic_folder` calls for ``out`` left behind when they were killed
+    (the process id in their name no longer runs). The old folder of a replacement killed half-way goes back to
+    ``out`` first when ``out`` is missing."""
+    leftover_name = re.compile(rf"^\.{re.escape(out.name)}\.(?P<what>partial|previous)-(?P<pid>\d+)-")
+    for leftover in sorted(out.parent.iterdir()):
+        match = leftover_name.match(leftover.name)
+        if match is None or not leftover.is_dir() or _process_is_running(int(match["pid"])):
+            continue
+        kept = leftover / out.name
+        if match["what"] == "previous" and kept.is_dir() and not out.exists():
+            kept.rename(out)
+        logger.info("Removing %s, left by an interrupted run.", leftover)
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+@contextmanager
+def atomic_folder(out: str | os.PathLike, kind: str) -> Iterator[Path]:
+    """Build a folder in a temporary folder beside ``out``; marked as cxrseg's output of ``kind``, it becomes
+    ``out`` when the block ends without error.
+
+    An ``out`` that exists by then is replaced (moved aside, then removed once the new folder is in place) only
+    when it is empty or marked with ``kind``; otherwise :class:`~cxrseg.errors.OutputError` is raised before the
+    block runs (callers check with :func:`check_output_folder` first, and decide whether a marked ``out`` may be
+    replaced). On error (or interruption) the temporary folder is removed and ``out`` is left as it was; the
+    temporary folders of a killed earlier run are removed first (:func:`remove_leftovers`). The new folder gets
+    ``mkdir``'s permissions (0o777 less the umask).
     """
     out = Path(out).absolute()
+    if out.parent.is_dir():
+        remove_leftovers(out)
+    check_output_folder(out, kind)
     out.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    building = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
     try:
         yield building
+        mark_output(building, kind)
         os.chmod(building, 0o777 & ~_umask())
         if out.exists():
-            previous = Path(tempfile.mkdtemp(prefix=f".{out.name}.previous-", dir=out.parent))
+            previous = Path(tempfile.mkdtemp(prefix=f".{out.name}.previous-{os.getpid()}-", dir=out.parent))
             out.rename(previous / out.name)
             try:
                 building.rename(out)

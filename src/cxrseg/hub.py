@@ -337,6 +337,15 @@ def shared_file(path: Path, folder: Path, token: str | None = None) -> bytes | P
     return redact_text(text, folder, token).encode()
 
 
+def check_model_folder(folder: str | os.PathLike) -> Path:
+    """``folder`` as a Path if it holds a saved model (``config.json`` and ``*.safetensors``), else
+    :class:`~cxrseg.errors.ModelLoadError`."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
+        raise ModelLoadError(f"{folder} has no config.json and *.safetensors: not a saved model folder.")
+    return folder
+
+
 def push_folder(
     folder: str | os.PathLike,
     repo_id: str,
@@ -349,9 +358,7 @@ def push_folder(
 
     Creates the repo if needed (``private`` applies only then). Returns the commit URL.
     """
-    folder = Path(folder)
-    if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
-        raise ModelLoadError(f"{folder} has no config.json and *.safetensors: not a saved model folder.")
+    folder = check_model_folder(folder)
     write_model_card(folder, repo_id)
     plan = upload_plan(folder, token)
     api = HfApi(token=token)

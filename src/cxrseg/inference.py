@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from transformers import AutoImageProcessor, UperNetForSemanticSegmentation
 
 from cxrseg.data.transforms import ToModelInputs, build_transforms
-from cxrseg.errors import ModelLoadError
+from cxrseg.errors import ModelLoadError, UsageError
 from cxrseg.labels import LabelSet, labels_from_config
 from cxrseg.postprocess import POSTPROCESS_FILENAME, PostProcess
 
@@ -204,10 +204,20 @@ class Segmenter:
 
 
 def pick_device(device: str = "auto") -> torch.device:
-    """ "auto": the first CUDA GPU if there is one, else the CPU; otherwise ``torch.device(device)``."""
+    """ "auto": the first CUDA GPU if there is one, else the CPU; otherwise ``torch.device(device)``, which must
+    exist on this machine (:class:`~cxrseg.errors.UsageError` otherwise)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as error:
+        raise UsageError(f"--device {device!r} is not a device: use auto, cpu, cuda or cuda:N.") from error
+    if chosen.type == "cuda" and not (torch.cuda.is_available() and (chosen.index or 0) < torch.cuda.device_count()):
+        raise UsageError(
+            f"--device {device}: this machine has {torch.cuda.device_count() if torch.cuda.is_available() else 'no'} "
+            "usable CUDA GPU(s) (`cxrseg env` says why); use --device cpu or auto."
+        )
+    return chosen
 
 
 def load_segmenter(
@@ -223,6 +233,7 @@ def load_segmenter(
     ``postprocess.json`` to use instead of the model's own. Post-processing needs one foreground output; for other
     models it is ignored with a warning.
     """
+    torch_device = pick_device(device)
     model_dir, is_local = resolve_model(model)
     try:
         network = UperNetForSemanticSegmentation.from_pretrained(model_dir)
@@ -252,11 +263,16 @@ def load_segmenter(
                     len(labels.foreground),
                 )
             else:
-                postprocess = _at_size(PostProcess.load(path), preprocessor.size[0], path)
+                try:
+                    postprocess = _at_size(PostProcess.load(path), preprocessor.size[0], path)
+                except ValueError as error:  # PostProcess.load names the file and the key
+                    raise ModelLoadError(f"{error} Fix or remove it (or pass --no-postprocess).") from error
                 logger.info("Post-processing from %s: %s", path, postprocess)
     splits_path = model_dir / "splits.json"
-    splits = json.loads(splits_path.read_text()) if splits_path.is_file() else None
-    torch_device = pick_device(device)
+    try:
+        splits = json.loads(splits_path.read_text()) if splits_path.is_file() else None
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"{splits_path}: cannot read the model's splits ({error}).") from error
     network.to(torch_device).eval()
     return Segmenter(network, labels, preprocessor, postprocess, str(model), model_dir, is_local, torch_device, splits)
 

@@ -16,7 +16,7 @@ try:  # the PIL backend: the default one needs torchvision, which has no wheel m
 except ImportError:  # transformers releases before the backend split
     from transformers import SegformerImageProcessor
 
-from cxrseg.errors import RecipeError
+from cxrseg.errors import ModelLoadError, RecipeError
 from cxrseg.labels import IGNORE_INDEX, LabelSet
 
 logger = logging.getLogger(__name__)
@@ -67,13 +67,16 @@ def _inline_config(model_config: str | dict[str, Any], labels: LabelSet) -> Uper
     spec = json.loads(model_config) if isinstance(model_config, str) else dict(model_config)
     if "backbone_config" not in spec:
         raise RecipeError("model_config needs a 'backbone_config' mapping (e.g. model_type: swin, embed_dim: 16).")
-    return UperNetConfig(
-        **spec,
-        num_labels=labels.num_labels,
-        id2label=labels.id2label,
-        label2id=labels.label2id,
-        loss_ignore_index=IGNORE_INDEX,
-    )
+    try:
+        return UperNetConfig(
+            **spec,
+            num_labels=labels.num_labels,
+            id2label=labels.id2label,
+            label2id=labels.label2id,
+            loss_ignore_index=IGNORE_INDEX,
+        )
+    except (KeyError, TypeError, ValueError) as error:  # transformers' config checks: unknown model_type, bad key
+        raise RecipeError(f"model_config is not a valid UperNet config: {type(error).__name__}: {error}.") from error
 
 
 def build_model(
@@ -85,13 +88,20 @@ def build_model(
     150 classes) is re-initialised (``ignore_mismatched_sizes``). Otherwise from the inline ``model_config``.
     """
     if model_name_or_path is not None:
-        model = UperNetForSemanticSegmentation.from_pretrained(
-            model_name_or_path,
-            num_labels=labels.num_labels,
-            id2label=labels.id2label,
-            label2id=labels.label2id,
-            ignore_mismatched_sizes=True,
-        )
+        try:
+            model = UperNetForSemanticSegmentation.from_pretrained(
+                model_name_or_path,
+                num_labels=labels.num_labels,
+                id2label=labels.id2label,
+                label2id=labels.label2id,
+                ignore_mismatched_sizes=True,
+            )
+        except (OSError, ValueError) as error:  # not found, offline, no weights, corrupt file, not a UperNet
+            raise ModelLoadError(
+                f"model_name_or_path {model_name_or_path!r} cannot be loaded ({type(error).__name__}: "
+                f"{' '.join(str(error).split())}). Give a local model folder or a Hub id that is reachable (or in the "
+                "cache when offline), or set model_name_or_path: null and a model_config."
+            ) from error
         try:
             processor = AutoImageProcessor.from_pretrained(model_name_or_path)
             processor.size = {"height": image_size, "width": image_size}

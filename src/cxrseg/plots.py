@@ -19,6 +19,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image
 
 from cxrseg.files import atomic_write_bytes
 
@@ -26,12 +27,25 @@ SINGLE_CLASS_COLOUR = (230, 40, 40)
 """RGB of the finding of a single-foreground model (red)."""
 
 
+FIGURE_SOFTWARE = "cxrseg"
+"""The PNG ``Software`` text of every figure cxrseg saves: how it recognises its own pictures (to replace them)."""
+
+
 def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     """Render ``fig`` with Agg and write it as a PNG of exactly ``figsize * dpi`` pixels, atomically."""
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=fig.dpi)
+    fig.savefig(buffer, format="png", dpi=fig.dpi, metadata={"Software": FIGURE_SOFTWARE})
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+def is_cxrseg_figure(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a PNG figure that :func:`save_figure` wrote."""
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and image.info.get("Software") == FIGURE_SOFTWARE
+    except (OSError, ValueError):
+        return False
 
 
 def class_colours(num_classes: int) -> np.ndarray:

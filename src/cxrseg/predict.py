@@ -14,6 +14,9 @@ Outputs in ``OUT`` (each file written atomically: temporary file, then rename):
   resized there with nearest neighbour. Single-foreground models only.
 * ``problems.csv`` (``path,error``) when an input could not be read; it is skipped and the others complete.
 
+``OUT`` must be new, empty or an earlier ``predict`` output (:func:`cxrseg.files.check_output_folder`), apart from the
+inputs; an existing ``submission`` file is replaced only if it is a submission CSV.
+
 ``<id>`` is the file name without its suffix (SIIM's ImageId for its DICOMs). Masks follow the model's
 ``postprocess.json`` unless ``use_postprocess`` is off (see :meth:`cxrseg.inference.Segmenter.masks`).
 """
@@ -33,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from cxrseg.errors import PredictError
-from cxrseg.files import AtomicCsv
+from cxrseg.files import PREDICTIONS, AtomicCsv, check_output_file, check_output_folder, mark_output
 from cxrseg.images import DICOM_SUFFIXES, read_image, write_png
 from cxrseg.inference import Preprocessor, Segmenter
 from cxrseg.labels import LabelSet, pack_multilabel
@@ -45,6 +48,8 @@ logger = logging.getLogger(__name__)
 INPUT_SUFFIXES = (".png", ".jpg", ".jpeg", *DICOM_SUFFIXES)
 """File types listed as inputs in a folder (case-insensitive); each is read by :func:`cxrseg.images.read_image`."""
 
+SUBMISSION_COLUMNS = ("ImageId", "EncodedPixels")
+"""The header of the SIIM-ACR submission CSV."""
 SUBMISSION_SIZE = 1024
 """Side of the masks the SIIM-ACR submission RLE encodes (the competition's images are 1024x1024)."""
 
@@ -70,6 +75,12 @@ def list_inputs(path: str | os.PathLike) -> list[Path]:
             raise PredictError(f"Two inputs have the id {file.stem!r}: {seen[file.stem]} and {file}; rename one.")
         seen[file.stem] = file
     return files
+
+
+def is_submission(path: Path) -> bool:
+    """Whether the file at ``path`` is a submission CSV (its first line is the header cxrseg writes)."""
+    with path.open("rb") as handle:
+        return handle.readline().rstrip(b"\r\n") == b",".join(name.encode() for name in SUBMISSION_COLUMNS)
 
 
 class InputImages(Dataset):
@@ -146,7 +157,10 @@ def predict(
         )
     files = list_inputs(inputs)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_folder(out, PREDICTIONS, inputs=[inputs])
+    if submission is not None:
+        check_output_file(submission, is_submission, inputs=[inputs])
+    mark_output(out, PREDICTIONS)
     if multilabel:  # the masks are bit fields over the foreground outputs, whatever the model's own label set
         LabelSet(segmenter.labels.task, names, multilabel=True).save(out)
     colours = class_colours(len(names))
@@ -157,7 +171,7 @@ def predict(
         collate_fn=_collate_items,
     )
     summary = PredictionSummary(len(files), out_dir=out)
-    csv_writer = AtomicCsv(Path(submission), ("ImageId", "EncodedPixels")) if submission is not None else None
+    csv_writer = AtomicCsv(Path(submission), SUBMISSION_COLUMNS) if submission is not None else None
     try:
         with tqdm(total=len(files), desc="predicting", unit="img") as progress:
             for items in loader:

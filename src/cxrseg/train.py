@@ -16,7 +16,9 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from cxrseg.config import Recipe, parse_recipe, save_recipe
 from cxrseg.data.dataset import load_training_data
+from cxrseg.data.splits import save_split
 from cxrseg.errors import CxrsegError, report
+from cxrseg.files import TRAINING_RUN, check_output_folder, mark_output
 from cxrseg.hub import check_hub_access, is_hub_id, push_folder, write_model_card
 from cxrseg.hub_checkpoints import HubCheckpointPush, download_checkpoint
 from cxrseg.labels import get_labels
@@ -52,12 +54,14 @@ def train(recipe: Recipe, callbacks: Sequence[TrainerCallback] = ()) -> dict[str
     datasets.utils.logging.set_verbosity(log_level)
     output_dir = Path(args.output_dir)
 
-    # ------------------------------------------------------------------ Start-up checks (tracking, Hub)
+    # ------------------------------------------------------------------ Start-up checks (output folder, tracking, Hub)
     # Fail now rather than after training. The Trainer's own push is off: HubCheckpointPush pushes the saves as
-    # hub_strategy says, and push_folder makes the final commit (our model card, redacted copies). The token is kept
-    # out of TrainingArguments, which every checkpoint pickles (training_args.bin).
+    # hub_strategy says, and push_folder makes the final commit (our model card, redacted copies). The Hub token is
+    # recipe.hub_token, never in TrainingArguments, which every checkpoint pickles (training_args.bin).
+    model_folder = model_args.model_name_or_path if Path(model_args.model_name_or_path or "").is_dir() else None
+    check_output_folder(output_dir, TRAINING_RUN, inputs=[data_args.data_dir, model_folder])
     push_to_hub, args.push_to_hub = args.push_to_hub, False
-    hub_token, args.hub_token = args.hub_token, None
+    hub_token = recipe.hub_token
     hub_model_id = args.hub_model_id
     if args.process_index == 0:
         check_tracking(args.report_to)
@@ -84,9 +88,6 @@ def train(recipe: Recipe, callbacks: Sequence[TrainerCallback] = ()) -> dict[str
             logger.info("No checkpoint in %s to resume from; starting fresh.", output_dir)
     if last_checkpoint is not None:
         logger.info("Resuming from %s.", last_checkpoint)
-    if args.should_save:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_recipe(recipe, output_dir / "recipe.yaml")
 
     # ------------------------------------------------------------------ Data and model
     labels = get_labels(model_args.task)
@@ -106,6 +107,14 @@ def train(recipe: Recipe, callbacks: Sequence[TrainerCallback] = ()) -> dict[str
     if loss_fn.class_weights is not None:
         logger.info("Class weights: %s", dict(zip(labels.names, [round(w, 4) for w in loss_fn.class_weights.tolist()])))
     sampler = build_sampler(sampling_args, labels, data, seed=args.seed)
+
+    # ------------------------------------------------------------------ Output folder
+    # Everything the run needs is checked: only now is output_dir created or changed (a run that fails earlier
+    # leaves it as it was).
+    if args.should_save:
+        mark_output(output_dir, TRAINING_RUN)
+        save_recipe(recipe, output_dir / "recipe.yaml")
+        save_split(output_dir / "splits.json", data.split)
 
     # ------------------------------------------------------------------ Trainer
     compute_metrics, preprocess_logits = streaming_metrics(labels.multilabel, list(labels.foreground))

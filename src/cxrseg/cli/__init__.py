@@ -1,6 +1,7 @@
 """The ``cxrseg`` command line: one module per subcommand, each with ``register(subparsers)``.
 
 Each ``register`` adds its parser and sets ``func`` (called with the parsed namespace; returns an exit code).
+A command-line mistake is one line naming the option (:class:`CommandLineParser`), like every user error.
 """
 
 from __future__ import annotations
@@ -9,17 +10,39 @@ import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Callable
 
-from cxrseg.errors import CxrsegError, report
+from cxrseg.errors import CxrsegError, UsageError, report
 
 # Subcommand modules under cxrseg.cli, in the order `cxrseg --help` lists them.
 SUBCOMMANDS = ("make_demo_data", "prepare", "evaluate", "predict", "visualize", "app", "push", "env")
 
 
+class CommandLineParser(argparse.ArgumentParser):
+    """argparse whose errors are a :class:`~cxrseg.errors.UsageError` (one line, exit status 2) instead of the usage
+    text; subcommand parsers inherit it."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`).")
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in its message: "invalid int value: 'x'"
+    return parse
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; with a known subcommand in ``argv`` only that module is imported (some import torch, which
     takes seconds), otherwise all of them (``cxrseg --help``)."""
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="cxrseg", description="Chest X-ray segmentation with UperNet-Swin: data, evaluation, prediction, Hub."
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -32,8 +55,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv).parse_args(argv)
     try:
+        args = build_parser(argv).parse_args(argv)
         return int(args.func(args) or 0)
     except CxrsegError as error:  # a user error: one line, its exit status; anything else is a bug (traceback)
         return report(error)

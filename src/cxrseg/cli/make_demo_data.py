@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from cxrseg.cli import int_at_least
 from cxrseg.synthetic import DEMO_DATA_MAKERS, MULTILABEL_DEMO_CLASSES
 
 
@@ -21,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f"{', '.join(MULTILABEL_DEMO_CLASSES)}, overlapping).",
     )
     parser.add_argument("--num-images", type=int, default=400, help="Number of images (default 400).")
-    parser.add_argument("--size", type=int, default=256, help="Image side, pixels (default 256).")
+    parser.add_argument("--size", type=int_at_least(1), default=256, help="Image side, pixels (default 256).")
     parser.add_argument("--seed", type=int, default=0, help="Seed; the same seed gives the same files.")
     parser.set_defaults(func=run)
 

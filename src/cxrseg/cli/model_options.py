@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from cxrseg.cli import int_at_least
 from cxrseg.inference import TTA_MODES, Segmenter, load_segmenter
 
 
@@ -19,9 +20,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, postprocess: bool = Tru
         help="test-time augmentation: hflip averages the probabilities of the image and its mirror",
     )
     if batching:
-        parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+        parser.add_argument("--batch-size", type=int_at_least(1), default=8, help="images per forward pass (default 8)")
         parser.add_argument(
-            "--num-workers", type=int, default=2, help="DataLoader processes reading images (default 2)"
+            "--num-workers", type=int_at_least(0), default=2, help="DataLoader processes reading images (default 2)"
         )
     parser.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, cuda:1, ...")
     if postprocess:

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 from typing import TYPE_CHECKING
 
+from cxrseg.cli import int_at_least
 from cxrseg.errors import EXIT_INPUTS_SKIPPED, EXIT_OK
 
 if TYPE_CHECKING:
@@ -65,7 +66,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_common(parser: argparse.ArgumentParser, default_size: int | None) -> None:
-    parser.add_argument("--out", required=True, help="output folder (must be empty or absent unless --overwrite)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output folder: new or empty, or a dataset cxrseg prepared (with --overwrite); apart from the inputs",
+    )
     keep = "keep the source size" if default_size is None else f"default {default_size}"
     parser.add_argument(
         "--image-size",
@@ -73,8 +78,10 @@ def _add_common(parser: argparse.ArgumentParser, default_size: int | None) -> No
         default=default_size,
         help=f"output side in pixels, square ({keep}); the source size keeps pixels and masks exactly",
     )
-    parser.add_argument("--num-proc", type=int, default=1, help="worker processes (default 1)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    parser.add_argument("--num-proc", type=int_at_least(1), default=1, help="worker processes (default 1)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an --out that holds a dataset cxrseg prepared earlier"
+    )
     parser.add_argument("--strict", action="store_true", help="fail (writing nothing) if any problem is found")
     parser.add_argument("--save-dataset", action="store_true", help="also write OUT/hf_dataset (datasets.save_to_disk)")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help=PUSH_HELP)

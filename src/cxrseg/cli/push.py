@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from cxrseg.hub import check_hub_access, push_folder
+from cxrseg.hub import check_hub_access, check_model_folder, push_folder
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,6 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # The token comes from HF_TOKEN or `hf auth login`, never from the command line (shell history, process list).
+    check_model_folder(args.model)
     repo_id = check_hub_access(args.repo_id)
     url = push_folder(args.model, repo_id, private=True if args.private else None)
     print(f"Pushed {args.model} to https://huggingface.co/{repo_id} ({url})")

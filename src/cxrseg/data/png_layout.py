@@ -6,7 +6,12 @@ are 0/1 or 0/255 (any non-zero is the finding), multi-label masks are 16-bit bit
 
 Indexing reads every mask once: it validates the pair (readable, same size, allowed values) and counts pixels per
 class, which gives ``is_positive`` and the exact class weights. The index is cached in ``ROOT/.cxrseg-cache/``
-keyed by the files' names, sizes and modification times, so a second run costs only a directory listing.
+keyed by the label set and the files' names, sizes and modification times, so a second run costs a directory
+listing, one read (no decoding) of every mask file and three mask decodes. The cache holds no paths (they come from
+the listing, so the dataset can be moved or used from any working directory), and it is used only when it is well
+formed, lists exactly the images found, holds the SHA-256 of the mask files' bytes it was made from, and agrees with
+the first, middle and last pair indexed again; otherwise (a cache copied from elsewhere, edited or stale) the
+layout is indexed again.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -123,8 +128,12 @@ def mask_pixel_counts(mask: np.ndarray, labels: LabelSet, where: object) -> tupl
     return tuple(int(n) for n in np.bincount(mask.ravel(), minlength=num_labels))
 
 
+CACHE_FORMAT = 3
+"""Version of the cache files; part of their key, so files of another format are never read."""
+
+
 def _fingerprint(pairs: list[tuple[str, Path, Path]], labels: LabelSet) -> str:
-    digest = hashlib.sha256(repr(labels).encode())
+    digest = hashlib.sha256(f"{CACHE_FORMAT};{labels!r}".encode())
     for _, image, mask in pairs:
         for path in (image, mask):
             stat = path.stat()
@@ -132,22 +141,59 @@ def _fingerprint(pairs: list[tuple[str, Path, Path]], labels: LabelSet) -> str:
     return digest.hexdigest()[:20]
 
 
+def _masks_digest(pairs: list[tuple[str, Path, Path]]) -> str:
+    """SHA-256 of the mask files' bytes, in listing order: ties a cache to the very masks it counted."""
+    digest = hashlib.sha256()
+    for _, _, mask in pairs:
+        digest.update(mask.read_bytes())
+    return digest.hexdigest()
+
+
+def _cached_rows(cache: Path, pairs: list[tuple[str, Path, Path]], labels: LabelSet) -> list[IndexedImage] | None:
+    """The index stored in ``cache`` for ``pairs``, or None when it is absent, malformed or does not describe them
+    (the masks' digest, ids in order, sizes, counts that fit the size, and the first, middle and last pair indexed
+    again)."""
+    if not cache.exists():
+        return None
+    try:
+        stored = json.loads(cache.read_text())
+        if stored["masks_sha256"] != _masks_digest(pairs):
+            raise ValueError("it was made from other mask files")
+        index = []
+        for (image_id, image, mask), row in zip(pairs, stored["rows"], strict=True):
+            width, height, counts = row["width"], row["height"], tuple(row["pixel_counts"])
+            sizes_ok = all(type(n) is int and n >= 0 for n in (width, height, *counts))
+            total_ok = max(counts) <= width * height if labels.multilabel else sum(counts) == width * height
+            if row["image_id"] != image_id or len(counts) != labels.num_labels or not (sizes_ok and total_ok):
+                raise ValueError(f"row {row['image_id']!r} does not fit")
+            index.append(IndexedImage(image_id, str(image), str(mask), width, height, counts))
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        logger.info("Ignoring the mask index cache %s (%s); indexing again.", cache, error)
+        return None
+    for position in sorted({0, len(pairs) // 2, len(pairs) - 1}):
+        image_id, image, mask = pairs[position]
+        if _index_pair((image_id, str(image), str(mask), labels)) != index[position]:
+            logger.info("Ignoring the mask index cache %s: it disagrees with %s; indexing again.", cache, mask)
+            return None
+    return index
+
+
 def index_layout(root: str | os.PathLike, split: str, labels: LabelSet, num_proc: int = 1) -> list[IndexedImage]:
     """Validate every pair of ``split`` and count its pixels; cached (see module docstring)."""
     pairs = list_pairs(root, split)
     cache = Path(root) / ".cxrseg-cache" / f"index-{split}-{_fingerprint(pairs, labels)}.json"
-    if cache.exists():  # its rows follow ``pairs``; paths come from ``pairs``: ROOT may be named another way now
-        return [
-            IndexedImage(
-                **{**row, "image_path": str(image), "mask_path": str(mask), "pixel_counts": tuple(row["pixel_counts"])}
-            )
-            for row, (_, image, mask) in zip(json.loads(cache.read_text()), pairs, strict=True)
-        ]
+    cached = _cached_rows(cache, pairs, labels)
+    if cached is not None:
+        return cached
     jobs = [(i, str(image), str(mask), labels) for i, image, mask in pairs]
     desc = f"Checking {split} masks"
     index = list(parallel_map(_index_pair, jobs, num_proc=num_proc, desc=desc, show_progress=len(jobs) >= 200))
+    rows = [
+        {"image_id": r.image_id, "width": r.width, "height": r.height, "pixel_counts": r.pixel_counts} for r in index
+    ]
+    stored = {"masks_sha256": _masks_digest(pairs), "rows": rows}
     try:
-        atomic_write_text(cache, json.dumps([asdict(row) for row in index]))
+        atomic_write_text(cache, json.dumps(stored))
     except OSError as error:  # a read-only dataset still trains; it is just indexed again next time
         logger.warning("Could not cache the index in %s (%s); it will be rebuilt next run.", cache.parent, error)
     return index

@@ -23,16 +23,21 @@ def make_split(
         if 0 < sum(is_positive) < len(is_positive) and min(sum(is_positive), len(is_positive) - sum(is_positive)) >= 2
         else None
     )
-    train, val = train_test_split(list(image_ids), test_size=val_fraction, random_state=seed, stratify=stratify)
-    if not train or not val:
-        raise DataError(f"val_fraction={val_fraction} of {len(image_ids)} images leaves an empty split.")
+    try:
+        train, val = train_test_split(list(image_ids), test_size=val_fraction, random_state=seed, stratify=stratify)
+    except ValueError as error:  # sklearn: a split would be empty (or too small to stratify)
+        raise DataError(
+            f"val_fraction={val_fraction} of {len(image_ids)} images cannot make a training and a validation split "
+            f"({error}); change val_fraction or add images."
+        ) from error
     return {"train": sorted(train), "val": sorted(val)}
 
 
 def load_or_make_split(
     path: str | os.PathLike, image_ids: Sequence[str], is_positive: Sequence[bool], val_fraction: float, seed: int
 ) -> dict[str, list[str]]:
-    """The split saved at ``path`` if it exists (every id must be in ``image_ids``), else a new one saved there."""
+    """The split saved at ``path`` if it exists (every id must be in ``image_ids``), else a new one, which the
+    caller saves (:func:`save_split`) once everything the run needs has been checked."""
     path = Path(path)
     if path.exists():
         split = json.loads(path.read_text())
@@ -44,6 +49,9 @@ def load_or_make_split(
             if unknown:
                 raise DataError(f"{path}: {len(unknown)} {name} ids are not in the data (first: {unknown[0]!r}).")
         return {"train": split["train"], "val": split["val"]}
-    split = make_split(image_ids, is_positive, val_fraction, seed)
+    return make_split(image_ids, is_positive, val_fraction, seed)
+
+
+def save_split(path: str | os.PathLike, split: dict[str, list[str]]) -> None:
+    """Write ``split`` as ``splits.json`` at ``path`` (atomically)."""
     atomic_write_text(path, json.dumps(split, indent=1))
-    return split

@@ -114,7 +114,7 @@ def prepare_chestxdet(images_dir: str | Path, annotations: list[str | Path], opt
             problems.append(Problem(Path(file_name).stem, "", "unannotated_image", IMAGE_SKIPPED, str(path)))
 
     source = Source("chestxdet", CHESTXDET, METADATA_COLUMNS, convert_chestxdet_item)
-    return write_layout(options, source, items, splits=splits, problems=problems)
+    return write_layout(options, source, items, splits=splits, inputs=(images_dir, *annotations), problems=problems)
 
 
 def rasterize_regions(

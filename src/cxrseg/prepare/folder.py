@@ -73,7 +73,9 @@ def prepare_folder(
         detail = f"{masks[image_id]}: no image {image_id}{{{','.join(IMAGE_SUFFIXES)}}} under {images_dir}"
         problems.append(Problem(image_id, split, "missing_image", IMAGE_SKIPPED, detail))
     source = Source("folder", labels, METADATA_COLUMNS, convert_folder_item)
-    return write_layout(options, source, items, splits=[split], problems=problems)
+    return write_layout(
+        options, source, items, splits=[split], inputs=(images_dir, masks_dir, labels_file), problems=problems
+    )
 
 
 def convert_folder_item(item: FolderItem, root: Path) -> ItemResult:

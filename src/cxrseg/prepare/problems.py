@@ -85,13 +85,14 @@ class Summary:
         return "\n".join(lines)
 
 
-def strict_failure(problems: Sequence[Problem]) -> PrepareError:
-    """The ``--strict`` error: the problems counted by reason, the first ten listed."""
+def problems_failure(problems: Sequence[Problem], why: str = "--strict") -> PrepareError:
+    """The error of a run that writes nothing because of ``problems`` (``why``: ``--strict``, or that no image was
+    left): the problems counted by reason, the first ten listed."""
     counts = Counter(problem.reason for problem in problems)
     shown = "\n".join(f"  {p.split}/{p.image_id}: {p.reason} ({p.action}) {p.detail}" for p in problems[:10])
     more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
     return PrepareError(
-        f"--strict: {len(problems)} problems ({', '.join(f'{r}: {n}' for r, n in sorted(counts.items()))}); "
+        f"{why}: {len(problems)} problems ({', '.join(f'{r}: {n}' for r, n in sorted(counts.items()))}); "
         f"nothing was written.\n{shown}{more}"
     )
 

@@ -101,23 +101,26 @@ def read_rle_csv(path: str | Path) -> dict[str, list[str]]:
 
     Accepts both spellings: stage 1 ``train-rle.csv`` (header ``ImageId, EncodedPixels``, values with a leading
     space) and stage 2 ``stage_2_train.csv`` (``ImageId,EncodedPixels``). Values are stripped. Raises
-    :class:`RLEError` naming the file and line for a missing column or an empty ImageId.
+    :class:`RLEError` naming the file (and line) for an unreadable file, a missing column or an empty ImageId.
     """
     path = Path(path)
     rows: dict[str, list[str]] = {}
-    with path.open(newline="") as handle:
-        reader = csv.reader(handle)
-        header = [name.strip() for name in next(reader, [])]
-        if "ImageId" not in header or "EncodedPixels" not in header:
-            raise RLEError(f"{path}: expected the columns ImageId and EncodedPixels, found {header}.")
-        id_column, rle_column = header.index("ImageId"), header.index("EncodedPixels")
-        for line_number, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise RLEError(f"{path}, line {line_number}: expected {len(header)} fields, found {len(row)}.")
-            image_id = row[id_column].strip()
-            if not image_id:
-                raise RLEError(f"{path}, line {line_number}: empty ImageId.")
-            rows.setdefault(image_id, []).append(row[rle_column].strip())
+    try:
+        with path.open(newline="") as handle:
+            reader = csv.reader(handle)
+            header = [name.strip() for name in next(reader, [])]
+            if "ImageId" not in header or "EncodedPixels" not in header:
+                raise RLEError(f"{path}: expected the columns ImageId and EncodedPixels, found {header}.")
+            id_column, rle_column = header.index("ImageId"), header.index("EncodedPixels")
+            for line_number, row in enumerate(reader, start=2):
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    raise RLEError(f"{path}, line {line_number}: expected {len(header)} fields, found {len(row)}.")
+                image_id = row[id_column].strip()
+                if not image_id:
+                    raise RLEError(f"{path}, line {line_number}: empty ImageId.")
+                rows.setdefault(image_id, []).append(row[rle_column].strip())
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise RLEError(f"{path}: cannot read the RLE CSV ({error}).") from error
     return rows

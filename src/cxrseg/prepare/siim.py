@@ -108,7 +108,9 @@ def prepare_siim(
                 items.append(SiimItem(image_id, "test", str(path), None, options.image_size))
 
     source = Source("siim", PNEUMOTHORAX, METADATA_COLUMNS, convert_siim_item)
-    return write_layout(options, source, items, splits=splits, problems=problems)
+    return write_layout(
+        options, source, items, splits=splits, inputs=(dicom_dir, rle_csv, test_dicom_dir), problems=problems
+    )
 
 
 def convert_siim_item(item: SiimItem, root: Path) -> ItemResult:

@@ -3,12 +3,14 @@
 Every prepare source turns its input into work items and calls :func:`write_layout` with the run's
 :class:`PrepareOptions` and its :class:`Source` (label set, ``metadata.csv`` columns, per-item converter), which:
 
-* refuses an ``OUT`` that is a file, or a non-empty folder unless ``overwrite``;
+* refuses, before any work, an ``OUT`` that is a file, that is, holds or lies inside one of the run's inputs, that
+  holds files cxrseg did not write, or that holds a dataset cxrseg wrote unless ``overwrite``
+  (:func:`cxrseg.files.check_output_folder`); with ``push_to_hub`` it checks the Hub access first;
 * converts each item in a worker (:func:`cxrseg.parallel.parallel_map`, one process per ``num_proc``) into a
   temporary folder next to ``OUT`` that replaces ``OUT`` only when everything succeeded
   (:func:`cxrseg.files.atomic_folder`), so an interrupted run never leaves a half dataset;
 * writes ``problems.csv`` (every left-out image or dropped region, with the reason), ``metadata.csv`` (one row per
-  written image) and ``labels.json``;
+  written image) and ``labels.json``; a run that leaves no image at all is an error and writes nothing;
 * optionally adds ``hf_dataset/`` and pushes the dataset privately (:mod:`cxrseg.prepare.export`).
 """
 
@@ -21,22 +23,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cxrseg.errors import PrepareError
-from cxrseg.files import atomic_folder
+from cxrseg.errors import HubAccessError, OutputError, PrepareError
+from cxrseg.files import DATASET, atomic_folder, check_output_folder
 from cxrseg.labels import LabelSet
 from cxrseg.parallel import parallel_map
 from cxrseg.prepare.export import push_dataset, save_dataset
-from cxrseg.prepare.problems import PROBLEM_COLUMNS, ItemResult, Problem, Summary, strict_failure
+from cxrseg.prepare.problems import PROBLEM_COLUMNS, ItemResult, Problem, Summary, problems_failure
 
 
 @dataclass(frozen=True)
 class PrepareOptions:
     """The settings every prepare source shares (the command line's common flags).
 
-    out: the layout folder (made absolute); it must be empty or absent unless ``overwrite``. image_size: output
-    side in pixels, square; None keeps the source size (pixels and masks exactly). num_proc: worker processes.
-    strict: any problem is an error and nothing is written. save_dataset: also write ``OUT/hf_dataset``
-    (``datasets.save_to_disk``). push_to_hub: also push the dataset to this Hub repository, always private.
+    out: the layout folder (made absolute); new, empty, or (with ``overwrite``) a dataset cxrseg wrote.
+    image_size: output side in pixels, square; None keeps the source size (pixels and masks exactly). num_proc:
+    worker processes. strict: any problem is an error and nothing is written. save_dataset: also write
+    ``OUT/hf_dataset`` (``datasets.save_to_disk``). push_to_hub: also push the dataset to this Hub repository,
+    always private.
     """
 
     out: Path
@@ -72,20 +75,22 @@ def write_layout(
     items: Sequence[Any],
     *,
     splits: Iterable[str],
+    inputs: Sequence[str | Path | None],
     problems: Sequence[Problem] = (),
 ) -> Summary:
     """Convert ``items`` into the layout at ``options.out`` (atomically; see the module docstring).
 
-    splits: the ``images/<split>`` (and ``masks/<split>``) folders to create, even if empty. problems: found
-    before converting (e.g. unlabelled images); with ``options.strict`` any problem raises :class:`PrepareError`
-    and nothing is written. Returns the :class:`~cxrseg.prepare.problems.Summary`.
+    splits: the ``images/<split>`` (and ``masks/<split>``) folders to create, even if empty. inputs: the files and
+    folders the run reads (None ignored), which ``OUT`` must stay apart from. problems: found before converting
+    (e.g. unlabelled images); with ``options.strict`` any problem raises :class:`PrepareError` and nothing is
+    written. Returns the :class:`~cxrseg.prepare.problems.Summary`.
     """
     problems = list(problems)
     if options.strict and problems:
-        raise strict_failure(problems)
-    _check_out(options)
+        raise problems_failure(problems)
+    _check_out(options, inputs)
     rows: list[dict[str, Any]] = []
-    with atomic_folder(options.out) as root:
+    with atomic_folder(options.out, DATASET) as root:
         for split in splits:
             (root / "images" / split).mkdir(parents=True, exist_ok=True)
             (root / "masks" / split).mkdir(parents=True, exist_ok=True)
@@ -95,7 +100,9 @@ def write_layout(
             if result.row is not None:
                 rows.append(result.row)
         if options.strict and problems:
-            raise strict_failure(problems)
+            raise problems_failure(problems)
+        if not rows:
+            raise problems_failure(problems, why="No image could be written")
         rows.sort(key=lambda row: (row["split"], row["image_id"]))
         problems.sort(key=lambda problem: (problem.split, problem.image_id, problem.reason))
         _write_csv(root / "metadata.csv", rows, source.metadata_columns)
@@ -105,17 +112,25 @@ def write_layout(
             save_dataset(root)
     summary = Summary.of(options.out, rows, problems)
     if options.push_to_hub:
-        push_dataset(options.out, options.push_to_hub)
+        try:
+            push_dataset(options.out, options.push_to_hub)
+        except Exception as error:  # the network or the Hub failed after the check: the layout is complete
+            raise HubAccessError(
+                f"Pushing {options.out} to {options.push_to_hub} failed ({type(error).__name__}: {error}). The layout "
+                "is complete; rerun the same command with --overwrite to push it again."
+            ) from error
     return summary
 
 
-def _check_out(options: PrepareOptions) -> None:
-    """Refuse an ``out`` that is a file, or a non-empty folder without ``overwrite`` (before any work)."""
-    out = options.out
-    if out.exists() and not out.is_dir():
-        raise PrepareError(f"{out} exists and is not a folder.")
-    if out.is_dir() and any(out.iterdir()) and not options.overwrite:
-        raise PrepareError(f"{out} is not empty; pass --overwrite to replace it.")
+def _check_out(options: PrepareOptions, inputs: Sequence[str | Path | None]) -> None:
+    """Refuse an ``OUT`` that may not receive the layout (see the module docstring), and, with ``push_to_hub``,
+    check the Hub access: before any work."""
+    if check_output_folder(options.out, DATASET, inputs) and not options.overwrite:
+        raise OutputError(f"{options.out} holds a dataset that cxrseg wrote earlier; pass --overwrite to replace it.")
+    if options.push_to_hub:
+        from cxrseg.hub import check_hub_access  # imports torch (seconds): only for a push
+
+        check_hub_access(options.push_to_hub)
 
 
 def _write_csv(path: Path, rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> None:

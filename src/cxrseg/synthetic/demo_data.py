@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from cxrseg.files import atomic_folder
+from cxrseg.errors import OutputError, UsageError
+from cxrseg.files import DATASET, atomic_folder
 from cxrseg.images import write_png
 from cxrseg.labels import TASKS, pack_multilabel
 from cxrseg.synthetic.radiographs import synthetic_multilabel_radiograph, synthetic_radiograph
@@ -17,11 +18,13 @@ from cxrseg.synthetic.radiographs import synthetic_multilabel_radiograph, synthe
 def _write_demo_layout(out: str | os.PathLike, num_images: int, draw, task: str, desc: str) -> Path:
     """Write ``num_images`` pairs ``draw(i) -> (image uint8 [S, S], mask)`` (mask: uint8 or uint16 [S, S]) and
     the labels.json of ``task`` to ``out`` atomically (:func:`cxrseg.files.atomic_folder`). ``out`` must not
-    exist (FileExistsError)."""
+    exist (:class:`~cxrseg.errors.OutputError`)."""
     out = Path(out)
     if out.exists():
-        raise FileExistsError(f"{out} already exists; remove it or choose another --out.")
-    with atomic_folder(out) as building:
+        raise OutputError(f"{out} already exists; remove it or choose another --out.")
+    if num_images < 1:
+        raise UsageError(f"The number of demo images must be at least 1, got {num_images}.")
+    with atomic_folder(out, DATASET) as building:
         for sub in ("images/train", "masks/train"):
             (building / sub).mkdir(parents=True)
         for i in tqdm(range(num_images), desc=desc, unit="img"):
