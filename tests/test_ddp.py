@@ -27,7 +27,7 @@ from cxrseg.model import build_image_processor
 from cxrseg.sampling import BalancedSampler, build_sampler
 from cxrseg.trainer import SegmentationTrainer, streaming_metrics
 from tests.conftest import TINY_MODEL_CONFIG
-from tests.test_resume import FAULT_SEED, assert_checkpoints_complete, assert_same_weights, hooks_site, run_killed
+from tests.test_resume import FAULT_SEED, assert_checkpoints_complete, assert_same_run, hooks_site, run_killed
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 2  # per process
@@ -96,13 +96,14 @@ class DistributedRun:
 
 def run_arguments(demo_root: Path, out: Path) -> list[str]:
     """What follows the script in the 2-process runs here: the demo recipe with a tiny model, ``EPOCHS`` epochs of two
-    optimizer steps, a checkpoint every step, the final weights those of the last step."""
+    optimizer steps, an evaluation and a checkpoint every step (the best one loaded at the end)."""
     return [
         "--config", "recipe/demo.yaml",
         "--data_dir", str(demo_root), "--image_size", "64", "--model_config", json.dumps(TINY_MODEL_CONFIG),
         "--num_train_epochs", str(EPOCHS), "--per_device_train_batch_size", str(BATCH), "--per_device_eval_batch_size",
         "2", "--gradient_accumulation_steps", str(ACCUMULATION), "--save_strategy", "steps", "--save_steps", "1",
-        "--load_best_model_at_end", "false", "--output_dir", str(out), "--logging_steps", "1", "--report_to", "none",
+        "--eval_strategy", "steps", "--eval_steps", "1", "--output_dir", str(out), "--logging_steps", "1",
+        "--report_to", "none",
     ]  # fmt: skip
 
 
@@ -246,8 +247,8 @@ def test_slurm_script_launches_each_node_with_its_rank(tmp_path):
 @pytest.mark.slow
 def test_a_two_process_run_killed_while_saving_resumes_to_the_uninterrupted_weights(ddp_run, demo_root, tmp_path):
     """``kill -9`` of the whole 2-process run (launcher and both ranks) at a seeded random write of a rank during the
-    save at step 4, then the same command plus ``--resume_from_checkpoint last``: the final weights are those of the
-    uninterrupted run (``ddp_run``). Losing that save resumes inside the second epoch, past two skipped batches."""
+    save at step 4, then the same command plus ``--resume_from_checkpoint last``: the run ends as the uninterrupted
+    one (``ddp_run``) did. Losing that save resumes inside the second epoch, past two skipped batches."""
     plan = random.Random(FAULT_SEED)
     rank = plan.choice(["0", "1"])
     # rank 0's 10th Python-level write of a save is the rename; rank 1's only one creates the staging folder (its RNG
@@ -261,4 +262,4 @@ def test_a_two_process_run_killed_while_saving_resumes_to_the_uninterrupted_weig
     resume = launch_command("run_train.py", [*run_arguments(demo_root, out), "--resume_from_checkpoint", "last"])
     result = subprocess.run(resume, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert_same_weights(out, ddp_run.out)
+    assert_same_run(out, ddp_run.out)

@@ -84,11 +84,30 @@ def assert_checkpoints_complete(out: Path) -> list[str]:
     return names
 
 
-def assert_same_weights(out: Path, reference: Path) -> None:
-    actual, expected = load_file(out / "model.safetensors"), load_file(reference / "model.safetensors")
+def assert_same_weights(weights: Path, reference: Path) -> None:
+    actual, expected = load_file(weights), load_file(reference)
     assert actual.keys() == expected.keys()
     for key, value in expected.items():
-        torch.testing.assert_close(actual[key], value, rtol=1e-5, atol=1e-6, msg=key)
+        torch.testing.assert_close(actual[key], value, rtol=1e-5, atol=1e-6, msg=f"{weights}: {key}")
+
+
+def evaluations(out: Path) -> dict[tuple[int, str], float]:
+    """The evaluation metrics in ``out/trainer_state.json`` by (step, key), without the timings."""
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    timing = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
+    rows = [row for row in history if "eval_loss" in row]
+    return {(row["step"], k): v for row in rows for k, v in row.items() if k.startswith("eval_") and k not in timing}
+
+
+def assert_same_run(out: Path, reference: Path) -> None:
+    """``out`` ended as ``reference``: the same evaluations at every step (so the same best checkpoint), the same
+    weights in the last checkpoint (the last step's) and in the output folder (the best checkpoint's, loaded)."""
+    assert evaluations(out) == pytest.approx(evaluations(reference), rel=1e-6, abs=1e-9)
+    state, expected = (json.loads((folder / "trainer_state.json").read_text()) for folder in (out, reference))
+    assert Path(state["best_model_checkpoint"]).name == Path(expected["best_model_checkpoint"]).name
+    last = assert_checkpoints_complete(reference)[-1]
+    assert_same_weights(out / last / "model.safetensors", reference / last / "model.safetensors")
+    assert_same_weights(out / "model.safetensors", reference / "model.safetensors")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -133,7 +152,7 @@ def test_resume_last_skips_an_incomplete_checkpoint_naming_it(finished_run, demo
     assert "Traceback" not in capsys.readouterr().err
     # resumed from checkpoint-2: step 3 is trained again, saved complete over the broken folder, same weights
     assert assert_checkpoints_complete(out) == ["checkpoint-2", "checkpoint-3"]
-    assert_same_weights(out, finished_run)
+    assert_same_weights(out / "model.safetensors", finished_run / "model.safetensors")
 
 
 def truncate(path: Path) -> None:
@@ -176,17 +195,17 @@ def test_resume_last_without_a_checkpoint_warns_and_starts_from_scratch(demo_roo
 
 @pytest.mark.slow
 def test_a_run_killed_while_saving_resumes_to_the_uninterrupted_weights(demo_root, tmp_path):
-    """One process, random augmentation (the demo recipe's), a data-loader worker; 2 epochs of 6 steps, a checkpoint
-    every 2. The kill falls at a seeded random write of the save at step 8 or 10 (in the second epoch) or just after;
-    the resumed run must end with the uninterrupted run's weights."""
+    """One process, random augmentation (the demo recipe's), a data-loader worker; 2 epochs of 6 steps, an evaluation
+    and a checkpoint every 2 (the best loaded at the end). The kill falls at a seeded random write of the save at step
+    8 or 10 (in the second epoch) or just after; the resumed run must end as the uninterrupted one did."""
     plan = random.Random(FAULT_SEED)
     step, after = plan.choice([8, 10]), plan.randint(1, 12)
-    settings = {"num_train_epochs": 2, "save_strategy": "steps", "save_steps": 2, "load_best_model_at_end": False}
-    settings["dataloader_num_workers"] = 1
+    settings = {"num_train_epochs": 2, "save_strategy": "steps", "save_steps": 2, "eval_strategy": "steps"}
+    settings.update(eval_steps=2, dataloader_num_workers=1)
     reference, out = tmp_path / "reference", tmp_path / "out"
     assert main(train_arguments(demo_root, reference, **settings)) == 0
     cmd = [sys.executable, "run_train.py", *train_arguments(demo_root, out, **settings)]
     run_killed(cmd, hooks_site(tmp_path / "site"), out, tmp_path, rank="", step=step, after=after)
     assert int(assert_checkpoints_complete(out)[-1].split("-")[1]) >= step - 2, (step, after)
     assert main(train_arguments(demo_root, out, **settings, resume_from_checkpoint="last")) == 0
-    assert_same_weights(out, reference)
+    assert_same_run(out, reference)

@@ -143,10 +143,11 @@ class SegmentationTrainer(Trainer):
         finally:
             self._checkpoint_root = None
         self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            if self.state.best_model_checkpoint == str(staging / name):  # the Trainer recorded where it wrote
-                self.state.best_model_checkpoint = str(run_dir / name)
+        if self.state.best_model_checkpoint == str(staging / name):  # every process recorded where it was written
+            self.state.best_model_checkpoint = str(run_dir / name)
+            if self.args.should_save:
                 self.state.save_to_json(str(staging / name / TRAINER_STATE_NAME))
+        if self.args.should_save:
             publish_checkpoint(staging / name, run_dir / name)
             rotate_checkpoints(
                 str(run_dir), self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True
