@@ -171,22 +171,30 @@ def test_optimizer_steps_show_world_size_two_with_accumulation(ddp_run):
 @pytest.mark.slow
 def test_two_process_evaluation_equals_one_process(ddp_run, tmp_path):
     """The 2-process evaluation (sharded, gathered, padding dropped) equals a one-process evaluation of the saved
-    model."""
-    distributed = json.loads((ddp_run.out / "eval_results.json").read_text())
-    model = UperNetForSemanticSegmentation.from_pretrained(ddp_run.out)
-    compute, preprocess = streaming_metrics(False, ["pneumothorax"])
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "single"), per_device_eval_batch_size=3, use_cpu=True, report_to="none",
-        batch_eval_metrics=True, remove_unused_columns=False, label_names=["labels"],
-    )  # fmt: skip
-    trainer = SegmentationTrainer(
-        model=model, args=args, eval_dataset=ddp_run.data.val, compute_metrics=compute,
-        preprocess_logits_for_metrics=preprocess, loss_fn=DiceCELoss(),
-    )  # fmt: skip
-    single = trainer.evaluate()
-    assert distributed["eval_num_images"] == len(ddp_run.data.val) == single["eval_num_images"]
-    for key in ("dice", "iou", "kaggle_dice", "ap", "best_f1", "best_threshold", "num_positive_images"):
-        assert distributed[f"eval_{key}"] == pytest.approx(single[f"eval_{key}"], rel=1e-6, abs=1e-9, nan_ok=True), key
+    model: the final one (the best checkpoint, reloaded by every process) and the last checkpoint, evaluated during
+    training, when process 1 had updated its BatchNorm statistics from its own batch (only process 0's are saved)."""
+    state = json.loads((ddp_run.out / "trainer_state.json").read_text())
+    last = [row for row in state["log_history"] if row["step"] == state["global_step"] and "eval_loss" in row]
+    distributed = {
+        ddp_run.out: json.loads((ddp_run.out / "eval_results.json").read_text()),
+        ddp_run.out / f"checkpoint-{state['global_step']}": last[0],
+    }
+    for folder, reported in distributed.items():
+        model = UperNetForSemanticSegmentation.from_pretrained(folder)
+        compute, preprocess = streaming_metrics(False, ["pneumothorax"])
+        args = TrainingArguments(
+            output_dir=str(tmp_path / "single"), per_device_eval_batch_size=3, use_cpu=True, report_to="none",
+            batch_eval_metrics=True, remove_unused_columns=False, label_names=["labels"],
+        )  # fmt: skip
+        trainer = SegmentationTrainer(
+            model=model, args=args, eval_dataset=ddp_run.data.val, compute_metrics=compute,
+            preprocess_logits_for_metrics=preprocess, loss_fn=DiceCELoss(),
+        )  # fmt: skip
+        single = trainer.evaluate()
+        assert reported["eval_num_images"] == len(ddp_run.data.val) == single["eval_num_images"]
+        for key in ("dice", "iou", "kaggle_dice", "ap", "best_f1", "best_threshold", "num_positive_images"):
+            expected = pytest.approx(single[f"eval_{key}"], rel=1e-6, abs=1e-9, nan_ok=True)
+            assert reported[f"eval_{key}"] == expected, (folder.name, key)
 
 
 @pytest.mark.slow

@@ -95,7 +95,7 @@ def resume_checkpoint(resume_from_checkpoint: str | None, output_dir: Path) -> s
     """
     if resume_from_checkpoint is None:
         return None
-    if resume_from_checkpoint.lower() in RESUME_LAST:
+    if str(resume_from_checkpoint).lower() in RESUME_LAST:
         checkpoint = last_complete_checkpoint(output_dir)
         if checkpoint is None:
             logger.warning("No complete checkpoint in %s to resume from: training starts from scratch.", output_dir)

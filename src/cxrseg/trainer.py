@@ -110,8 +110,8 @@ class SegmentationTrainer(Trainer):
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
         # Evaluation runs the unwrapped model on every process. DDP hands all processes process 0's buffers at the
         # start of each training forward, but then each updates its BatchNorm running statistics from its own batch:
-        # without this, the other processes would evaluate with statistics that no checkpoint holds (and that a
-        # resumed run does not have), so the metrics, and the best checkpoint, would depend on the interruption.
+        # without this, the other processes would evaluate with statistics that no checkpoint holds, and the metrics
+        # (which choose the best checkpoint) would not be those of the weights saved.
         if self.args.world_size > 1 and torch.distributed.is_initialized():
             for buffer in self.model.buffers():
                 torch.distributed.broadcast(buffer, src=0)
