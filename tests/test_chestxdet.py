@@ -141,9 +141,9 @@ def test_overlaps_survive_training_batches_and_class_presence(chestxdet_root, tm
     root, truth = chestxdet_root
     data = load(root, tmp_path)
     found = 0
-    for split in (data.train, data.val):
+    for split, rows in ((data.train, data.train.rows), (data.val, data.val)):
         loader = torch.utils.data.DataLoader(split, batch_size=8, collate_fn=default_data_collator)
-        ids = list(split.with_format(None)["image_id"])
+        ids = list(rows.with_format(None)["image_id"])
         for start, batch in zip(range(0, len(ids), 8), loader):
             assert batch["labels"].shape[1:] == (13, SIZE, SIZE) and batch["labels"].dtype == torch.float32
             for offset, image_id in enumerate(ids[start : start + 8]):
@@ -155,7 +155,7 @@ def test_overlaps_survive_training_batches_and_class_presence(chestxdet_root, tm
                     y, x = overlap_pixel(truth[image_id], first, second)
                     assert labels[INDEX[first], y, x] == 1 and labels[INDEX[second], y, x] == 1
     assert found == 4
-    train_ids = data.train.with_format(None)["image_id"]
+    train_ids = data.train.rows["image_id"]
     expected = [tuple(bool(p.any()) for p in planes_of_regions(truth[i])) for i in train_ids]
     assert data.train_class_presence == expected
 

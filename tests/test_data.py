@@ -8,17 +8,20 @@ import shutil
 import warnings
 from pathlib import Path
 
+import albumentations as A
 import cv2
 import numpy as np
 import pytest
+from torch.utils.data import BatchSampler
 
 from cxrseg.config import DataArguments
-from cxrseg.data.dataset import load_training_data
+from cxrseg.data.dataset import PairTransform, load_training_data
 from cxrseg.data.png_layout import index_layout
 from cxrseg.data.splits import load_or_make_split, make_split, save_split
 from cxrseg.data.transforms import AUGMENTATIONS, ToModelInputs, build_transforms
 from cxrseg.errors import DataError, OutputError
 from cxrseg.labels import PNEUMOTHORAX
+from cxrseg.sampling import SampleKey
 from cxrseg.synthetic import make_demo_data, synthetic_radiograph
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -43,7 +46,7 @@ def test_load_training_data_columns_split_and_counts(tmp_path):
     root = small_layout(tmp_path / "data")
     data_args = DataArguments(data_dir=str(root), image_size=16, augmentation="none", val_fraction=0.3)
     data = load_training_data(data_args, PNEUMOTHORAX, tmp_path / "out/splits.json", mean=MEAN, std=STD)
-    assert set(data.train.column_names) >= {"image", "mask", "image_id", "is_positive"}
+    assert set(data.train.rows.column_names) >= {"image", "mask", "image_id", "is_positive"}
     assert len(data.train) + len(data.val) == 10
     assert set(data.split["train"]).isdisjoint(data.split["val"])
     assert data.pixel_counts[1] == sum(48 for i in range(10) if i % 3 == 0 and f"img{i}" in data.split["train"])
@@ -191,17 +194,51 @@ def test_index_with_worker_processes_matches_one_process(tmp_path):
     assert index_layout(root, "train", PNEUMOTHORAX, num_proc=2) == one
 
 
-def test_data_loader_workers_draw_different_augmentations(tmp_path):
+def identical_pairs(tmp_path, n=6):
+    """``n`` identical image/mask pairs, "standard" augmentation: any difference between items comes from the draws."""
     root = tmp_path / "data"
     image = np.zeros((64, 64), np.uint8)
     image[10:40, 20:30] = 255
-    for i in range(4):  # four identical pairs: any difference between outputs comes from the augmentation draws
+    for i in range(n):
         write_pair(root, f"same{i}", image, (image > 0).astype(np.uint8))
-    data_args = DataArguments(data_dir=str(root), image_size=64, augmentation="standard", val_fraction=0.25)
-    data = load_training_data(data_args, PNEUMOTHORAX, tmp_path / "splits.json", mean=MEAN, std=STD)
-    import torch
+    data_args = DataArguments(data_dir=str(root), image_size=64, augmentation="standard", val_fraction=0.2)
+    return load_training_data(data_args, PNEUMOTHORAX, tmp_path / "splits.json", mean=MEAN, std=STD).train
 
-    torch.manual_seed(0)
-    loader = torch.utils.data.DataLoader(data.train, batch_size=1, num_workers=2)
-    first, second, _ = [batch["pixel_values"] for batch in loader]  # worker 0's and worker 1's first items
-    assert not torch.equal(first, second)
+
+def test_augmentation_is_a_function_of_the_sampler_key_alone(tmp_path):
+    """Items read by key are the same with or without data-loader workers, whatever the global RNG, batched or one
+    by one; different places in an epoch draw different augmentations, even of the same row."""
+    import torch
+    from transformers import default_data_collator
+
+    train = identical_pairs(tmp_path)
+    keys = [SampleKey(row=p % 2, seed=0, epoch=3, position=p) for p in range(8)]
+
+    def batches(num_workers, global_seed):
+        torch.manual_seed(global_seed)
+        loader = torch.utils.data.DataLoader(
+            train, batch_sampler=BatchSampler(keys, 2, False), num_workers=num_workers, collate_fn=default_data_collator
+        )
+        return [batch["pixel_values"] for batch in loader]
+
+    in_process, in_workers = batches(0, global_seed=1), batches(2, global_seed=2)
+    for a, b in zip(in_process, in_workers, strict=True):
+        assert torch.equal(a, b)
+    items = torch.cat(in_process)
+    assert torch.equal(items[5], train[keys[5]]["pixel_values"])
+    distinct = {tuple(item.flatten().tolist()) for item in items}
+    assert len(distinct) >= 6, "8 draws of 2 rows should mostly differ"
+
+
+def test_pipeline_steps_draw_independently():
+    """One random stream for the whole pipeline: two p=0.5 flips disagree about half the time (seeded step by step
+    they would always agree)."""
+    pair = PairTransform(PNEUMOTHORAX, "standard", 64, MEAN, STD)
+    pair.pipeline = A.Compose([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)])
+    image = np.zeros((64, 64), np.uint8)
+    image[0, 0] = 255  # a corner pixel: where it lands tells which flips ran
+    disagree = 0
+    for seed in range(40):
+        bright = pair(image, np.zeros_like(image), seed)["pixel_values"][0] > 0
+        disagree += bool(bright[0, 63] or bright[63, 63]) != bool(bright[63, 0] or bright[63, 63])
+    assert 8 <= disagree <= 32

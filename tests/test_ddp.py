@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 from transformers import TrainerCallback, TrainingArguments, UperNetForSemanticSegmentation
 
+from cxrseg.checkpoints import STAGING_DIR
 from cxrseg.config import Recipe, parse_recipe
 from cxrseg.data.dataset import TrainingData, load_training_data
 from cxrseg.labels import get_labels
@@ -26,60 +27,31 @@ from cxrseg.model import build_image_processor
 from cxrseg.sampling import BalancedSampler, build_sampler
 from cxrseg.trainer import SegmentationTrainer, streaming_metrics
 from tests.conftest import TINY_MODEL_CONFIG
+from tests.test_resume import FAULT_SEED, assert_checkpoints_complete, assert_same_run, hooks_site, run_killed
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 2  # per process
 ACCUMULATION = 2  # gradient accumulation exercises DDP's no_sync steps too
-
-# Loaded into every process of the run (PYTHONPATH): logs, per rank, each Python-level write under the output folder
-# (open for writing, mkdir, rename/replace, remove). safetensors writes from Rust and is not seen.
-AUDIT_HOOK = textwrap.dedent(
-    """
-    import os, sys
-    _root, _rank = os.environ.get("AUDIT_ROOT"), os.environ.get("RANK")
-    if _root and _rank is not None:
-        _log = open(os.path.join(os.environ["AUDIT_DIR"], f"rank{_rank}.txt"), "a", buffering=1)
-        _flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-
-        def _hook(event, args):
-            if event == "open":
-                path, mode, flags = args
-                writing = any(c in mode for c in "wax+") if isinstance(mode, str) else bool((flags or 0) & _flags)
-            elif event in ("os.mkdir", "os.remove", "shutil.rmtree"):
-                path, writing = args[0], True
-            elif event == "os.rename":  # also os.replace: the destination is what gets written
-                path, writing = args[1], True
-            else:
-                return
-            if writing and isinstance(path, (str, os.PathLike)):
-                path = os.path.abspath(os.fspath(path))
-                if path == _root or path.startswith(_root + os.sep):
-                    _log.write(f"{event} {os.path.relpath(path, _root)}\\n")
-
-        sys.addaudithook(_hook)
-    """
-)
+EPOCHS = 2  # the second one shows each epoch's own draws, and resuming inside it
 
 
 class RecordRows(TrainerCallback):
     """Appends to ``folder/rank{process_index}.txt`` the ``image_id`` of every training row this process's data
-    loader really read, in order, by wrapping the transform (``set_transform``) of the loader's dataset when
-    training begins (the Trainer passes ``train_dataloader`` to its callbacks)."""
+    loader really read, in order, by giving the rows of the loader's dataset (an AugmentedDataset) a pass-through
+    transform that records them, when training begins (the Trainer passes ``train_dataloader`` to its callbacks)."""
 
     def __init__(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder)
 
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
-        dataset = train_dataloader.dataset
-        transform = dataset.format["format_kwargs"]["transform"]
         path = self.folder / f"rank{args.process_index}.txt"
 
         def recording(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
             with open(path, "a") as file:
                 file.writelines(f"{image_id}\n" for image_id in batch["image_id"])
-            return transform(batch)
+            return batch
 
-        dataset.set_transform(recording)
+        train_dataloader.dataset.rows.set_transform(recording)
 
 
 # What run_train.py does, plus the callback above: the recipe comes from the command line.
@@ -122,34 +94,38 @@ class DistributedRun:
     data: TrainingData  # reloaded from the run's recipe and splits.json
 
 
-@pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory, demo_root) -> DistributedRun:
-    """Train the demo recipe (tiny model, one epoch) with two processes, once for every test in this module."""
-    tmp = tmp_path_factory.mktemp("ddp")
-    out, rows, audit, site = (tmp / name for name in ("out", "rows", "audit", "site"))
-    for folder in (rows, audit, site):
-        folder.mkdir()
-    (site / "sitecustomize.py").write_text(AUDIT_HOOK)
-    launcher = tmp / "launch_train.py"
-    launcher.write_text(LAUNCHER.format(rows=str(rows)))
-    python_path = [str(site), str(ROOT), os.environ.get("PYTHONPATH", "")]  # ROOT: the launcher imports this module
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(python_path),
-        "AUDIT_ROOT": str(out),
-        "AUDIT_DIR": str(audit),
-        "OMP_NUM_THREADS": "1",
-    }
-    accelerate = Path(sys.executable).parent / "accelerate"
-    cmd = [
-        str(accelerate), "launch", "--config_file", "accelerate_configs/cpu_ddp.yaml",
-        "--main_process_port", str(free_port()),
-        str(launcher), "--config", "recipe/demo.yaml",
+def run_arguments(demo_root: Path, out: Path) -> list[str]:
+    """What follows the script in the 2-process runs here: the demo recipe with a tiny model, ``EPOCHS`` epochs of two
+    optimizer steps, an evaluation and a checkpoint every step (the best one loaded at the end)."""
+    return [
+        "--config", "recipe/demo.yaml",
         "--data_dir", str(demo_root), "--image_size", "64", "--model_config", json.dumps(TINY_MODEL_CONFIG),
-        "--num_train_epochs", "1", "--per_device_train_batch_size", str(BATCH), "--per_device_eval_batch_size", "2",
-        "--gradient_accumulation_steps", str(ACCUMULATION), "--output_dir", str(out), "--logging_steps", "1",
+        "--num_train_epochs", str(EPOCHS), "--per_device_train_batch_size", str(BATCH), "--per_device_eval_batch_size",
+        "2", "--gradient_accumulation_steps", str(ACCUMULATION), "--save_strategy", "steps", "--save_steps", "1",
+        "--eval_strategy", "steps", "--eval_steps", "1", "--output_dir", str(out), "--logging_steps", "1",
         "--report_to", "none",
     ]  # fmt: skip
+
+
+def launch_command(script: str | os.PathLike, arguments: list[str]) -> list[str]:
+    """The documented 2-process command (accelerate_configs/cpu_ddp.yaml) on a free port."""
+    accelerate = Path(sys.executable).parent / "accelerate"
+    config = ["--config_file", "accelerate_configs/cpu_ddp.yaml", "--main_process_port", str(free_port())]
+    return [str(accelerate), "launch", *config, str(script), *arguments]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory, demo_root) -> DistributedRun:
+    """Train the demo recipe (tiny model, two epochs) with two processes, once for every test in this module."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    out, rows, audit = (tmp / name for name in ("out", "rows", "audit"))
+    for folder in (rows, audit):
+        folder.mkdir()
+    launcher = tmp / "launch_train.py"
+    launcher.write_text(LAUNCHER.format(rows=str(rows)))
+    # hooks_site puts the repository on PYTHONPATH too: the launcher imports this module
+    env = {**hooks_site(tmp / "site"), "AUDIT_ROOT": str(out), "AUDIT_DIR": str(audit)}
+    cmd = launch_command(launcher, run_arguments(demo_root, out))
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert sorted(p.name for p in rows.iterdir()) == ["rank0.txt", "rank1.txt"]
@@ -169,16 +145,17 @@ def ddp_run(tmp_path_factory, demo_root) -> DistributedRun:
     )
 
 
-def balanced_draws(run: DistributedRun) -> list[str]:
-    """The image ids the recipe's sampler draws in the first epoch, rebuilt in this process."""
+def balanced_draws(run: DistributedRun, epoch: int) -> list[str]:
+    """The image ids the recipe's sampler draws in ``epoch``, rebuilt in this process."""
     sampler = build_sampler(run.recipe.sampling, get_labels(run.recipe.model.task), run.data, run.recipe.training.seed)
     assert isinstance(sampler, BalancedSampler)
-    return [run.data.split["train"][i] for i in sampler.indices(0)]  # dataset rows are the split's train ids
+    return [run.data.split["train"][i] for i in sampler.indices(epoch)]  # dataset rows are the split's train ids
 
 
 @pytest.mark.slow
 def test_each_process_reads_its_own_shard_of_the_balanced_draws(ddp_run):
-    assert ddp_run.rows == expected_shards(balanced_draws(ddp_run), BATCH, 2)
+    shards = [expected_shards(balanced_draws(ddp_run, epoch), BATCH, 2) for epoch in range(EPOCHS)]
+    assert ddp_run.rows == [first + second for first, second in zip(*shards)]
     assert ddp_run.rows[0] != ddp_run.rows[1]
 
 
@@ -186,41 +163,53 @@ def test_each_process_reads_its_own_shard_of_the_balanced_draws(ddp_run):
 def test_optimizer_steps_show_world_size_two_with_accumulation(ddp_run):
     """Optimizer steps from each process's batches: half a single process's, so the Trainer ran with world size 2."""
     state = json.loads((ddp_run.out / "trainer_state.json").read_text())
-    batches = len(ddp_run.rows[0]) // BATCH
-    assert batches == -(-len(balanced_draws(ddp_run)) // (2 * BATCH))
-    assert state["global_step"] == -(-batches // ACCUMULATION)
+    batches = len(ddp_run.rows[0]) // BATCH // EPOCHS  # per epoch
+    assert batches == -(-len(balanced_draws(ddp_run, 0)) // (2 * BATCH))
+    assert state["global_step"] == EPOCHS * -(-batches // ACCUMULATION)
 
 
 @pytest.mark.slow
 def test_two_process_evaluation_equals_one_process(ddp_run, tmp_path):
     """The 2-process evaluation (sharded, gathered, padding dropped) equals a one-process evaluation of the saved
-    model."""
-    distributed = json.loads((ddp_run.out / "eval_results.json").read_text())
-    model = UperNetForSemanticSegmentation.from_pretrained(ddp_run.out)
-    compute, preprocess = streaming_metrics(False, ["pneumothorax"])
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "single"), per_device_eval_batch_size=3, use_cpu=True, report_to="none",
-        batch_eval_metrics=True, remove_unused_columns=False, label_names=["labels"],
-    )  # fmt: skip
-    trainer = SegmentationTrainer(
-        model=model, args=args, eval_dataset=ddp_run.data.val, compute_metrics=compute,
-        preprocess_logits_for_metrics=preprocess, loss_fn=DiceCELoss(),
-    )  # fmt: skip
-    single = trainer.evaluate()
-    assert distributed["eval_num_images"] == len(ddp_run.data.val) == single["eval_num_images"]
-    for key in ("dice", "iou", "kaggle_dice", "ap", "best_f1", "best_threshold", "num_positive_images"):
-        assert distributed[f"eval_{key}"] == pytest.approx(single[f"eval_{key}"], rel=1e-6, abs=1e-9, nan_ok=True), key
+    model: the final one (the best checkpoint, reloaded by every process) and the last checkpoint, evaluated during
+    training, when process 1 had updated its BatchNorm statistics from its own batch (only process 0's are saved)."""
+    state = json.loads((ddp_run.out / "trainer_state.json").read_text())
+    last = [row for row in state["log_history"] if row["step"] == state["global_step"] and "eval_loss" in row]
+    distributed = {
+        ddp_run.out: json.loads((ddp_run.out / "eval_results.json").read_text()),
+        ddp_run.out / f"checkpoint-{state['global_step']}": last[0],
+    }
+    for folder, reported in distributed.items():
+        model = UperNetForSemanticSegmentation.from_pretrained(folder)
+        compute, preprocess = streaming_metrics(False, ["pneumothorax"])
+        args = TrainingArguments(
+            output_dir=str(tmp_path / "single"), per_device_eval_batch_size=3, use_cpu=True, report_to="none",
+            batch_eval_metrics=True, remove_unused_columns=False, label_names=["labels"],
+        )  # fmt: skip
+        trainer = SegmentationTrainer(
+            model=model, args=args, eval_dataset=ddp_run.data.val, compute_metrics=compute,
+            preprocess_logits_for_metrics=preprocess, loss_fn=DiceCELoss(),
+        )  # fmt: skip
+        single = trainer.evaluate()
+        assert reported["eval_num_images"] == len(ddp_run.data.val) == single["eval_num_images"]
+        for key in ("dice", "iou", "kaggle_dice", "ap", "best_f1", "best_threshold", "num_positive_images"):
+            expected = pytest.approx(single[f"eval_{key}"], rel=1e-6, abs=1e-9, nan_ok=True)
+            assert reported[f"eval_{key}"] == expected, (folder.name, key)
 
 
 @pytest.mark.slow
 def test_only_the_main_process_writes_outputs_except_rng_state(ddp_run):
-    """Each process's RNG state goes into a checkpoint (needed to resume exactly); everything else is rank 0's."""
+    """Each process's RNG state goes into a checkpoint (needed to resume exactly), while it is written in the staging
+    folder; everything else is rank 0's, who also renames the finished checkpoint into place."""
     main, other = ddp_run.writes
     assert {"recipe.yaml", "trainer_state.json", "all_results.json", "README.md"} <= {Path(w).name for w in main}
+    checkpoint = f"checkpoint-{json.loads((ddp_run.out / 'trainer_state.json').read_text())['global_step']}"
+    assert f"{STAGING_DIR}/{checkpoint}/trainer_state.json" in main and checkpoint in main  # written, then renamed
     assert other, "the audit hook saw no write by rank 1: the RNG state check below would be empty"
     for path in other:
         parts = Path(path).parts
-        assert parts[0].startswith("checkpoint-") and (len(parts) == 1 or parts[1] == "rng_state_1.pth"), path
+        assert parts[0] == STAGING_DIR and (len(parts) == 1 or parts[1].startswith("checkpoint-")), path
+        assert len(parts) <= 2 or parts[2] == "rng_state_1.pth", path
 
 
 def test_accelerate_configs_load():
@@ -261,3 +250,24 @@ def test_slurm_script_launches_each_node_with_its_rank(tmp_path):
         assert line.startswith("launch --config_file accelerate_configs/multi_node.yaml --num_machines 2 ")
         assert f"--num_processes 8 --machine_rank {rank} --main_process_ip node-a --main_process_port 29500" in line
         assert line.endswith("run_train.py --config recipe/balanced.yaml --learning_rate 5.0e-5")
+
+
+@pytest.mark.slow
+def test_a_two_process_run_killed_while_saving_resumes_to_the_uninterrupted_weights(ddp_run, demo_root, tmp_path):
+    """``kill -9`` of the whole 2-process run (launcher and both ranks) at a seeded random write of a rank during the
+    save at step 4, then the same command plus ``--resume_from_checkpoint last``: the run ends as the uninterrupted
+    one (``ddp_run``) did. Losing that save resumes inside the second epoch, past two skipped batches."""
+    plan = random.Random(FAULT_SEED)
+    rank = plan.choice(["0", "1"])
+    # rank 0's 10th Python-level write of a save is the rename; rank 1's only one creates the staging folder (its RNG
+    # state is written by torch's C++ writer, which the hook does not see), at some point of rank 0's writes
+    after = plan.randint(1, 10) if rank == "0" else 1
+    out = tmp_path / "out"
+    env = hooks_site(tmp_path / "site")
+    cmd = launch_command("run_train.py", run_arguments(demo_root, out))
+    run_killed(cmd, env, out, tmp_path, rank=rank, step=4, after=after)
+    assert assert_checkpoints_complete(out)[-1] == "checkpoint-3", (rank, after)
+    resume = launch_command("run_train.py", [*run_arguments(demo_root, out), "--resume_from_checkpoint", "last"])
+    result = subprocess.run(resume, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert_same_run(out, ddp_run.out)

@@ -69,7 +69,7 @@ def test_preprocessing_is_training_evaluation_and_probabilities_come_back_at_ori
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (50, 80), dtype=np.uint8)  # not square, not the working size
     # The validation transform of training, fed like the datasets library feeds it (a PIL image).
-    transform = make_transform(PNEUMOTHORAX, "none", 64, segmenter.preprocessor.mean, segmenter.preprocessor.std)
+    transform = make_transform(PNEUMOTHORAX, 64, segmenter.preprocessor.mean, segmenter.preprocessor.std)
     expected_inputs = transform({"image": [Image.fromarray(image)], "mask": [np.zeros((50, 80), np.uint8)]})
     pixel_values = segmenter.preprocessor(image)
     torch.testing.assert_close(pixel_values, expected_inputs["pixel_values"][0], rtol=0, atol=0)

@@ -2,14 +2,14 @@ from collections import Counter
 
 import pytest
 import torch
-from accelerate.data_loader import BatchSamplerShard
+from accelerate.data_loader import BatchSamplerShard, SkipBatchSampler
 from torch.utils.data import BatchSampler
 
 from cxrseg.config import DataArguments, SamplingArguments
 from cxrseg.data.dataset import load_training_data
 from cxrseg.labels import CHESTXDET, PNEUMOTHORAX
 from cxrseg.model import IMAGENET_MEAN, IMAGENET_STD
-from cxrseg.sampling import BalancedSampler, ClassBalancedSampler, build_sampler
+from cxrseg.sampling import BalancedSampler, ClassBalancedSampler, SampleKey, ShuffledSampler, build_sampler
 from cxrseg.synthetic import make_multilabel_demo_data
 
 FLAGS = [True] * 20 + [False] * 80
@@ -110,15 +110,36 @@ def test_class_balanced_epoch_length_and_determinism():
 
 
 def test_class_balanced_shards_partition_the_epoch_across_processes():
-    """Accelerate gives each process a slice of the same sequence: together they draw exactly one epoch."""
+    """Accelerate gives each process a slice of the same sequence: together they draw exactly one epoch, each key
+    naming its place in it; resuming after k batches (Accelerate's SkipBatchSampler) yields the same remaining keys."""
     shards = []
     for rank in range(2):
         sampler = ClassBalancedSampler(PRESENCE, 0.5, seed=7)  # one instance per process
         sampler.set_epoch(2)
         shards.append(list(BatchSamplerShard(BatchSampler(sampler, 4, drop_last=False), 2, rank)))
     epoch = ClassBalancedSampler(PRESENCE, 0.5, seed=7).indices(2)
-    interleaved = [i for pair in zip(*shards) for batch in pair for i in batch]
-    assert interleaved == epoch
+    interleaved = [key for pair in zip(*shards) for batch in pair for key in batch]
+    assert interleaved == [SampleKey(row, 7, 2, position) for position, row in enumerate(epoch)]
+    resumed = SkipBatchSampler(BatchSamplerShard(BatchSampler(sampler, 4, drop_last=False), 2, 1), skip_batches=3)
+    assert list(resumed) == shards[1][3:]
+
+
+def test_shuffled_sampler_draws_every_row_once_in_a_fresh_order_each_epoch():
+    sampler = ShuffledSampler(50, seed=3)
+    assert len(sampler) == 50
+    orders = [sampler.indices(epoch) for epoch in range(3)]
+    assert all(sorted(order) == list(range(50)) for order in orders)
+    assert orders[0] != orders[1] != orders[2]
+    torch.manual_seed(123)  # global RNG state must not matter
+    sampler.set_epoch(1)
+    assert [key.row for key in sampler] == ShuffledSampler(50, seed=3).indices(1) == orders[1]
+
+
+def test_augmentation_seeds_differ_by_epoch_and_position_only():
+    key = SampleKey(row=4, seed=0, epoch=1, position=7)
+    assert key.augmentation_seed() == key._replace(row=9).augmentation_seed()  # a function of the draw, not the row
+    others = [key._replace(position=8), key._replace(epoch=2), key._replace(seed=1), key._replace(epoch=7, position=1)]
+    assert len({key.augmentation_seed(), *(other.augmentation_seed() for other in others)}) == 5
 
 
 def test_class_balanced_bad_arguments():
@@ -139,7 +160,8 @@ def load_train_rows(root, labels, split_path):
 
 def test_build_sampler_single_label_follows_the_recipe(demo_root, tmp_path):
     data = load_train_rows(demo_root, PNEUMOTHORAX, tmp_path / "splits.json")
-    assert build_sampler(SamplingArguments(), PNEUMOTHORAX, data, seed=0) is None  # the Trainer's random sampler
+    shuffled = build_sampler(SamplingArguments(), PNEUMOTHORAX, data, seed=0)
+    assert isinstance(shuffled, ShuffledSampler) and len(shuffled) == len(data.train)
     positives_only = SamplingArguments(balanced_sampling=True, negative_keep_ratio=0.0, positive_weight=2.0)
     sampler = build_sampler(positives_only, PNEUMOTHORAX, data, seed=5)
     assert isinstance(sampler, BalancedSampler) and len(sampler) == sum(data.train_is_positive) > 0

@@ -1,4 +1,5 @@
-"""SegmentationTrainer: every tensor restored on resume and best-model loading, exact resume, batch of one."""
+"""SegmentationTrainer: every tensor restored on resume and best-model loading, exact resume with augmentation,
+checkpoints renamed into place, batch of one."""
 
 from __future__ import annotations
 
@@ -30,10 +31,12 @@ class SnapshotOnSave(TrainerCallback):
         self.states[state.global_step] = copy.deepcopy(self.model.state_dict())
 
 
-def make_trainer(root, out, *, max_steps=4, batch_size=2, sampler=True, callbacks=(), **overrides):
+def make_trainer(
+    root, out, *, max_steps=4, batch_size=2, sampler=True, augmentation="none", num_workers=0, callbacks=(), **overrides
+):
     torch.manual_seed(0)
     model, processor = build_model(None, TINY_MODEL_CONFIG, PNEUMOTHORAX, image_size=64)
-    data_args = DataArguments(data_dir=str(root), image_size=64, augmentation="none", val_fraction=0.25)
+    data_args = DataArguments(data_dir=str(root), image_size=64, augmentation=augmentation, val_fraction=0.25)
     data = load_training_data(
         data_args, PNEUMOTHORAX, out / "splits.json", mean=processor.image_mean, std=processor.image_std
     )
@@ -54,7 +57,7 @@ def make_trainer(root, out, *, max_steps=4, batch_size=2, sampler=True, callback
         use_cpu=True,
         seed=0,
         data_seed=0,
-        dataloader_num_workers=0,
+        dataloader_num_workers=num_workers,
         report_to="none",
         save_total_limit=None,
         **overrides,
@@ -86,6 +89,8 @@ def assert_same_tensors(actual: dict, expected: dict):
 def test_resume_restores_every_tensor_and_trains_no_extra_step(demo_root, tmp_path):
     snapshots = SnapshotOnSave()
     make_trainer(demo_root, tmp_path / "a", callbacks=[snapshots]).train()
+    # checkpoints are written aside and renamed into place: nothing is left of the staging folder
+    assert sorted(p.name for p in (tmp_path / "a").iterdir() if p.is_dir()) == ["checkpoint-2", "checkpoint-4"]
     resumed = make_trainer(demo_root, tmp_path / "b", max_steps=2)
     resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
     assert resumed.state.global_step == 2
@@ -105,12 +110,15 @@ def test_the_plain_trainer_loses_backbone_tensors(demo_root, tmp_path):
     assert any(k.startswith("backbone.") for k in lost)
 
 
-def test_resume_mid_run_reaches_the_uninterrupted_weights(demo_root, tmp_path):
-    full = make_trainer(demo_root, tmp_path / "a")
+def test_resume_mid_epoch_with_augmentation_and_a_worker_reaches_the_uninterrupted_weights(demo_root, tmp_path):
+    """Random augmentation on, one data-loader worker (which prefetches), resumed two steps into the second epoch
+    (6 steps per epoch): the draws are the same as without the interruption."""
+    settings = dict(max_steps=10, augmentation="standard", num_workers=1)
+    full = make_trainer(demo_root, tmp_path / "a", **settings)
     full.train()
-    resumed = make_trainer(demo_root, tmp_path / "b")
-    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
-    assert resumed.state.global_step == 4
+    resumed = make_trainer(demo_root, tmp_path / "b", **settings)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-8"))
+    assert resumed.state.global_step == 10 and len(resumed.get_train_dataloader()) == 6
     for key, value in full.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=1e-5, atol=1e-6, msg=key)
 

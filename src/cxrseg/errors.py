@@ -58,6 +58,10 @@ class ModelLoadError(CxrsegError):
     """A model that cannot be loaded; the message names the folder or Hub id and what is wrong."""
 
 
+class CheckpointError(CxrsegError):
+    """A checkpoint that cannot be resumed from (missing, incomplete or corrupt); the message names the file."""
+
+
 class PredictError(CxrsegError):
     """Bad arguments or inputs found before any prediction; the message names the file."""
 

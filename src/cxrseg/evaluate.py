@@ -1,7 +1,7 @@
 """Evaluate a trained model on a split of the PNG layout in constant memory, and tune post-processing there.
 
 Evaluation runs at the model's working resolution (the image processor's size): images and masks go through the
-same pipeline as training's validation (``make_transform(..., "none", ...)``: INTER_AREA for images, nearest
+same pipeline as training's validation (``make_transform``: INTER_AREA for images, nearest
 neighbour for masks), so the numbers are comparable with the ``eval_*`` metrics training reports.
 
 One streaming pass (:func:`stream_predictions`) feeds an :class:`EvaluationAccumulator`, which updates
@@ -114,7 +114,7 @@ def evaluation_loader(
     "image_id": list[str]}`` at the working size S, read and transformed in ``num_workers`` processes."""
     dataset = rows_to_dataset(list(rows))
     pre = segmenter.preprocessor
-    dataset.set_transform(_with_ids(make_transform(segmenter.labels, "none", pre.size[0], pre.mean, pre.std)))
+    dataset.set_transform(_with_ids(make_transform(segmenter.labels, pre.size[0], pre.mean, pre.std)))
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -1,17 +1,20 @@
-"""Training samplers, fresh every epoch: :class:`BalancedSampler` (single-label: negative undersampling and positive
-oversampling) and :class:`ClassBalancedSampler` (multi-label: images with rare classes drawn more often).
+"""Training samplers, fresh every epoch: :class:`ShuffledSampler` (every row once, in a new order),
+:class:`BalancedSampler` (single-label: negative undersampling and positive oversampling) and
+:class:`ClassBalancedSampler` (multi-label: images with rare classes drawn more often).
 
-Accelerate shards a sampler by having every process iterate the *same* index sequence and keep its slice, so the
-sequence must be a pure function of ``(seed, epoch)``: a ``torch.Generator`` seeded with both, never global RNG.
-The Trainer calls ``set_epoch`` at the start of each epoch (through Accelerate's data loader).
-:func:`build_sampler` picks the recipe's sampler.
+Accelerate shards a sampler by having every process iterate the *same* sequence and keep its slice, so the sequence
+must be a pure function of ``(seed, epoch)``: a ``torch.Generator`` seeded with both, never global RNG. The samplers
+yield :class:`SampleKey` items, not bare rows: a key also names the draw's place in the epoch, from which the dataset
+seeds that sample's augmentation, so prefetching, data-loader workers, sharding and resumption cannot change what a
+step sees. The Trainer calls ``set_epoch`` at the start of each epoch. :func:`build_sampler` picks the recipe's sampler.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
@@ -22,7 +25,59 @@ if TYPE_CHECKING:  # annotations only: the samplers need no `datasets`
     from cxrseg.data.dataset import TrainingData
 
 
-class BalancedSampler(Sampler[int]):
+class SampleKey(NamedTuple):
+    """One draw of a training sampler: dataset ``row``, drawn at ``position`` (0-based, before sharding) of ``epoch``
+    by a sampler seeded with ``seed``."""
+
+    row: int
+    seed: int
+    epoch: int
+    position: int
+
+    def augmentation_seed(self) -> int:
+        """The seed of this draw's random augmentation: a function of ``(seed, epoch, position)`` only (numpy's
+        ``SeedSequence`` hashes the three into well-mixed bits), so a row drawn twice is augmented twice."""
+        return int(np.random.SeedSequence([self.seed, self.epoch, self.position]).generate_state(1, np.uint64)[0])
+
+
+class EpochSampler(Sampler[SampleKey]):
+    """Base of the samplers: :meth:`indices` gives an epoch's rows from ``(seed, epoch)``; iterating yields them as
+    :class:`SampleKey` items of the current epoch (``set_epoch``)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def generator(self, epoch: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+
+    def indices(self, epoch: int) -> list[int]:
+        """The dataset rows drawn in ``epoch``, in order (what every process iterates before sharding)."""
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[SampleKey]:
+        for position, row in enumerate(self.indices(self.epoch)):
+            yield SampleKey(row, self.seed, self.epoch, position)
+
+
+class ShuffledSampler(EpochSampler):
+    """Each epoch: every one of ``num_rows`` rows once, in a fresh random order (the unbalanced recipes)."""
+
+    def __init__(self, num_rows: int, seed: int = 0) -> None:
+        super().__init__(seed)
+        self.num_rows = num_rows
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def indices(self, epoch: int) -> list[int]:
+        return torch.randperm(self.num_rows, generator=self.generator(epoch)).tolist()
+
+
+class BalancedSampler(EpochSampler):
     """Each epoch: every positive plus a fresh random ``negative_keep_ratio`` of the negatives form the pool; the
     epoch is ``len(pool)`` draws with replacement from it, a positive ``positive_weight`` times as likely as a
     negative.
@@ -37,6 +92,7 @@ class BalancedSampler(Sampler[int]):
             raise ValueError(f"negative_keep_ratio must be in [0, 1], got {negative_keep_ratio}.")
         if positive_weight <= 0:
             raise ValueError(f"positive_weight must be positive, got {positive_weight}.")
+        super().__init__(seed)
         flags = torch.as_tensor(list(is_positive), dtype=torch.bool)
         self.positives = torch.nonzero(flags).flatten()
         self.negatives = torch.nonzero(~flags).flatten()
@@ -44,29 +100,20 @@ class BalancedSampler(Sampler[int]):
         if len(self.positives) + self.num_kept_negatives == 0:
             raise ValueError("The balanced sampler has nothing to draw: no positives and no negatives kept.")
         self.positive_weight = positive_weight
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.positives) + self.num_kept_negatives
 
     def indices(self, epoch: int) -> list[int]:
-        """The dataset rows drawn in ``epoch``, in order (what every process iterates before sharding)."""
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        generator = self.generator(epoch)
         kept = self.negatives[torch.randperm(len(self.negatives), generator=generator)[: self.num_kept_negatives]]
         pool = torch.cat([self.positives, kept])
         weights = torch.cat([torch.full((len(self.positives),), self.positive_weight), torch.ones(len(kept))])
         draws = torch.multinomial(weights, len(pool), replacement=True, generator=generator)
         return pool[draws].tolist()
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices(self.epoch))
 
-
-class ClassBalancedSampler(Sampler[int]):
+class ClassBalancedSampler(EpochSampler):
     """Multi-label image-level class balance: an image is drawn in proportion to the weight of the rarest class it
     contains, so images holding rare findings (ChestX-Det: Mass, Pneumothorax) come up more often.
 
@@ -91,6 +138,7 @@ class ClassBalancedSampler(Sampler[int]):
             raise ValueError(f"class_balance_power must be >= 0, got {class_balance_power}.")
         if empty_image_weight < 0:
             raise ValueError(f"empty_image_weight must be >= 0, got {empty_image_weight}.")
+        super().__init__(seed)
         presence = torch.as_tensor([list(row) for row in class_presence], dtype=torch.bool)
         if presence.ndim != 2 or presence.shape[0] == 0 or presence.shape[1] == 0:
             raise ValueError(
@@ -110,31 +158,20 @@ class ClassBalancedSampler(Sampler[int]):
         )
         if not self.weights.sum() > 0:
             raise ValueError("The class-balanced sampler has nothing to draw: no findings and empty_image_weight 0.")
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.weights)
 
     def indices(self, epoch: int) -> list[int]:
-        """The dataset rows drawn in ``epoch``, in order (what every process iterates before sharding)."""
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        generator = self.generator(epoch)
         return torch.multinomial(self.weights, len(self.weights), replacement=True, generator=generator).tolist()
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices(self.epoch))
 
-
-def build_sampler(
-    sampling_args: SamplingArguments, labels: LabelSet, data: TrainingData, seed: int
-) -> BalancedSampler | ClassBalancedSampler | None:
-    """The recipe's training sampler over ``data.train``'s rows: None (the Trainer's random sampler) unless
+def build_sampler(sampling_args: SamplingArguments, labels: LabelSet, data: TrainingData, seed: int) -> EpochSampler:
+    """The recipe's training sampler over ``data.train``'s rows: :class:`ShuffledSampler` unless
     ``balanced_sampling``; then :class:`ClassBalancedSampler` for multi-label tasks, else :class:`BalancedSampler`."""
     if not sampling_args.balanced_sampling:
-        return None
+        return ShuffledSampler(len(data.train), seed=seed)
     if labels.multilabel:
         return ClassBalancedSampler(
             data.train_class_presence,

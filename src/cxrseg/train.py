@@ -12,8 +12,8 @@ from pathlib import Path
 import datasets
 import transformers
 from transformers import TrainerCallback, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
+from cxrseg.checkpoints import resume_checkpoint
 from cxrseg.config import Recipe, parse_recipe, save_recipe
 from cxrseg.data.dataset import load_training_data
 from cxrseg.data.splits import save_split
@@ -80,14 +80,9 @@ def train(recipe: Recipe, callbacks: Sequence[TrainerCallback] = ()) -> dict[str
             args.resume_from_checkpoint = str(download_checkpoint(args.resume_from_checkpoint, hub_token))
 
     # ------------------------------------------------------------------ Last checkpoint
-    # resume_from_checkpoint: a checkpoint folder, or "last" for the newest checkpoint-N in output_dir.
-    last_checkpoint = args.resume_from_checkpoint
-    if last_checkpoint in ("last", "true", "True"):
-        last_checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-        if last_checkpoint is None:
-            logger.info("No checkpoint in %s to resume from; starting fresh.", output_dir)
-    if last_checkpoint is not None:
-        logger.info("Resuming from %s.", last_checkpoint)
+    # resume_from_checkpoint: a checkpoint folder, or "last" for the newest complete checkpoint-N in output_dir
+    # (incomplete ones skipped with a warning; none: a warning, then from scratch). A corrupt one stops the run here.
+    last_checkpoint = resume_checkpoint(args.resume_from_checkpoint, output_dir)
 
     # ------------------------------------------------------------------ Data and model
     labels = get_labels(model_args.task)

@@ -1,22 +1,28 @@
-"""``SegmentationTrainer``: the transformers Trainer with our loss on both heads, the balanced sampler, streaming
-evaluation and checkpoint loading that restores every tensor."""
+"""``SegmentationTrainer``: the transformers Trainer with our loss on both heads, our epoch samplers, streaming
+evaluation, checkpoints that appear whole (written aside, then renamed) and checkpoint loading that restores every
+tensor."""
 
 from __future__ import annotations
 
 import logging
 import math
 import os
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer, UperNetForSemanticSegmentation
-from transformers.trainer_utils import EvalPrediction
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalPrediction, rotate_checkpoints
 
+from cxrseg.checkpoints import STAGING_DIR, publish_checkpoint
 from cxrseg.metrics import SegmentationMetrics
 from cxrseg.model import AuxiliaryLogits
+from cxrseg.sampling import EpochSampler, ShuffledSampler
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +33,9 @@ class SegmentationTrainer(Trainer):
     loss_fn: ``loss(logits [B, C, H, W], labels) -> scalar`` (:mod:`cxrseg.losses`), applied to the main logits
         and, times ``auxiliary_loss_weight``, to the auxiliary head's logits (captured by a hook in the same
         forward pass; the model's built-in loss is never computed).
-    train_sampler: used for training instead of the Trainer's random sampler (never for evaluation).
+    train_sampler: the training sampler (:mod:`cxrseg.sampling`; default :class:`ShuffledSampler` seeded with
+        ``args.seed``), never used for evaluation. It yields :class:`~cxrseg.sampling.SampleKey` items, so the
+        training dataset is a :class:`~cxrseg.data.dataset.AugmentedDataset`.
     """
 
     def __init__(
@@ -35,13 +43,16 @@ class SegmentationTrainer(Trainer):
         *args: Any,
         loss_fn: nn.Module,
         auxiliary_loss_weight: float = 0.4,
-        train_sampler: torch.utils.data.Sampler | None = None,
+        train_sampler: EpochSampler | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.loss_fn = loss_fn
         self.auxiliary_loss_weight = auxiliary_loss_weight
+        if train_sampler is None and self.train_dataset is not None:
+            train_sampler = ShuffledSampler(len(self.train_dataset), seed=self.args.seed)
         self.train_sampler = train_sampler
+        self._checkpoint_root: Path | None = None  # while saving: the staging folder (see _save_checkpoint)
         self.auxiliary_logits = AuxiliaryLogits(self.model)
         self._auxiliary_in_outputs = False
         self.model.register_forward_hook(self._add_auxiliary_output)
@@ -96,8 +107,54 @@ class SegmentationTrainer(Trainer):
             return num_train_epochs, 0
         return epochs_trained, steps_in_epoch
 
-    def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
-        return self.train_sampler if self.train_sampler is not None else super()._get_train_sampler(train_dataset)
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        # Evaluation runs the unwrapped model on every process. DDP hands all processes process 0's buffers at the
+        # start of each training forward, but then each updates its BatchNorm running statistics from its own batch:
+        # without this, the other processes would evaluate with statistics that no checkpoint holds, and the metrics
+        # (which choose the best checkpoint) would not be those of the weights saved.
+        if self.args.world_size > 1 and torch.distributed.is_initialized():
+            for buffer in self.model.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+        return super().evaluate(*args, **kwargs)
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> EpochSampler | None:
+        return self.train_sampler
+
+    def _run_epoch(self, **kwargs: Any) -> Any:
+        # The Trainer reaches the sampler's set_epoch through Accelerate's wrappers, except when it resumes mid-epoch
+        # with several processes (a SkipBatchSampler around the BatchSamplerShard hides it): that epoch would replay
+        # epoch 0's draws. Setting it here holds for every wrapping.
+        self.train_sampler.set_epoch(kwargs["epoch"])
+        return super()._run_epoch(**kwargs)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """The Trainer's checkpoint, written inside :data:`~cxrseg.checkpoints.STAGING_DIR` and renamed to
+        ``checkpoint-N`` once every process has written its part (each its RNG state), so a kill at any moment leaves
+        the whole folder or none. Older checkpoints are rotated out only after the new one is in place."""
+        run_dir = Path(self._get_output_dir(trial))
+        staging = run_dir / STAGING_DIR
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)  # what a killed run left
+        self.accelerator.wait_for_everyone()
+        self._checkpoint_root = staging
+        try:
+            super()._save_checkpoint(model, trial)  # writes staging/checkpoint-N: it asks _get_output_dir where
+        finally:
+            self._checkpoint_root = None
+        self.accelerator.wait_for_everyone()
+        if self.state.best_model_checkpoint == str(staging / name):  # every process recorded where it was written
+            self.state.best_model_checkpoint = str(run_dir / name)
+            if self.args.should_save:
+                self.state.save_to_json(str(staging / name / TRAINER_STATE_NAME))
+        if self.args.should_save:
+            publish_checkpoint(staging / name, run_dir / name)
+            rotate_checkpoints(
+                str(run_dir), self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True
+            )
+
+    def _get_output_dir(self, trial: Any) -> str:
+        return str(self._checkpoint_root) if self._checkpoint_root is not None else super()._get_output_dir(trial)
 
     # transformers 5.x loads checkpoints with a non-strict ``load_state_dict`` of the raw safetensors keys, which
     # leaves the Swin backbone unrestored (transformers issue #43701). We load through ``from_pretrained``, which

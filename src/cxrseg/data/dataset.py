@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,17 +21,19 @@ from cxrseg.data.splits import load_or_make_split
 from cxrseg.data.transforms import ToModelInputs, build_transforms
 from cxrseg.images import to_gray
 from cxrseg.labels import LABELS_FILENAME, LabelSet, binarize_mask, unpack_multilabel
+from cxrseg.sampling import SampleKey
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainingData:
-    """train/val: ``datasets.Dataset`` with columns image, mask, image_id, is_positive and a transform that yields
-    ``pixel_values`` and ``labels``. pixel_counts: per class, summed over the training split (stored resolution).
+    """train: :class:`AugmentedDataset` (rows read by sampler key, augmented). val: ``datasets.Dataset`` with columns
+    image, mask, image_id, is_positive and a transform that yields ``pixel_values`` and ``labels``. pixel_counts: per
+    class, summed over the training split (stored resolution).
     train_class_presence: per training row, one flag per foreground class (``labels.foreground``): any pixel of it."""
 
-    train: datasets.Dataset
+    train: AugmentedDataset
     val: datasets.Dataset
     labels: LabelSet
     train_is_positive: list[bool]
@@ -54,35 +57,72 @@ def rows_to_dataset(rows: list[IndexedImage]) -> datasets.Dataset:
     )
 
 
-def make_transform(
-    labels: LabelSet, augmentation: str, image_size: int, mean, std
-) -> Callable[[dict[str, list[Any]]], dict[str, list[Any]]]:
-    """The ``set_transform`` function: a batch of decoded rows → ``pixel_values`` and ``labels`` (see
-    :class:`~cxrseg.data.transforms.ToModelInputs`). Masks become class indices or planes here, exactly once.
+class PairTransform:
+    """One decoded row (image, stored mask) → ``pixel_values`` and ``labels`` (see
+    :class:`~cxrseg.data.transforms.ToModelInputs`): masks become class indices or planes here, exactly once; image
+    and mask go through one albumentations call of the ``augmentation`` pipeline."""
 
-    Random augmentations are reseeded from torch's generator for every batch: each data-loader worker has its own
-    torch seed, so workers draw different augmentations (a fixed albumentations seed would repeat one stream in
-    every worker), and a seeded run is reproducible. A run resumed mid-epoch draws them one batch shifted
-    (Accelerate fetches a batch ahead of the step a checkpoint saves), so only runs without random augmentation
-    resume bit-exactly.
-    """
-    pipeline = build_transforms(augmentation, image_size)
-    to_inputs = ToModelInputs(mean, std)
-    random = augmentation != "none"
+    def __init__(self, labels: LabelSet, augmentation: str, image_size: int, mean, std) -> None:
+        self.labels = labels
+        self.pipeline = build_transforms(augmentation, image_size)
+        self.random = augmentation != "none"
+        self.to_inputs = ToModelInputs(mean, std)
+
+    def __call__(self, image: Any, mask: Any, seed: int | None = None) -> dict[str, torch.Tensor]:
+        """``seed``: required with random augmentation; the draws are a function of it alone."""
+        if self.random:
+            if seed is None:
+                raise ValueError("Random augmentation needs a seed (read training rows by SampleKey).")
+            # One stream shared by every step of the pipeline. (``set_random_seed`` would give each step its own
+            # generator with the same seed, so steps with equal p would always be applied together.)
+            self.pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        mask = np.asarray(mask)
+        mask = unpack_multilabel(mask, self.labels.num_labels) if self.labels.multilabel else binarize_mask(mask)
+        out = self.pipeline(image=to_gray(image), mask=mask)
+        return {"pixel_values": self.to_inputs.image(out["image"]), "labels": self.to_inputs.labels(out["mask"])}
+
+
+def make_transform(
+    labels: LabelSet, image_size: int, mean, std
+) -> Callable[[dict[str, list[Any]]], dict[str, list[Any]]]:
+    """The ``set_transform`` function of evaluation: a batch of decoded rows → ``pixel_values`` and ``labels``,
+    resized without augmentation (:class:`PairTransform` with ``"none"``), deterministic."""
+    pair = PairTransform(labels, "none", image_size, mean, std)
 
     def transform(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        if random:
-            pipeline.set_random_seed(int(torch.randint(2**31 - 1, ()).item()))
-        pixel_values, targets = [], []
-        for image, mask in zip(batch["image"], batch["mask"]):
-            mask = np.asarray(mask)
-            mask = unpack_multilabel(mask, labels.num_labels) if labels.multilabel else binarize_mask(mask)
-            out = pipeline(image=to_gray(image), mask=mask)
-            pixel_values.append(to_inputs.image(out["image"]))
-            targets.append(to_inputs.labels(out["mask"]))
-        return {"pixel_values": pixel_values, "labels": targets}
+        samples = [pair(image, mask) for image, mask in zip(batch["image"], batch["mask"])]
+        return {key: [sample[key] for sample in samples] for key in ("pixel_values", "labels")}
 
     return transform
+
+
+class AugmentedDataset(torch.utils.data.Dataset):
+    """The training split as the Trainer reads it: items are looked up by :class:`~cxrseg.sampling.SampleKey`
+    (what the samplers yield) and augmented with the key's seed, so an item is a pure function of
+    ``(row, seed, epoch, position)`` whatever the prefetching, data-loader workers, sharding or resumption. An int
+    ``i`` reads row ``i`` as the key ``(i, seed 0, epoch 0, position i)``.
+
+    rows: the split's ``datasets.Dataset`` (columns image, mask, image_id, is_positive). Items: ``pixel_values``
+    float32 [3, S, S] and ``labels`` (int64 [S, S] or float32 [C, S, S]), S = ``image_size``.
+    """
+
+    def __init__(self, rows: datasets.Dataset, transform: PairTransform) -> None:
+        self.rows = rows
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitems__(self, keys: list[SampleKey | int]) -> list[dict[str, torch.Tensor]]:
+        keys = [key if isinstance(key, SampleKey) else SampleKey(int(key), 0, 0, int(key)) for key in keys]
+        batch = self.rows[[key.row for key in keys]]
+        return [
+            self.transform(image, mask, key.augmentation_seed())
+            for key, image, mask in zip(keys, batch["image"], batch["mask"])
+        ]
+
+    def __getitem__(self, key: SampleKey | int) -> dict[str, torch.Tensor]:
+        return self.__getitems__([key])[0]
 
 
 def is_saved_dataset(path: str | os.PathLike) -> bool:
@@ -157,8 +197,8 @@ def load_training_data(
     val_ids = split["val"][: data_args.max_eval_samples]
     train = source.select([row_of[i] for i in train_ids])
     val = source.select([row_of[i] for i in val_ids])
-    train.set_transform(make_transform(labels, data_args.augmentation, data_args.image_size, mean, std))
-    val.set_transform(make_transform(labels, "none", data_args.image_size, mean, std))
+    augmented = AugmentedDataset(train, PairTransform(labels, data_args.augmentation, data_args.image_size, mean, std))
+    val.set_transform(make_transform(labels, data_args.image_size, mean, std))
     train_rows = [index[row_of[i]] for i in train_ids]
     pixel_counts = np.sum([row.pixel_counts for row in train_rows], axis=0).tolist()
     num_pixels = sum(r.width * r.height for r in train_rows)
@@ -173,5 +213,5 @@ def load_training_data(
     first_foreground = labels.num_labels - len(labels.foreground)  # 1 skips single-label background
     presence = [tuple(n > 0 for n in r.pixel_counts[first_foreground:]) for r in train_rows]
     return TrainingData(
-        train, val, labels, [r.is_positive for r in train_rows], pixel_counts, num_pixels, split, presence
+        augmented, val, labels, [r.is_positive for r in train_rows], pixel_counts, num_pixels, split, presence
     )
