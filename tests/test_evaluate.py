@@ -18,13 +18,13 @@ from torch import nn
 from cxrseg.cli import main
 from cxrseg.data.png_layout import index_layout
 from cxrseg.data.splits import make_split
-from cxrseg.errors import DataError, UsageError
+from cxrseg.errors import DataError
 from cxrseg.evaluate import evaluate, search_grid, split_rows
 from cxrseg.inference import Preprocessor, Segmenter, load_segmenter
 from cxrseg.labels import PNEUMOTHORAX, LabelSet, pack_multilabel
 from cxrseg.metrics import SegmentationMetrics, dice_score
 from cxrseg.model import IMAGENET_MEAN, IMAGENET_STD
-from cxrseg.postprocess import PostProcess
+from cxrseg.postprocess import ClassPostProcess, PostProcess
 from tests.conftest import save_tiny_model
 
 
@@ -213,8 +213,11 @@ def test_multilabel_model_is_scored_per_class(tmp_path):
     rows = read_csv(out / "per_image.csv")
     assert len(rows) == 6 * 3 and [r["class"] for r in rows[:3]] == list(names)
     assert result.out_dir == out and Image.open(out / "pr_curve.png").size == (800, 640)
-    with pytest.raises(UsageError, match="one foreground class"):
-        evaluate(segmenter, root, "train", tmp_path / "x", search=True)
+    searched = evaluate(segmenter, root, "train", tmp_path / "x", search=True)  # one triplet per class
+    assert isinstance(searched.best_postprocess, ClassPostProcess) and searched.best_postprocess.classes == names
+    assert load_segmenter(model_dir, device="cpu").postprocess == searched.best_postprocess
+    points = np.prod([len(values) for values in search_grid(64, len(names))])
+    assert [row["class"] for row in read_csv(tmp_path / "x" / "postprocess_search.csv")[::points]] == list(names)
 
 
 def test_cli_evaluate_with_search_saves_postprocess_next_to_the_model(tmp_path, demo_root, capsys):
