@@ -239,10 +239,7 @@ def load_segmenter(
         if postprocess_path is not None and not path.exists():
             raise ModelLoadError(f"Post-processing file {path} does not exist.")
         if path.exists():
-            postprocess = _model_rule(path, labels, model)
-            if postprocess is not None:
-                postprocess = _at_size(postprocess, preprocessor.size[0], path)
-                logger.info("Post-processing from %s: %s", path, postprocess)
+            postprocess = load_rule(path, labels, preprocessor.size[0], str(model))
     splits_path = model_dir / "splits.json"
     splits = json.loads(splits_path.read_text()) if splits_path.is_file() else None
     torch_device = pick_device(device)
@@ -250,9 +247,22 @@ def load_segmenter(
     return Segmenter(network, labels, preprocessor, postprocess, str(model), model_dir, is_local, torch_device, splits)
 
 
-def _model_rule(path: Path, labels: LabelSet, model: str | os.PathLike) -> PostProcess | ClassPostProcess | None:
-    """The rule in ``path`` if it fits the model's outputs (a single triplet on a multi-output model: None, with a
-    warning)."""
+def load_rule(
+    path: str | os.PathLike, labels: LabelSet, image_size: int, model: str
+) -> PostProcess | ClassPostProcess | None:
+    """The mask rule in ``path`` for a model (named ``model`` in messages) with outputs ``labels.foreground`` and
+    working size ``image_size``: ``min_area`` rescaled to it. A single triplet on a multi-output model is ignored
+    (None, with a warning); per-class triplets must name the outputs (else :class:`ModelLoadError`)."""
+    path = Path(path)
+    rule = _fitting_rule(path, labels, model)
+    if rule is None:
+        return None
+    rule = _at_size(rule, image_size, path)
+    logger.info("Post-processing from %s: %s", path, rule)
+    return rule
+
+
+def _fitting_rule(path: Path, labels: LabelSet, model: str) -> PostProcess | ClassPostProcess | None:
     try:
         rule = load_postprocess(path)
     except ValueError as error:

@@ -390,9 +390,15 @@ class TripletSearch:
         return PostProcess(self.tops[t], self.areas[a], self.bottoms[b], image_size=image_size)
 
     def best_rule(self, class_names: Sequence[str]) -> PostProcess | ClassPostProcess:
-        """The winning rule: a :class:`PostProcess` for one class, a :class:`ClassPostProcess` of ``class_names``
-        (one per class, in order) for several."""
-        rules = [self.rule(index) for index in self.best()]
+        """The winning rule (:meth:`rule_at` of :meth:`best`)."""
+        return self.rule_at(self.best(), class_names)
+
+    def rule_at(
+        self, indices: Sequence[tuple[int, int, int]], class_names: Sequence[str]
+    ) -> PostProcess | ClassPostProcess:
+        """The rule of one grid point per class: a :class:`PostProcess` for one class, a :class:`ClassPostProcess`
+        of ``class_names`` (in order) for several."""
+        rules = [self.rule(index) for index in indices]
         return rules[0] if self.num_classes == 1 else ClassPostProcess(tuple(class_names), tuple(rules))
 
     def table(self, class_index: int = 0) -> list[dict]:

@@ -5,12 +5,21 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from cxrseg.cross_validation import is_cv_folder
+from cxrseg.ensemble import Ensemble, load_ensemble
 from cxrseg.inference import TTA_MODES, Segmenter, load_segmenter
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, postprocess: bool = True) -> None:
     """--model, --tta, --batch-size, --num-workers, --device (and --no-postprocess)."""
-    parser.add_argument("--model", required=True, help="trained model folder (run_train.py output) or Hub id")
+    parser.add_argument(
+        "--model",
+        required=True,
+        nargs="+",
+        action="extend",
+        help="trained model folder (run_train.py output), Hub id, or cross-validation folder (its fold models); "
+        "several: their ensemble (probabilities averaged)",
+    )
     parser.add_argument(
         "--tta",
         choices=TTA_MODES,
@@ -26,11 +35,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, postprocess: bool = Tru
         )
 
 
-def load_model(args: argparse.Namespace, postprocess_path: str | None = None) -> Segmenter:
-    """The model that :func:`add_model_arguments`' options name, with its post-processing unless turned off."""
-    return load_segmenter(
-        args.model, device=args.device, use_postprocess=not args.no_postprocess, postprocess_path=postprocess_path
-    )
+def load_model(args: argparse.Namespace, postprocess_path: str | None = None) -> Segmenter | Ensemble:
+    """The model that :func:`add_model_arguments`' options name, with its post-processing unless turned off: one
+    model, or the :class:`~cxrseg.ensemble.Ensemble` of a CV folder or of several ``--model`` values."""
+    options = {"device": args.device, "use_postprocess": not args.no_postprocess, "postprocess_path": postprocess_path}
+    if len(args.model) == 1 and not is_cv_folder(args.model[0]):
+        return load_segmenter(args.model[0], **options)
+    return load_ensemble(args.model, **options)
 
 
 def run_options(args: argparse.Namespace) -> dict[str, Any]:
