@@ -19,7 +19,6 @@ Outputs (default ``OUTPUT_DIR/evaluation/val/``): ``metrics.json``, ``per_image.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import os
@@ -114,8 +113,7 @@ def evaluate_out_of_fold(
                     searched.add(*scored)
             fold_metrics.append({"fold": fold, "model": str(folder), **metrics.compute()})
             fold_searches.append(searched)
-            del segmenter, loader
-            gc.collect()
+            del segmenter, loader  # one fold model in memory at a time
 
     num_images = sum(len(fold["val"]) for fold in run.folds)
     results = {
