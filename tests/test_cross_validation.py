@@ -5,6 +5,9 @@ interrupted in its second fold that resumes there."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +35,7 @@ from cxrseg.out_of_fold import evaluate_out_of_fold
 from cxrseg.postprocess import PostProcess, search_postprocess
 from cxrseg.train import train_folds
 from tests.conftest import TINY_MODEL_CONFIG, save_tiny_model
+from tests.test_ddp import ROOT, free_port
 
 
 def recipe_args(data_dir: Path, out: Path, *extra: str) -> list[str]:
@@ -197,3 +201,23 @@ def test_a_cv_run_interrupted_in_its_second_fold_resumes_there(tmp_path, demo_ro
     for k in range(2):
         assert json.loads((out / f"fold_{k}" / "splits.json").read_text()) == folds[k]
     read_cross_validation(out)  # every fold finished: evaluate and predict can use the folder
+
+
+@pytest.mark.slow
+def test_all_folds_train_in_one_two_process_launch(tmp_path, demo_root):
+    """``accelerate launch ... run_train.py --num_folds 2``: both folds train with world size 2 in one launched
+    program (the process group outlives the first fold)."""
+    out = tmp_path / "cv"
+    cmd = [
+        str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", "accelerate_configs/cpu_ddp.yaml",
+        "--main_process_port", str(free_port()), "run_train.py",
+        *recipe_args(demo_root, out, "--num_folds", "2", "--num_train_epochs", "1", "--balanced_sampling", "false",
+                     "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "2")
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for k in range(2):
+        assert (out / f"fold_{k}" / FOLD_RESULT_FILENAME).exists()
+        state = json.loads((out / f"fold_{k}" / "trainer_state.json").read_text())
+        assert state["global_step"] == 3  # 12 training images, 2 per process and step: two processes
