@@ -67,7 +67,8 @@ def prepare_folds(recipe: Recipe, labels: LabelSet) -> list[Split]:
     """Index the recipe's data, load or make its folds (``OUTPUT_DIR/splits.json``) and write ``cv.json``.
 
     Strata are the rarest class present per image; groups the patients (:func:`cxrseg.data.groups.patient_groups`
-    of the data folder). Every process may call it: the files are written atomically with the same content.
+    of the data folder). Under DDP every process calls it, the main one first (``main_process_first``): the
+    others read the folds it saved.
     """
     data_args, output_dir = recipe.data, Path(recipe.training.output_dir)
     _, index = index_training_source(data_args, labels)
@@ -82,7 +83,8 @@ def prepare_folds(recipe: Recipe, labels: LabelSet) -> list[Split]:
             root,
             chestxdet,
         )
-    output_dir.mkdir(parents=True, exist_ok=True)
+    if recipe.training.should_save:
+        output_dir.mkdir(parents=True, exist_ok=True)
     folds = load_or_make_folds(
         output_dir / "splits.json",
         image_ids,
@@ -99,7 +101,8 @@ def prepare_folds(recipe: Recipe, labels: LabelSet) -> list[Split]:
         "groups": described,
         "num_images": len(image_ids),
     }
-    atomic_write_text(output_dir / CV_FILENAME, json.dumps(summary, indent=2) + "\n")
+    if recipe.training.should_save:
+        atomic_write_text(output_dir / CV_FILENAME, json.dumps(summary, indent=2) + "\n")
     logger.info("%d folds of %d images (%s) in %s.", data_args.num_folds, len(image_ids), described, output_dir)
     return folds
 

@@ -22,12 +22,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from cxrseg.cross_validation import read_cross_validation
-from cxrseg.data.png_layout import DataError, index_layout, read_layout_labels
+from cxrseg.cross_validation import CrossValidationRun, read_cross_validation
+from cxrseg.data.png_layout import DataError, IndexedImage, index_layout, read_layout_labels
 from cxrseg.evaluate import (
     PER_IMAGE_COLUMNS,
     THRESHOLD,
@@ -44,7 +45,8 @@ from cxrseg.evaluate import (
     stream_predictions,
 )
 from cxrseg.files import AtomicCsv, atomic_write_text
-from cxrseg.inference import load_segmenter
+from cxrseg.inference import Segmenter, load_segmenter
+from cxrseg.labels import LabelSet
 from cxrseg.metrics import SUMMARY_KEYS, SegmentationMetrics, dice_from_counts
 from cxrseg.plots import plot_pr_curve
 from cxrseg.postprocess import TripletSearch
@@ -77,35 +79,21 @@ def evaluate_out_of_fold(
     root = Path(data_root)
     out = Path(out_dir) if out_dir is not None else run.root / "evaluation" / "val"
     out.mkdir(parents=True, exist_ok=True)
-    index = None
     fold_metrics, fold_searches = [], []
-    names = size = None
     with AtomicCsv(out / "per_image.csv", (*PER_IMAGE_COLUMNS, "fold")) as per_image:
         for fold, folder in enumerate(run.fold_dirs):
             segmenter = load_segmenter(folder, device=device, use_postprocess=False)
-            if names is None:
-                names, size = segmenter.output_names, segmenter.image_size
-                index = _layout_index(root, segmenter.labels)
-                accumulator = EvaluationAccumulator(names, per_image)
-            elif (segmenter.output_names, segmenter.image_size) != (names, size):
-                raise DataError(
-                    f"{folder} predicts {list(segmenter.output_names)} at {segmenter.image_size}² but fold 0 "
-                    f"{list(names)} at {size}²: the folds of {run.root} do not belong together."
-                )
-            val = run.folds[fold]["val"]
-            if segmenter.splits is None or segmenter.splits.get("val") != val:
-                raise DataError(f"{folder}/splits.json is not fold {fold} of {run.root}/splits.json.")
-            missing = [image_id for image_id in val if image_id not in index]
-            if missing:
-                raise DataError(
-                    f"{len(missing)} of fold {fold}'s {len(val)} validation images are not in {root}/images/train "
-                    f"(first: {missing[0]!r}); is this the data the folds were trained on?"
-                )
-            logger.info("Fold %d: %d images by %s.", fold, len(val), folder)
-            metrics = SegmentationMetrics(threshold=THRESHOLD, num_classes=len(names), class_names=names)
+            if fold == 0:
+                first, index = segmenter, _layout_index(root, segmenter.labels)
+                accumulator = EvaluationAccumulator(first.output_names, per_image)
+            rows = _fold_rows(run, fold, segmenter, first, index, root)
+            logger.info("Fold %d: %d images by %s.", fold, len(rows), folder)
+            metrics = SegmentationMetrics(
+                THRESHOLD, num_classes=len(first.output_names), class_names=first.output_names
+            )
             searched = new_search(segmenter) if search else None
             accumulator.extra_columns = (fold,)
-            loader = evaluation_loader(segmenter, [index[i] for i in val], batch_size, num_workers)
+            loader = evaluation_loader(segmenter, rows, batch_size, num_workers)
             for batch in stream_predictions(segmenter, loader, tta):
                 scored = accumulator.add(batch)
                 metrics.update(*scored)
@@ -114,6 +102,7 @@ def evaluate_out_of_fold(
             fold_metrics.append({"fold": fold, "model": str(folder), **metrics.compute()})
             fold_searches.append(searched)
             del segmenter, loader  # one fold model in memory at a time
+    names, size = first.output_names, first.image_size
 
     num_images = sum(len(fold["val"]) for fold in run.folds)
     results = {
@@ -149,7 +138,36 @@ def evaluate_out_of_fold(
     return evaluation
 
 
-def _layout_index(root: Path, labels) -> dict:
+def _fold_rows(
+    run: CrossValidationRun,
+    fold: int,
+    segmenter: Segmenter,
+    first: Segmenter,
+    index: dict[str, IndexedImage],
+    root: Path,
+) -> list[IndexedImage]:
+    """The validation images of ``fold``, after checking that its model belongs with the first fold's and to the
+    fold, and that the data holds them."""
+    folder = run.fold_dirs[fold]
+    if (segmenter.output_names, segmenter.image_size) != (first.output_names, first.image_size):
+        raise DataError(
+            f"{folder} predicts {list(segmenter.output_names)} at {segmenter.image_size}² but fold 0 "
+            f"{list(first.output_names)} at {first.image_size}²: the folds of {run.root} do not belong together."
+        )
+    val = run.folds[fold]["val"]
+    if segmenter.splits is None or segmenter.splits.get("val") != val:
+        raise DataError(f"{folder}/splits.json is not fold {fold} of {run.root}/splits.json.")
+    missing = [image_id for image_id in val if image_id not in index]
+    if missing:
+        raise DataError(
+            f"{len(missing)} of fold {fold}'s {len(val)} validation images are not in {root}/images/train "
+            f"(first: {missing[0]!r}); is this the data the folds were trained on?"
+        )
+    return [index[image_id] for image_id in val]
+
+
+def _layout_index(root: Path, labels: LabelSet) -> dict[str, IndexedImage]:
+    """The validated training images of the layout at ``root`` by image id, after checking its classes."""
     if not root.is_dir():
         raise DataError(f"Data folder {root} does not exist (expected the PNG layout the folds were trained on).")
     declared = read_layout_labels(root)
@@ -162,6 +180,7 @@ def _layout_index(root: Path, labels) -> dict:
 
 
 def _spread(fold_metrics: list[dict]) -> dict:
+    """For each summary metric, its mean, sample standard deviation (ddof 1), min and max over the folds."""
     spread = {}
     for key in SUMMARY_KEYS:
         values = np.array([m[key] for m in fold_metrics], dtype=np.float64)
@@ -174,7 +193,7 @@ def _spread(fold_metrics: list[dict]) -> dict:
     return spread
 
 
-def cross_validated_search(fold_searches: list[TripletSearch], names) -> dict:
+def cross_validated_search(fold_searches: list[TripletSearch], names: Sequence[str]) -> dict:
     """The cross-validated estimate of tuned post-processing (module docstring): per fold, the rule best on the
     other folds' images and its Kaggle mean Dice and dataset Dice on this fold's; pooled over folds, per class and
     as means over classes."""
