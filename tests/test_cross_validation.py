@@ -33,6 +33,7 @@ from cxrseg.labels import PNEUMOTHORAX
 from cxrseg.metrics import SegmentationMetrics, dice_score
 from cxrseg.out_of_fold import evaluate_out_of_fold
 from cxrseg.postprocess import PostProcess, search_postprocess
+from cxrseg.train import main as train_main
 from cxrseg.train import train_folds
 from tests.conftest import TINY_MODEL_CONFIG, save_tiny_model
 from tests.test_ddp import ROOT, free_port
@@ -66,6 +67,25 @@ def test_fold_keys_are_checked(tmp_path):
     recipe = parse_recipe(recipe_args(tmp_path, tmp_path, "--num_folds", "5", "--fold", "4"))
     assert (recipe.data.num_folds, recipe.data.fold) == (5, "4")
     assert parse_recipe(recipe_args(tmp_path, tmp_path)).data.num_folds is None  # today's single split
+
+
+def test_bad_fold_index_and_overlapping_saved_folds_exit_2_before_any_work(tmp_path, demo_root, capsys):
+    out = tmp_path / "cv"
+    assert train_main(recipe_args(demo_root, out, "--num_folds", "3", "--fold", "3")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: fold must be 'all' or an index 0..2") and "Traceback" not in err
+    assert not out.exists()
+
+    out.mkdir()
+    ids = sorted(p.stem for p in (demo_root / "images" / "train").iterdir())
+    overlapping = [{"train": ids[12:], "val": ids[:12]}, {"train": ids[:8], "val": ids[8:]}]
+    (out / "splits.json").write_text(json.dumps(overlapping))
+    assert train_main(recipe_args(demo_root, out, "--num_folds", "2")) == 2
+    err = capsys.readouterr().err
+    assert "splits.json" in err and "is in the validation sets of folds 0 and 1" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["splits.json"]  # nothing trained, nothing written
+    assert json.loads((out / "splits.json").read_text()) == overlapping
 
 
 @pytest.fixture(scope="module")
