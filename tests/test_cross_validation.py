@@ -161,6 +161,15 @@ def test_cli_evaluates_a_cv_folder_out_of_fold_and_as_an_ensemble(cv, demo_root,
     code = main(["evaluate", "--model", str(out), "--data", str(demo_root), "--split", "train", "--out", str(tmp_path)])
     assert code == 0
     assert json.loads((tmp_path / "metrics.json").read_text())["model"] == str(out)
+    # One fold under a given rule (the demo scores each fold under the CV folder's out-of-fold rule).
+    rule = PostProcess(0.6, 2, 0.4, image_size=64)
+    given = ["--postprocess", str(rule.save(tmp_path / "rule.json"))]
+    code = main(["evaluate", "--model", str(fold_dir(out, 0)), "--data", str(demo_root), "--split", "train",
+                 "--out", str(tmp_path / "fold0"), *given])  # fmt: skip
+    assert code == 0
+    assert json.loads((tmp_path / "fold0" / "metrics.json").read_text())["postprocess"] == rule.to_dict()
+    assert main(["evaluate", "--model", str(out), "--data", str(demo_root), "--out", str(tmp_path), *given]) == 2
+    assert "out-of-fold evaluation scores each fold's own images" in capsys.readouterr().err
 
 
 def test_unfinished_folds_are_named(tmp_path, demo_root):
@@ -241,3 +250,43 @@ def test_all_folds_train_in_one_two_process_launch(tmp_path, demo_root):
         assert (out / f"fold_{k}" / FOLD_RESULT_FILENAME).exists()
         state = json.loads((out / f"fold_{k}" / "trainer_state.json").read_text())
         assert state["global_step"] == 3  # 12 training images, 2 per process and step: two processes
+
+
+def test_the_cv_demo_table_shows_the_numbers_of_its_evaluations(tmp_path, demo_root):
+    """`make cv-demo`'s evaluations, then its table (scripts/cv_demo_table.py); the training images stand in for the
+    held-out split."""
+    out = tmp_path / "cv"
+    untrained_cv_folder(demo_root, out, num_folds=2)
+    data = ["--data", str(demo_root), "--num-workers", "0"]
+    assert main(["evaluate", "--model", str(out), *data, "--search-postprocess"]) == 0
+    assert main(["evaluate", "--model", str(out), *data, "--split", "train"]) == 0
+    for k in range(2):
+        rule = ["--postprocess", str(out / "postprocess.json")]
+        assert main(["evaluate", "--model", str(fold_dir(out, k)), *data, "--split", "train", *rule]) == 0
+    table = subprocess.run(
+        [sys.executable, "scripts/cv_demo_table.py", str(out), "--split", "train"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+
+    def row(start: str) -> list[str]:
+        return next(line for line in table.splitlines() if line.strip().startswith(start)).split()
+
+    def fmt(*values: float) -> list[str]:
+        return [f"{value:.4f}" for value in values]
+
+    oof = json.loads((out / "evaluation" / "val" / "metrics.json").read_text())
+    best = max(range(2), key=lambda k: oof["folds"][k]["kaggle_dice"])
+    assert "(best on validation)" in " ".join(row(f"fold {best}"))
+    for k in range(2):
+        alone = json.loads((fold_dir(out, k) / "evaluation" / "train" / "metrics.json").read_text())
+        own = oof["folds"][k]
+        expected = fmt(own["dice"], own["kaggle_dice"], alone["dice"], alone["kaggle_dice"], alone["kaggle_dice_rule"])
+        assert row(f"fold {k}")[-5:] == expected
+    assert row("out of fold (24 images)")[-2:] == fmt(oof["dice"], oof["kaggle_dice"])
+    ensemble = json.loads((out / "evaluation" / "train" / "metrics.json").read_text())
+    assert row("ensemble of the 2 folds")[-3:] == fmt(
+        ensemble["dice"], ensemble["kaggle_dice"], ensemble["kaggle_dice_rule"]
+    )
+    search = oof["search"]
+    assert row("tuned on all out-of-fold")[-1:] == fmt(search["tuned_on_oof"]["kaggle_dice"])
+    assert row("cross-validated")[-1:] == fmt(search["cross_validated"]["kaggle_dice"])

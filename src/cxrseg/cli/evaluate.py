@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cxrseg.cli.model_options import add_model_arguments, load_model, run_options
+from cxrseg.errors import UsageError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,6 +44,11 @@ def run(args: argparse.Namespace) -> int:
     if len(args.model) == 1 and is_cv_folder(args.model[0]) and args.split == "val":
         from cxrseg.out_of_fold import evaluate_out_of_fold, out_of_fold_summary
 
+        if args.postprocess:
+            raise UsageError(
+                f"--postprocess {args.postprocess}: out-of-fold evaluation scores each fold's own images and tunes "
+                "its rule with --search-postprocess; a given rule applies to other splits (--split test)."
+            )
         result = evaluate_out_of_fold(
             args.model[0], args.data, args.out, search=args.search_postprocess, device=args.device, **run_options(args)
         )

@@ -11,7 +11,7 @@ from cxrseg.inference import TTA_MODES, Segmenter, load_segmenter
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, postprocess: bool = True) -> None:
-    """--model, --tta, --batch-size, --num-workers, --device (and --no-postprocess)."""
+    """--model, --tta, --batch-size, --num-workers, --device (and --no-postprocess, --postprocess FILE)."""
     parser.add_argument(
         "--model",
         required=True,
@@ -33,12 +33,19 @@ def add_model_arguments(parser: argparse.ArgumentParser, postprocess: bool = Tru
         parser.add_argument(
             "--no-postprocess", action="store_true", help="ignore the model's postprocess.json: masks are prob >= 0.5"
         )
+        parser.add_argument(
+            "--postprocess",
+            metavar="FILE",
+            help="a postprocess.json to use instead of the model's own (e.g. from evaluating a Hub model, or a CV "
+            "folder's out-of-fold rule for one of its folds)",
+        )
 
 
-def load_model(args: argparse.Namespace, postprocess_path: str | None = None) -> Segmenter | Ensemble:
-    """The model that :func:`add_model_arguments`' options name, with its post-processing unless turned off: one
-    model, or the :class:`~cxrseg.ensemble.Ensemble` of a CV folder or of several ``--model`` values."""
-    options = {"device": args.device, "use_postprocess": not args.no_postprocess, "postprocess_path": postprocess_path}
+def load_model(args: argparse.Namespace) -> Segmenter | Ensemble:
+    """The model that :func:`add_model_arguments`' options name, with its post-processing (``--postprocess``, else
+    its own) unless turned off: one model, or the :class:`~cxrseg.ensemble.Ensemble` of a CV folder or of several
+    ``--model`` values."""
+    options = {"device": args.device, "use_postprocess": not args.no_postprocess, "postprocess_path": args.postprocess}
     if len(args.model) == 1 and not is_cv_folder(args.model[0]):
         return load_segmenter(args.model[0], **options)
     return load_ensemble(args.model, **options)
