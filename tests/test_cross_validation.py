@@ -29,10 +29,11 @@ from cxrseg.data.png_layout import index_layout
 from cxrseg.errors import ModelLoadError, RecipeError
 from cxrseg.evaluate import evaluate, evaluation_loader, search_grid, stream_predictions
 from cxrseg.inference import load_segmenter
-from cxrseg.labels import PNEUMOTHORAX
+from cxrseg.labels import PNEUMOTHORAX, get_labels
 from cxrseg.metrics import SegmentationMetrics, dice_score
 from cxrseg.out_of_fold import evaluate_out_of_fold
 from cxrseg.postprocess import PostProcess, search_postprocess
+from cxrseg.synthetic import make_multilabel_demo_data
 from cxrseg.train import main as train_main
 from cxrseg.train import train_folds
 from tests.conftest import TINY_MODEL_CONFIG, save_tiny_model
@@ -44,6 +45,9 @@ def recipe_args(data_dir: Path, out: Path, *extra: str) -> list[str]:
         "--config", "recipe/demo.yaml", "--data_dir", str(data_dir), "--image_size", "64",
         "--model_config", json.dumps(TINY_MODEL_CONFIG), "--output_dir", str(out), "--report_to", "none", *extra,
     ]  # fmt: skip
+
+
+MULTILABEL_SAMPLING = ("--negative_keep_ratio", "1.0", "--positive_weight", "1.0")  # demo.yaml's are single-label
 
 
 def untrained_cv_folder(data_dir: Path, out: Path, num_folds: int = 3) -> list[dict]:
@@ -150,6 +154,55 @@ def test_out_of_fold_metrics_equal_the_metrics_of_the_pooled_fold_predictions(cv
         per_image += [dice_score(m, t) for m, t in zip(masks, target[~others].numpy())]
         assert metrics["search"]["cross_validated"]["folds"][k]["postprocess"] == rule.to_dict()
     assert metrics["search"]["cross_validated"]["kaggle_dice"] == pytest.approx(np.mean(per_image), abs=1e-12)
+
+
+def test_multilabel_out_of_fold_metrics_and_per_class_rules_equal_brute_force(tmp_path):
+    """ChestX-Det-like multi-label data: the OOF metrics per class are those of the pooled fold predictions, the
+    rule tuned on OOF is each class's own search, and the cross-validated estimate of each class is its rules tuned
+    on the other folds, scored image by image on this fold's."""
+    labels = get_labels("chestxdet")
+    data = make_multilabel_demo_data(tmp_path / "data", num_images=8, size=64, seed=2)
+    out = tmp_path / "cv"
+    recipe = parse_recipe(recipe_args(data, out, "--task", "chestxdet", "--num_folds", "2", *MULTILABEL_SAMPLING))
+    folds = prepare_folds(recipe, labels)
+    for k, fold in enumerate(folds):
+        save_tiny_model(fold_dir(out, k), labels, seed=k, splits=fold)
+        mark_fold_finished(fold_dir(out, k), k, 2, {})
+    result = evaluate_out_of_fold(out, data, tmp_path / "oof", batch_size=4, search=True, device="cpu")
+    metrics, names = result.metrics, labels.foreground
+
+    index = {row.image_id: row for row in index_layout(data, "train", labels)}
+    probs, target, fold_of = [], [], []
+    for k, fold in enumerate(folds):
+        segmenter = load_segmenter(fold_dir(out, k), device="cpu")
+        for batch in stream_predictions(segmenter, evaluation_loader(segmenter, [index[i] for i in fold["val"]], 5)):
+            probs.append(batch.probs)
+            target.append(batch.target)
+            fold_of += [k] * len(batch.image_ids)
+    probs, target, fold_of = torch.cat(probs), torch.cat(target), np.array(fold_of)
+    assert probs.shape == (8, len(names), 64, 64)
+    pooled = SegmentationMetrics(threshold=0.5, num_classes=len(names), class_names=names)
+    pooled.update(probs, target)
+    expected = pooled.compute()
+    assert any(key.startswith("dice/") for key in expected)
+    for key, value in expected.items():
+        assert metrics[key] == pytest.approx(value, abs=1e-12, nan_ok=True), key
+
+    grid = search_grid(64, len(names))
+    tuned, cross_validated = metrics["search"]["tuned_on_oof"], metrics["search"]["cross_validated"]
+    for c, name in enumerate(names):
+        best, _ = search_postprocess([(probs[:, c], target[:, c])], *grid)
+        assert result.best_postprocess.rules[c] == best, name
+        per_image = []
+        for k in range(2):
+            others = fold_of != k
+            rule, _ = search_postprocess([(probs[others, c], target[others, c])], *grid)
+            masks = rule.apply(probs[~others, c])
+            per_image += [dice_score(m, t) for m, t in zip(masks, target[~others, c].numpy())]
+        assert cross_validated["classes"][name]["kaggle_dice"] == pytest.approx(np.mean(per_image), abs=1e-12), name
+    assert set(tuned["classes"]) == set(names)
+    saved = json.loads((out / "postprocess.json").read_text())
+    assert set(saved["classes"]) == set(names)  # per-class rules, saved as the ensemble's
 
 
 def test_cli_evaluates_a_cv_folder_out_of_fold_and_as_an_ensemble(cv, demo_root, tmp_path, capsys):
