@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -316,10 +317,7 @@ def test_the_cv_demo_table_shows_the_numbers_of_its_evaluations(tmp_path, demo_r
     for k in range(2):
         rule = ["--postprocess", str(out / "postprocess.json")]
         assert main(["evaluate", "--model", str(fold_dir(out, k)), *data, "--split", "train", *rule]) == 0
-    table = subprocess.run(
-        [sys.executable, "scripts/cv_demo_table.py", str(out), "--split", "train"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+    table = runpy.run_path(str(ROOT / "scripts" / "cv_demo_table.py"))["cv_demo_table"](out, "train")  # fmt: skip
 
     def row(start: str) -> list[str]:
         return next(line for line in table.splitlines() if line.strip().startswith(start)).split()
