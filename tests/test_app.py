@@ -26,8 +26,9 @@ import torch
 from PIL import Image
 
 from cxrseg.cli import main
+from cxrseg.ensemble import load_models
 from cxrseg.images import read_image
-from cxrseg.inference import Preprocessor, Segmenter, load_segmenter
+from cxrseg.inference import Preprocessor, Segmenter
 from cxrseg.labels import PNEUMOTHORAX, TASKS, pack_multilabel
 from cxrseg.model import IMAGENET_MEAN, IMAGENET_STD
 from cxrseg.plots import class_colours
@@ -231,10 +232,11 @@ def segment_via_api(url: str, path: Path) -> tuple[str, str, str, str, str]:
     return Client(url, verbose=False).predict(handle_file(path), False, api_name="/segment")
 
 
-def check_served_result(result: tuple, model: Path, image: np.ndarray, name: str) -> None:
-    """The page's outputs are what the model computes: every class's score in its colour, the mask PNG."""
+def check_served_result(result: tuple, model: Path | list[Path], image: np.ndarray, name: str) -> None:
+    """The page's outputs are what the model (several: their ensemble) computes: every class's score in its colour,
+    the mask PNG."""
     message, overlay, _, table, mask = result
-    scores, masks = model_output(load_segmenter(model, device="cpu"), image)
+    scores, masks = model_output(load_models(model, device="cpu"), image)
     assert name in message and f"{image.shape[1]} × {image.shape[0]} px" in message
     assert re.findall(r'class="score">([0-9.]+)<', table) == [f"{score:.3f}" for score in scores]
     swatches = re.findall(r"background:rgb\((\d+), (\d+), (\d+)\)", table)
@@ -290,3 +292,22 @@ def test_the_space_serves_the_model_that_CXRSEG_MODEL_names(served, monkeypatch,
     finally:
         demo.close()
     check_served_result(result, model, image, path.name)
+
+
+@pytest.mark.slow
+def test_the_app_serves_an_ensemble(served, tmp_path):
+    """Two models: the page shows their ensemble's scores and mask (which differ from either model's)."""
+    from cxrseg.app import launch, load_app
+
+    model, _, path, image = served
+    models = [model, save_tiny_model(tmp_path / "other", seed=7)]
+    demo = load_app([str(m) for m in models], device="cpu")
+    port = free_port()
+    launch(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+    try:
+        result = segment_via_api(f"http://127.0.0.1:{port}/", path)
+    finally:
+        demo.close()
+    check_served_result(result, models, image, path.name)
+    single = model_output(load_models(model, device="cpu"), image)[0]
+    assert re.findall(r'class="score">([0-9.]+)<', result[3]) != [f"{score:.3f}" for score in single]

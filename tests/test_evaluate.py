@@ -18,13 +18,13 @@ from torch import nn
 from cxrseg.cli import main
 from cxrseg.data.png_layout import index_layout
 from cxrseg.data.splits import make_split
-from cxrseg.errors import DataError, UsageError
+from cxrseg.errors import DataError
 from cxrseg.evaluate import evaluate, search_grid, split_rows
 from cxrseg.inference import Preprocessor, Segmenter, load_segmenter
 from cxrseg.labels import PNEUMOTHORAX, LabelSet, pack_multilabel
 from cxrseg.metrics import SegmentationMetrics, dice_score
 from cxrseg.model import IMAGENET_MEAN, IMAGENET_STD
-from cxrseg.postprocess import PostProcess
+from cxrseg.postprocess import ClassPostProcess, PostProcess
 from tests.conftest import save_tiny_model
 
 
@@ -213,8 +213,11 @@ def test_multilabel_model_is_scored_per_class(tmp_path):
     rows = read_csv(out / "per_image.csv")
     assert len(rows) == 6 * 3 and [r["class"] for r in rows[:3]] == list(names)
     assert result.out_dir == out and Image.open(out / "pr_curve.png").size == (800, 640)
-    with pytest.raises(UsageError, match="one foreground class"):
-        evaluate(segmenter, root, "train", tmp_path / "x", search=True)
+    searched = evaluate(segmenter, root, "train", tmp_path / "x", search=True)  # one triplet per class
+    assert isinstance(searched.best_postprocess, ClassPostProcess) and searched.best_postprocess.classes == names
+    assert load_segmenter(model_dir, device="cpu").postprocess == searched.best_postprocess
+    points = np.prod([len(values) for values in search_grid(64, len(names))])
+    assert [row["class"] for row in read_csv(tmp_path / "x" / "postprocess_search.csv")[::points]] == list(names)
 
 
 def test_cli_evaluate_with_search_saves_postprocess_next_to_the_model(tmp_path, demo_root, capsys):
@@ -252,3 +255,52 @@ def test_cli_evaluate_with_search_saves_postprocess_next_to_the_model(tmp_path, 
     assert metrics["search"]["postprocess"] == json.loads((model_dir / "postprocess.json").read_text())
     assert load_segmenter(model_dir).postprocess == saved  # prediction uses it by default
     assert main(["evaluate", "--model", str(model_dir), "--data", str(demo_root), "--split", "test"]) == 2
+
+
+class ScaledIntensityModel(nn.Module):
+    """A multi-label stand-in: class c's sigmoid probability is ``scales[c]`` times the input's gray level / 255, so a
+    class with a small scale is ranked well (AP 1) while its probabilities stay below 0.5, like ChestX-Det's Nodule."""
+
+    def __init__(self, scales: tuple[float, ...]) -> None:
+        super().__init__()
+        self.scales = torch.tensor(scales).view(1, -1, 1, 1)
+
+    def forward(self, pixel_values: torch.Tensor) -> SimpleNamespace:
+        gray = (pixel_values[:, :1] * IMAGENET_STD[0] + IMAGENET_MEAN[0]).clamp(0, 1)
+        p = (gray * self.scales).clamp(1e-6, 1 - 1e-6)
+        return SimpleNamespace(logits=torch.log(p) - torch.log1p(-p))
+
+
+def test_per_class_thresholds_lift_a_class_below_half_from_dice_zero(tmp_path):
+    names = ("Effusion", "Nodule")
+    labels = LabelSet("custom", names, multilabel=True)
+    root = tmp_path / "data"
+    for sub in ("images/test", "masks/test"):
+        (root / sub).mkdir(parents=True)
+    labels.save(root)
+    for i in range(6):
+        image, planes = np.full((64, 64), level(0.05), np.uint8), np.zeros((2, 64, 64), np.uint8)
+        if i % 2 == 0:  # a lesion of both classes; odd images are empty
+            image[10 + i : 30 + i, 12:40] = level(0.9)
+            planes[:, 10 + i : 30 + i, 12:40] = 1
+        cv2.imwrite(str(root / "images/test" / f"img{i}.png"), image)
+        cv2.imwrite(str(root / "masks/test" / f"img{i}.png"), pack_multilabel(planes))
+    preprocessor = Preprocessor((64, 64), IMAGENET_MEAN, IMAGENET_STD)
+    segmenter = Segmenter(
+        ScaledIntensityModel((1.0, 0.35)), labels, preprocessor, None, "stand-in", tmp_path, True, torch.device("cpu")
+    )  # Nodule: 0.315 on its lesions, 0.0175 elsewhere
+
+    result = evaluate(segmenter, root, "test", tmp_path / "out", search=True)
+    metrics = result.metrics
+    assert metrics["dice/Nodule"] == 0 and metrics["ap/Nodule"] == pytest.approx(1.0, abs=1e-3)
+    assert metrics["search"]["classes"]["Nodule"] == {"kaggle_dice": 1.0, "dice": 1.0}
+    rule = result.best_postprocess
+    assert isinstance(rule, ClassPostProcess) and rule.classes == names
+    nodule = rule.rules[1]
+    assert 0.0175 < nodule.bottom_threshold <= 0.315 and (nodule.top_threshold <= 0.315 or nodule.min_area == 0)
+    assert json.loads(result.postprocess_path.read_text())["classes"]["Nodule"]["bottom_threshold"] <= 0.3
+
+    segmenter.postprocess = rule  # evaluating again under the tuned rules, image by image
+    again = evaluate(segmenter, root, "test", tmp_path / "again").metrics
+    assert again["dice_rule/Nodule"] == 1.0 and again["kaggle_dice_rule/Nodule"] == 1.0
+    assert again["dice/Nodule"] == 0  # the threshold-0.5 metrics stay as they were

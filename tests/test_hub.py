@@ -37,7 +37,7 @@ from cxrseg.hub import (
 from cxrseg.hub_checkpoints import HubCheckpointPush, checkpoint_upload_plan
 from cxrseg.labels import CHESTXDET, PNEUMOTHORAX, LabelSet
 from cxrseg.model import build_model
-from cxrseg.postprocess import PostProcess
+from cxrseg.postprocess import ClassPostProcess, PostProcess
 from cxrseg.synthetic import synthetic_radiograph
 from cxrseg.train import main as train_main
 from tests.conftest import TINY_MODEL_CONFIG, save_tiny_model
@@ -177,6 +177,11 @@ def test_model_card_chestxdet_and_synthetic(tmp_path):
     text = model_card(out, "lab/cxd")
     assert "ChestX-Det" in text and "lian2021sarnet" in text and "SIIM" not in text
     assert "| Nodule | 0.2500 | n/a | n/a |" in text
+    rules = [
+        PostProcess(0.3, 2, 0.2, 64) if name == "Nodule" else PostProcess(0.5, 0, 0.5, 64) for name in CHESTXDET.names
+    ]
+    ClassPostProcess(CHESTXDET.names, rules).save(out)
+    assert "| Nodule | 0.3 | 2 | 0.2 |" in model_card(out)  # per-class post-processing
     assert ".sigmoid()" in text and "pipeline(" not in text  # the pipeline's arg-max is wrong for multi-label
     save_recipe(parse_recipe(["--config", "recipe/demo.yaml"]), out / "recipe.yaml")
     text = model_card(out)

@@ -7,7 +7,14 @@ import torch
 
 from cxrseg.labels import IGNORE_INDEX
 from cxrseg.metrics import SegmentationMetrics, dice_score
-from cxrseg.postprocess import POSTPROCESS_FILENAME, PostProcess, search_postprocess
+from cxrseg.postprocess import (
+    POSTPROCESS_FILENAME,
+    ClassPostProcess,
+    PostProcess,
+    TripletSearch,
+    load_postprocess,
+    search_postprocess,
+)
 
 # ---------------------------------------------------------------- apply
 
@@ -178,3 +185,61 @@ def test_search_bad_input():
         search_postprocess([(probs, target), (np.zeros((1, 4, 4), np.float32), np.zeros((1, 4, 4)))], [0.5], [0], [0.5])
     with pytest.raises(ValueError, match="Batch 0"):
         search_postprocess([(probs, target[0])], [0.5], [0], [0.5])
+
+
+# ---------------------------------------------------------------- per class (multi-output models)
+
+
+def test_class_postprocess_applies_each_rule_to_its_plane_and_round_trips(tmp_path):
+    rules = ClassPostProcess(("Effusion", "Nodule"), (PostProcess(0.5, 0, 0.5, 8), PostProcess(0.3, 2, 0.2, 8)))
+    probs = np.zeros((3, 2, 8, 8), np.float32)
+    probs[:, :, 2:4, 2:4] = 0.35  # 4 pixels: under 0.5 for Effusion, kept (>= 2 at 0.3) and >= 0.2 for Nodule
+    probs[1, 1, 2:4, 2:4] = 0.25  # image 1: Nodule's core below its top threshold: dropped
+    masks = rules.apply(probs)
+    assert masks.shape == (3, 2, 8, 8) and not masks[:, 0].any()
+    assert masks[0, 1].sum() == masks[2, 1].sum() == 4 and not masks[1, 1].any()
+    np.testing.assert_array_equal(rules.apply(probs[0]), masks[0])  # [K, H, W] too
+    assert load_postprocess(rules.save(tmp_path)) == rules
+    saved = json.loads((tmp_path / POSTPROCESS_FILENAME).read_text())
+    assert saved == {
+        "image_size": 8,
+        "classes": {
+            "Effusion": {"top_threshold": 0.5, "min_area": 0, "bottom_threshold": 0.5},
+            "Nodule": {"top_threshold": 0.3, "min_area": 2, "bottom_threshold": 0.2},
+        },
+    }
+    assert rules.scaled(16).rules[1] == PostProcess(0.3, 8, 0.2, 16)
+    # today's single-triplet files load as they did
+    (tmp_path / "single.json").write_text('{"top_threshold": 0.75, "min_area": 2000, "bottom_threshold": 0.3}')
+    assert load_postprocess(tmp_path / "single.json") == PostProcess(0.75, 2000, 0.3)
+
+
+def test_class_postprocess_errors_name_the_file_and_class(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"image_size": 8, "classes": {"Nodule": {"top_threshold": 2}}}))
+    with pytest.raises(ValueError, match=r"p\.json: class 'Nodule': top_threshold must be a number in \[0, 1\]"):
+        load_postprocess(path)
+    path.write_text(json.dumps({"classes": {"Nodule": {"threshold": 0.3}}}))
+    with pytest.raises(ValueError, match="class 'Nodule' must map to top_threshold, min_area and bottom_threshold"):
+        load_postprocess(path)
+    with pytest.raises(ValueError, match="K = 2 classes"):
+        ClassPostProcess(("a", "b"), (PostProcess(), PostProcess())).apply(np.zeros((3, 4, 4), np.float32))
+
+
+def test_searches_over_parts_merge_into_the_search_over_all():
+    rng = np.random.default_rng(1)
+    probs = rng.random((9, 2, 12, 12)).astype(np.float32)
+    target = (rng.random((9, 2, 12, 12)) < 0.3).astype(np.uint8)
+    grid = ((0.5, 0.7), (0, 20), (0.3, 0.5))
+    whole = TripletSearch(*grid, num_classes=2)
+    whole.add(probs, target)
+    parts = [TripletSearch(*grid, num_classes=2) for _ in range(3)]
+    for part, chunk in zip(parts, range(0, 9, 3)):
+        part.add(probs[chunk : chunk + 3], target[chunk : chunk + 3])
+    merged = parts[0].merged(parts[1:])
+    np.testing.assert_allclose(merged.kaggle_dice(), whole.kaggle_dice(), atol=1e-12)
+    np.testing.assert_array_equal(merged.dataset_dice(), whole.dataset_dice())
+    for k in range(2):  # each class is the one-class search of its plane
+        best, table = search_postprocess([(probs[:, k], target[:, k])], *grid)
+        assert whole.table(k)[0]["kaggle_dice"] == pytest.approx(table[0]["kaggle_dice"], abs=1e-12)
+        assert whole.best_rule(["a", "b"]).rules[k] == best

@@ -24,6 +24,7 @@ from cxrseg.errors import CxrsegError, OptionalDependencyError
 from cxrseg.findings import MAX_MEGAPIXELS, Finding, ImageSegmentation, SegmenterLike, read_radiograph, segment_image
 from cxrseg.images import DICOM_SUFFIXES, write_png
 from cxrseg.plots import class_colours, overlay, probability_image
+from cxrseg.postprocess import ClassPostProcess, PostProcess
 from cxrseg.predict import mask_png_pixels
 
 # No telemetry or version check (outbound requests) from any Blocks, Gradio's inner ones included; a user's own
@@ -140,11 +141,14 @@ def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None, **
     demo.launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD, footer_links=[], **options)
 
 
-def load_app(model: str, device: str = "auto", tta: str = "none", max_megapixels: float = MAX_MEGAPIXELS) -> gr.Blocks:
-    """The page for a model folder or Hub id, with the examples of :func:`example_inputs`."""
-    from cxrseg.inference import load_segmenter
+def load_app(
+    model: str | Sequence[str], device: str = "auto", tta: str = "none", max_megapixels: float = MAX_MEGAPIXELS
+) -> gr.Blocks:
+    """The page for a model folder, a Hub id, a CV folder or several models (their ensemble:
+    :func:`cxrseg.ensemble.load_models`), with the examples of :func:`example_inputs`."""
+    from cxrseg.ensemble import load_models
 
-    segmenter = load_segmenter(model, device=device)
+    segmenter = load_models(model, device=device)
     with tempfile.TemporaryDirectory(prefix="cxrseg-app-examples-") as folder:  # Gradio copies examples at once
         examples = example_inputs(folder, multilabel=len(segmenter.output_names) > 1)
         return create_app(segmenter, examples, tta=tta, max_megapixels=max_megapixels)
@@ -162,10 +166,14 @@ def _rule_text(segmenter: SegmenterLike, raw_threshold: bool) -> str:
     if rule is None or raw_threshold:
         return "prob ≥ 0.5" + (" (raw threshold; postprocess.json off)" if rule is not None else "")
     size = f" at {rule.image_size}²" if rule.image_size else ""
-    return (
-        f"postprocess.json: kept where ≥ {rule.min_area} px{size} reach {rule.top_threshold:g}, "
-        f"then prob ≥ {rule.bottom_threshold:g}"
-    )
+    if isinstance(rule, ClassPostProcess):
+        each = "; ".join(f"{name} {_triplet_text(r)}" for name, r in zip(rule.classes, rule.rules))
+        return f"postprocess.json{size}, per finding: {each}"
+    return f"postprocess.json: {_triplet_text(rule)}{size}"
+
+
+def _triplet_text(rule: PostProcess) -> str:
+    return f"kept where ≥ {rule.min_area} px reach {rule.top_threshold:g}, then prob ≥ {rule.bottom_threshold:g}"
 
 
 def _summary_html(name: str, shape: tuple[int, int], spacing: tuple[float, float] | None, rule: str) -> str:

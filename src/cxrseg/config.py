@@ -64,7 +64,17 @@ class DataArguments:
     image_size: int = field(default=512, metadata={"help": "Square training and evaluation size, pixels."})
     augmentation: str = field(default="standard", metadata={"help": f"One of {AUGMENTATIONS}."})
     val_fraction: float = field(default=0.1, metadata={"help": "Held-out fraction, stratified by positivity."})
-    split_seed: int = field(default=42, metadata={"help": "Seed of the train/validation split."})
+    split_seed: int = field(default=42, metadata={"help": "Seed of the train/validation split (or of the folds)."})
+    num_folds: int | None = field(
+        default=None,
+        metadata={
+            "help": "K-fold cross-validation: K models, fold k in OUTPUT_DIR/fold_<k>/ validating on the k-th part "
+            "(patients never split; stratified like the split); val_fraction is then unused. null: one split."
+        },
+    )
+    fold: str = field(
+        default="all", metadata={"help": "With num_folds: 'all' trains every fold in turn, or one index 0..K-1."}
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate training rows (quick runs)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate validation rows (quick runs)."})
     preprocessing_num_workers: int = field(default=1, metadata={"help": "Processes that index the masks."})
@@ -81,6 +91,18 @@ class DataArguments:
         for key in ("max_train_samples", "max_eval_samples"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise RecipeError(f"{key} must be at least 1 (or null for every row), got {getattr(self, key)}.")
+        self.fold = str(self.fold)
+        if self.num_folds is None:
+            if self.fold != "all":
+                raise RecipeError(f"fold: {self.fold} needs num_folds (the number of cross-validation folds).")
+            return
+        if self.num_folds < 2:
+            raise RecipeError(f"num_folds must be at least 2 (or null for one split), got {self.num_folds}.")
+        if self.fold != "all" and not (self.fold.isdigit() and int(self.fold) < self.num_folds):
+            raise RecipeError(
+                f"fold must be 'all' or an index 0..{self.num_folds - 1} for num_folds: {self.num_folds}, "
+                f"got {self.fold!r}."
+            )
 
 
 @dataclass

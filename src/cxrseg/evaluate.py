@@ -6,14 +6,14 @@ neighbour for masks), so the numbers are comparable with the ``eval_*`` metrics 
 
 One streaming pass (:func:`stream_predictions`) feeds an :class:`EvaluationAccumulator`, which updates
 :class:`~cxrseg.metrics.SegmentationMetrics` (pixel Dice/IoU/AP/best F1 and the Kaggle mean Dice at
-``prob >= 0.5``) and writes ``per_image.csv`` row by row; with ``search=True`` the same batches go on to
-:func:`~cxrseg.postprocess.search_postprocess`. Only one batch of probabilities is ever held.
+``prob >= 0.5``) and writes ``per_image.csv`` row by row; with ``search=True`` the same batches go on to a
+:class:`~cxrseg.postprocess.TripletSearch` (one triplet per class for a multi-output model). Only one batch of
+probabilities is ever held.
 :mod:`cxrseg.example_selection` streams the same predictions to choose the images of a picture.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -30,13 +30,12 @@ from tqdm.auto import tqdm
 
 from cxrseg.data.dataset import make_transform, rows_to_dataset
 from cxrseg.data.png_layout import DataError, IndexedImage, index_layout, list_pairs, read_layout_labels
-from cxrseg.errors import UsageError
 from cxrseg.files import EVALUATION, AtomicCsv, atomic_write_text, check_output_folder, mark_output
 from cxrseg.inference import Segmenter
 from cxrseg.labels import IGNORE_INDEX
 from cxrseg.metrics import SegmentationMetrics, dice_from_counts
 from cxrseg.plots import PRCurve, plot_pr_curve
-from cxrseg.postprocess import POSTPROCESS_FILENAME, PostProcess, search_postprocess
+from cxrseg.postprocess import POSTPROCESS_FILENAME, ClassPostProcess, PostProcess, TripletSearch
 
 logger = logging.getLogger(__name__)
 
@@ -47,16 +46,24 @@ SEARCH_TOP_THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)
 SEARCH_MIN_AREAS_AT_1024 = (0, 250, 500, 1000, 1500, 2000, 3000, 4000, 6000)
 """min_area grid in pixels at 1024², scaled to the working size by :func:`search_grid` (SIIM 1st place: 2000)."""
 SEARCH_BOTTOM_THRESHOLDS = (0.2, 0.3, 0.4, 0.5)
+PER_CLASS_TOP_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+PER_CLASS_BOTTOM_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
+"""The thresholds of a multi-output model's per-class search reach lower: a rare class (ChestX-Det's Nodule) can be
+ranked well while its probabilities stay below 0.5."""
 
 
-def search_grid(image_size: int) -> tuple[tuple[float, ...], tuple[int, ...], tuple[float, ...]]:
-    """The triplet grid (top thresholds, min areas in pixels at ``image_size``², bottom thresholds).
+def search_grid(image_size: int, num_outputs: int = 1) -> tuple[tuple[float, ...], tuple[int, ...], tuple[float, ...]]:
+    """The triplet grid (top thresholds, min areas in pixels at ``image_size``², bottom thresholds) of a model with
+    ``num_outputs`` foreground outputs (several: :data:`PER_CLASS_TOP_THRESHOLDS` and
+    :data:`PER_CLASS_BOTTOM_THRESHOLDS`).
 
     The areas are :data:`SEARCH_MIN_AREAS_AT_1024` times ``(image_size / 1024)²``, rounded, duplicates dropped. The
     grid contains (0.5, 0, 0.5), plain binarisation, so the search never scores below it.
     """
     ratio = (image_size / 1024) ** 2
     areas = tuple(sorted({round(a * ratio) for a in SEARCH_MIN_AREAS_AT_1024}))
+    if num_outputs > 1:
+        return PER_CLASS_TOP_THRESHOLDS, areas, PER_CLASS_BOTTOM_THRESHOLDS
     return SEARCH_TOP_THRESHOLDS, areas, SEARCH_BOTTOM_THRESHOLDS
 
 
@@ -162,6 +169,7 @@ class ImageResult:
     truth_area: np.ndarray  # int64 [K]
     predicted_area: np.ndarray  # int64 [K]
     dice: np.ndarray  # float64 [K]
+    intersection: np.ndarray | None = None  # int64 [K]
 
 
 class PredictedBatch(NamedTuple):
@@ -178,7 +186,7 @@ def stream_predictions(segmenter: Segmenter, loader: DataLoader, tta: str = "non
     for batch in tqdm(loader, desc="evaluating", unit="batch"):
         probs = segmenter.probabilities(batch["pixel_values"], tta)
         target = target_planes(segmenter, batch["labels"])
-        masks = torch.from_numpy(segmenter.rule.apply(probs.flatten(0, 1))).view(probs.shape)
+        masks = torch.from_numpy(segmenter.rule.apply(probs))
         yield PredictedBatch(batch["image_id"], probs, target, masks)
 
 
@@ -186,27 +194,32 @@ def image_results(batch: PredictedBatch) -> list[ImageResult]:
     """Per-image counts and Dice (:func:`cxrseg.metrics.dice_from_counts`) of a batch's masks."""
     intersection, pred_area, truth_area = (x.numpy() for x in plane_counts(batch.masks, batch.target))
     dice = dice_from_counts(intersection, pred_area, truth_area)
-    return [ImageResult(i, truth_area[b], pred_area[b], dice[b]) for b, i in enumerate(batch.image_ids)]
+    return [
+        ImageResult(i, truth_area[b], pred_area[b], dice[b], intersection[b]) for b, i in enumerate(batch.image_ids)
+    ]
 
 
 # --------------------------------------------------------------------------- one streaming pass
 
 PER_IMAGE_COLUMNS = ("image_id", "class", "truth_area", "predicted_area", "dice")
-SEARCH_COLUMNS = ("top_threshold", "min_area", "bottom_threshold", "kaggle_dice")
+SEARCH_COLUMNS = ("class", "top_threshold", "min_area", "bottom_threshold", "kaggle_dice", "dice")
 
 
 class EvaluationAccumulator:
     """What :func:`evaluate` adds up over its one pass, batch by batch, in constant memory: the
-    :class:`~cxrseg.metrics.SegmentationMetrics` at ``prob >= THRESHOLD``, per class the sum of per-image Dice under
-    the mask rule in effect, the number of images with any predicted pixel, and one ``per_image`` row per image and
-    class (:data:`PER_IMAGE_COLUMNS`; areas in pixels at the working size).
+    :class:`~cxrseg.metrics.SegmentationMetrics` at ``prob >= THRESHOLD``, per class the sum of per-image Dice and
+    the pixel counts under the mask rule in effect, the number of images with any predicted pixel, and one
+    ``per_image`` row per image and class (:data:`PER_IMAGE_COLUMNS`, then ``extra_columns``' values; areas in
+    pixels at the working size).
     """
 
-    def __init__(self, names: Sequence[str], per_image: AtomicCsv) -> None:
+    def __init__(self, names: Sequence[str], per_image: AtomicCsv, extra_columns: Sequence = ()) -> None:
         self.names = tuple(names)
         self.metrics = SegmentationMetrics(threshold=THRESHOLD, num_classes=len(names), class_names=names)
         self.dice_sum = np.zeros(len(names))  # float64 [K]
+        self.rule_counts = np.zeros((3, len(names)), dtype=np.int64)  # intersection, predicted, truth pixels
         self.predicted_positive_images = 0
+        self.extra_columns = tuple(extra_columns)
         self._per_image = per_image
 
     def add(self, batch: PredictedBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,6 +229,7 @@ class EvaluationAccumulator:
         self.metrics.update(*scored)
         for result in image_results(batch):
             self.dice_sum += result.dice
+            self.rule_counts += np.stack([result.intersection, result.predicted_area, result.truth_area])
             self.predicted_positive_images += bool(result.predicted_area.any())
             for k, name in enumerate(self.names):
                 self._per_image.writerow(
@@ -225,23 +239,29 @@ class EvaluationAccumulator:
                         int(result.truth_area[k]),
                         int(result.predicted_area[k]),
                         f"{result.dice[k]:.6f}",
+                        *self.extra_columns,
                     )
                 )
         return scored
 
-    def results(self, postprocess: PostProcess | None) -> dict:
+    def results(self, postprocess: PostProcess | ClassPostProcess | None) -> dict:
         """The metrics values, ``num_predicted_positive_images``, the rule in effect (``postprocess``: None for
-        ``prob >= 0.5``) and ``kaggle_dice_rule``, the mean per-image Dice under it (per class too in multi-label)."""
+        ``prob >= 0.5``), ``kaggle_dice_rule`` (the mean per-image Dice under it) and ``dice_rule`` (the dataset
+        Dice under it), per class too in multi-label."""
         values = self.metrics.compute()
         kaggle_rule = self.dice_sum / values["num_images"]
+        dice_rule = dice_from_counts(*self.rule_counts)
         results = {
             **values,
             "num_predicted_positive_images": self.predicted_positive_images,
-            "postprocess": None if postprocess is None else dataclasses.asdict(postprocess),
+            "postprocess": None if postprocess is None else postprocess.to_dict(),
             "kaggle_dice_rule": float(kaggle_rule.mean()),
+            "dice_rule": float(dice_rule.mean()),
         }
         if len(self.names) > 1:
-            results.update({f"kaggle_dice_rule/{name}": float(v) for name, v in zip(self.names, kaggle_rule)})
+            for name, kaggle, dice in zip(self.names, kaggle_rule, dice_rule):
+                results[f"kaggle_dice_rule/{name}"] = float(kaggle)
+                results[f"dice_rule/{name}"] = float(dice)
         return results
 
     def pr_curves(self) -> list[PRCurve]:
@@ -255,13 +275,13 @@ class EvaluationAccumulator:
 
 @dataclass
 class EvaluationResult:
-    """metrics: what ``metrics.json`` holds. search_table: the grid, best first (empty without a search).
-    best_postprocess / postprocess_path: the winner of a search and where it was saved."""
+    """metrics: what ``metrics.json`` holds. search_table: the grid, best first (per class, in class order; empty
+    without a search). best_postprocess / postprocess_path: the winner of a search and where it was saved."""
 
     metrics: dict
     out_dir: Path
     search_table: list[dict] = field(default_factory=list)
-    best_postprocess: PostProcess | None = None
+    best_postprocess: PostProcess | ClassPostProcess | None = None
     postprocess_path: Path | None = None
 
 
@@ -272,12 +292,42 @@ def default_out_dir(segmenter: Segmenter, split: str) -> Path:
     return Path("evaluation") / segmenter.source.replace("/", "--") / split
 
 
-def _json_safe(value):
+def json_safe(value):
+    """``value`` with NaN floats as None (JSON null), through nested dicts and lists."""
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
     return value
+
+
+def new_search(segmenter: Segmenter) -> TripletSearch:
+    """An empty post-processing search over :func:`search_grid` for the model's outputs and working size."""
+    names = segmenter.output_names
+    return TripletSearch(*search_grid(segmenter.image_size, len(names)), num_classes=len(names))
+
+
+def search_results(search: TripletSearch, names: Sequence[str]) -> dict:
+    """What ``metrics.json`` says of a search: the winning ``postprocess`` (the saved file's content), its Kaggle
+    mean Dice and dataset Dice (means over classes; per class under ``classes`` for several outputs) on the
+    searched images, and the number of grid points."""
+    best = search.best()
+    kaggle, dice = search.kaggle_dice(), search.dataset_dice()
+    per_class = {
+        name: {"kaggle_dice": float(kaggle[k][best[k]]), "dice": float(dice[k][best[k]])}
+        for k, name in enumerate(names)
+    }
+    results = {
+        "postprocess": search.best_rule(names).to_dict(),
+        "kaggle_dice": float(np.mean([v["kaggle_dice"] for v in per_class.values()])),
+        "dice": float(np.mean([v["dice"] for v in per_class.values()])),
+        "grid_points": int(kaggle[0].size),
+    }
+    if len(names) > 1:
+        results["classes"] = per_class
+    return results
 
 
 def evaluate(
@@ -298,19 +348,15 @@ def evaluate(
     metrics.json: the run's settings, then :meth:`EvaluationAccumulator.results`: the
     :class:`~cxrseg.metrics.SegmentationMetrics` values at ``prob >= 0.5`` (dice, iou, kaggle_dice, ap, best_f1,
     best_threshold, num_images, num_positive_images; multi-label: per class too), num_predicted_positive_images
-    (images with any predicted pixel) and kaggle_dice_rule (the mean of per_image.csv's Dice, under the mask rule in
-    effect: ``postprocess`` when set). NaN is written as null.
+    (images with any predicted pixel), kaggle_dice_rule and dice_rule (per-image mean and dataset Dice under the
+    mask rule in effect: ``postprocess`` when set). NaN is written as null.
     per_image.csv: image_id, class, truth_area, predicted_area, dice (pixels at the working size; the mask rule
-    in effect). With ``search``: the post-processing grid search (single-foreground models) on the same pass; the
-    winner is saved as ``postprocess.json`` next to a local model (in ``out_dir`` for a Hub model) and the full
-    table as ``postprocess_search.csv``.
+    in effect). With ``search``: the post-processing grid search (one triplet per class for a multi-output model)
+    on the same pass, reported under ``search`` (:func:`search_results`); the winner is saved as
+    ``postprocess.json`` next to a local model (in ``out_dir`` for a Hub model) and the full table as
+    ``postprocess_search.csv``.
     """
     names = segmenter.output_names
-    if search and len(names) != 1:
-        raise UsageError(
-            f"--search-postprocess needs a model with one foreground class; {segmenter.source} has "
-            f"{len(names)} ({', '.join(names)})."
-        )
     rows, described = split_rows(segmenter, data_root, split)
     out = Path(out_dir) if out_dir is not None else default_out_dir(segmenter, split)
     check_output_folder(out, EVALUATION, inputs=[data_root])
@@ -325,15 +371,13 @@ def evaluate(
         ", hflip TTA" if tta == "hflip" else "",
     )
     batches = stream_predictions(segmenter, evaluation_loader(segmenter, rows, batch_size, num_workers), tta)
-
+    searched = new_search(segmenter) if search else None
     with AtomicCsv(out / "per_image.csv", PER_IMAGE_COLUMNS) as per_image:
         accumulator = EvaluationAccumulator(names, per_image)
-        if search:  # the search consumes the scored batches: still one pass over the images
-            best, search_table = search_postprocess(map(accumulator.add, batches), *search_grid(segmenter.image_size))
-        else:
-            best, search_table = None, []
-            for batch in batches:
-                accumulator.add(batch)
+        for batch in batches:
+            scored = accumulator.add(batch)
+            if searched is not None:  # the search takes the same batches: still one pass over the images
+                searched.add(*scored)
 
     metrics = {
         "model": segmenter.source,
@@ -345,46 +389,59 @@ def evaluate(
         "threshold": THRESHOLD,
         **accumulator.results(segmenter.postprocess),
     }
-    evaluation = EvaluationResult(metrics, out, search_table)
-    if search:
-        evaluation.best_postprocess = best
-        evaluation.postprocess_path = _save_search(segmenter, out, best, search_table)
-        metrics["search"] = {
-            "postprocess": dataclasses.asdict(best),
-            "kaggle_dice": search_table[0]["kaggle_dice"],
-            "saved_to": str(evaluation.postprocess_path),
-            "grid_points": len(search_table),
-        }
+    evaluation = EvaluationResult(metrics, out)
+    if searched is not None:
+        evaluation.best_postprocess = searched.best_rule(names)
+        evaluation.search_table = search_table(searched, names)
+        evaluation.postprocess_path = save_search(
+            segmenter.model_dir if segmenter.is_local else out,
+            out,
+            evaluation.best_postprocess,
+            evaluation.search_table,
+        )
+        metrics["search"] = {**search_results(searched, names), "saved_to": str(evaluation.postprocess_path)}
     plot_pr_curve(
         accumulator.pr_curves(),
         out / "pr_curve.png",
         title=f"{Path(segmenter.source).name}: {split}, {int(metrics['num_images'])} images at "
         f"{segmenter.image_size}x{segmenter.image_size}",
     )
-    atomic_write_text(out / "metrics.json", json.dumps(_json_safe(metrics), indent=2) + "\n")
+    atomic_write_text(out / "metrics.json", json.dumps(json_safe(metrics), indent=2) + "\n")
     logger.info("Wrote %s, %s and %s.", out / "metrics.json", out / "per_image.csv", out / "pr_curve.png")
     return evaluation
 
 
-def _save_search(segmenter: Segmenter, out: Path, best: PostProcess, search_table: list[dict]) -> Path:
-    """Save the winner as ``postprocess.json`` next to a local model (in ``out`` for a Hub model) and the table as
-    ``out/postprocess_search.csv``; returns where the winner went."""
-    saved_to = best.save(segmenter.model_dir if segmenter.is_local else out / POSTPROCESS_FILENAME)
-    with AtomicCsv(out / "postprocess_search.csv", SEARCH_COLUMNS) as table:
-        for row in search_table:
-            table.writerow(
-                (row["top_threshold"], row["min_area"], row["bottom_threshold"], f"{row['kaggle_dice']:.6f}")
+def search_table(search: TripletSearch, names: Sequence[str]) -> list[dict]:
+    """Every class's grid (:meth:`TripletSearch.table`, best first) with a ``class`` key, classes in order."""
+    return [{"class": name, **row} for k, name in enumerate(names) for row in search.table(k)]
+
+
+def save_search(model_dir: Path, out: Path, best: PostProcess | ClassPostProcess, table: list[dict]) -> Path:
+    """Save the winner as ``model_dir/postprocess.json`` and the table (:func:`search_table`) as
+    ``out/postprocess_search.csv``; returns the winner's path."""
+    saved_to = best.save(model_dir / POSTPROCESS_FILENAME)
+    with AtomicCsv(out / "postprocess_search.csv", SEARCH_COLUMNS) as csv_file:
+        for row in table:
+            csv_file.writerow(
+                (
+                    row["class"],
+                    row["top_threshold"],
+                    row["min_area"],
+                    row["bottom_threshold"],
+                    f"{row['kaggle_dice']:.6f}",
+                    f"{row['dice']:.6f}",
+                )
             )
     return saved_to
 
 
-def summary_table(evaluation: EvaluationResult) -> str:
-    """A short plain-text table of the headline metrics, and the before/after table of a search."""
-    m = evaluation.metrics
+def fmt(value) -> str:
+    """A metric for a summary table: 4 decimals, ``n/a`` for None/NaN."""
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
-    def fmt(value) -> str:
-        return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
+def headline_lines(m: dict) -> list[str]:
+    """The headline metrics of a ``metrics.json`` dict as summary-table lines."""
     positives = f" ({int(m['num_positive_images'])} positive)" if "num_positive_images" in m else ""
     lines = [
         f"{m['split']}: {int(m['num_images'])} images{positives} at "
@@ -398,19 +455,45 @@ def summary_table(evaluation: EvaluationResult) -> str:
         lines.append(f"  {'best F1 (at p >= t)':<28}{fmt(m['best_f1'])} (t = {fmt(m['best_threshold'])})")
     if m["postprocess"] is not None:
         lines.append(f"  {'Kaggle Dice, postprocess':<28}{fmt(m['kaggle_dice_rule'])}")
-    if evaluation.search_table:
-        best = evaluation.best_postprocess
+        lines.append(f"  {'Dice, postprocess':<28}{fmt(m['dice_rule'])}")
+    return lines
+
+
+def describe_rule(rule: dict) -> str:
+    """A postprocess.json dict in words: one triplet, or ``per class`` for several."""
+    if "classes" in rule:
+        return f"per class ({len(rule['classes'])} triplets)"
+    return f"top {rule['top_threshold']}, area {rule['min_area']}, bottom {rule['bottom_threshold']}"
+
+
+def class_search_lines(m: dict, search: dict) -> list[str]:
+    """Per class: Dice and Kaggle Dice at 0.5 against the tuned triplet's (multi-output searches)."""
+    lines = [f"  {'class':<22}{'Dice 0.5':>10}{'tuned':>10}{'Kaggle 0.5':>12}{'tuned':>10}   triplet"]
+    for name, tuned in search["classes"].items():
+        rule = search["postprocess"]["classes"][name]
+        lines.append(
+            f"  {name[:21]:<22}{fmt(m[f'dice/{name}']):>10}{fmt(tuned['dice']):>10}"
+            f"{fmt(m[f'kaggle_dice/{name}']):>12}{fmt(tuned['kaggle_dice']):>10}   {describe_rule(rule)}"
+        )
+    return lines
+
+
+def summary_table(evaluation: EvaluationResult) -> str:
+    """A short plain-text table of the headline metrics, and the before/after table of a search."""
+    m = evaluation.metrics
+    lines = headline_lines(m)
+    if "search" in m:
+        search = m["search"]
         lines += [
             "Post-processing search (Kaggle mean Dice on this split; the winner is tuned on it, so it is optimistic):",
             f"  {'threshold 0.5':<44}{fmt(m['kaggle_dice'])}",
         ]
         if m["postprocess"] is not None:
-            p = m["postprocess"]
             lines.append(
-                f"  {'previous postprocess.json':<44}{fmt(m['kaggle_dice_rule'])}   "
-                f"(top {p['top_threshold']}, area {p['min_area']}, bottom {p['bottom_threshold']})"
+                f"  {'previous postprocess.json':<44}{fmt(m['kaggle_dice_rule'])}   ({describe_rule(m['postprocess'])})"
             )
-        label = f"best: top {best.top_threshold}, area {best.min_area}, bottom {best.bottom_threshold}"
-        lines.append(f"  {label:<44}{fmt(evaluation.search_table[0]['kaggle_dice'])}")
+        lines.append(f"  {'best: ' + describe_rule(search['postprocess']):<44}{fmt(search['kaggle_dice'])}")
+        if "classes" in search:
+            lines += class_search_lines(m, search)
         lines.append(f"  saved to {evaluation.postprocess_path}")
     return "\n".join(lines)

@@ -25,7 +25,7 @@ import torch
 
 from cxrseg.errors import DataError
 from cxrseg.images import read_image, read_image_geometry
-from cxrseg.postprocess import PostProcess
+from cxrseg.postprocess import ClassPostProcess, PostProcess
 
 MAX_MEGAPIXELS = 25.0
 """Largest image (height × width / 10⁶) :func:`read_radiograph` accepts by default: every chest radiograph
@@ -34,10 +34,11 @@ MAX_MEGAPIXELS = 25.0
 
 
 class SegmenterLike(Protocol):
-    """What :func:`segment_image` (and the web app) use of a model: :class:`cxrseg.inference.Segmenter` has it."""
+    """What :func:`segment_image` (and the web app) use of a model: :class:`cxrseg.inference.Segmenter` and
+    :class:`cxrseg.ensemble.Ensemble` have it."""
 
     source: str
-    postprocess: PostProcess | None
+    postprocess: PostProcess | ClassPostProcess | None
 
     preprocessor: Callable[[np.ndarray], torch.Tensor]  # uint8 gray [H, W] → pixel_values float32 [3, S, S]
 

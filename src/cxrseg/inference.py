@@ -7,13 +7,12 @@ image processor's ``size``; ``cv2.INTER_AREA`` through ``build_transforms("none"
 mean of the probabilities of the image and of its mirror image (mirrored back) → bilinear resize to the original
 size when a caller needs it (:meth:`Segmenter.resize_probabilities`).
 
-Masks follow :meth:`Segmenter.masks`: the model's ``postprocess.json`` (the SIIM triplet, see
-:mod:`cxrseg.postprocess`) when it has one and has one foreground class, else ``prob >= 0.5`` per class.
+Masks follow :meth:`Segmenter.masks`: the model's ``postprocess.json`` (the SIIM triplet, or one per class for
+a multi-output model, see :mod:`cxrseg.postprocess`) when it has one, else ``prob >= 0.5`` per class.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -29,7 +28,7 @@ from transformers import AutoImageProcessor, UperNetForSemanticSegmentation
 from cxrseg.data.transforms import ToModelInputs, build_transforms
 from cxrseg.errors import ModelLoadError, UsageError
 from cxrseg.labels import LabelSet, labels_from_config
-from cxrseg.postprocess import POSTPROCESS_FILENAME, PostProcess
+from cxrseg.postprocess import POSTPROCESS_FILENAME, ClassPostProcess, PostProcess, load_postprocess
 
 logger = logging.getLogger(__name__)
 
@@ -121,15 +120,15 @@ class Segmenter:
     """A loaded model ready for inference (build it with :func:`load_segmenter`).
 
     labels: the model's label set (:func:`cxrseg.labels.labels_from_config`); outputs are ``labels.foreground``
-    (K planes). preprocessor: the input pipeline. postprocess: the mask rule for a single-foreground model,
-    ``min_area`` at the working size; None means ``prob >= 0.5``. model_dir: the folder the model was read from
-    (the Hub cache for Hub ids); is_local: whether ``source`` named a local folder.
+    (K planes). preprocessor: the input pipeline. postprocess: the mask rule (one triplet for a single-foreground
+    model, one per class otherwise), ``min_area`` at the working size; None means ``prob >= 0.5``. model_dir: the
+    folder the model was read from (the Hub cache for Hub ids); is_local: whether ``source`` named a local folder.
     """
 
     model: UperNetForSemanticSegmentation
     labels: LabelSet
     preprocessor: Preprocessor
-    postprocess: PostProcess | None
+    postprocess: PostProcess | ClassPostProcess | None
     source: str
     model_dir: Path
     is_local: bool
@@ -147,7 +146,7 @@ class Segmenter:
         return self.preprocessor.size[0]
 
     @property
-    def rule(self) -> PostProcess:
+    def rule(self) -> PostProcess | ClassPostProcess:
         """The mask rule in effect (``PostProcess()`` = ``prob >= 0.5`` when the model has none)."""
         return self.postprocess if self.postprocess is not None else PostProcess()
 
@@ -187,11 +186,7 @@ class Segmenter:
         original image's, :meth:`resize_probabilities`); when given, a kept mask is ``probs_at_size >=
         bottom_threshold`` (smooth outlines at full size), else the mask is at the working size.
         """
-        kept = self.rule.apply(probs)  # [K, h, w]: gate and bottom threshold at the working size
-        if probs_at_size is None:
-            return kept
-        keep = torch.from_numpy(kept.reshape(kept.shape[0], -1).any(1))
-        return ((probs_at_size >= self.rule.bottom_threshold) & keep.view(-1, 1, 1)).to(torch.uint8).numpy()
+        return self.rule.masks(probs, probs_at_size)
 
     def predict(self, images: Sequence[np.ndarray], tta: str = "none", batch_size: int = 8) -> list[torch.Tensor]:
         """uint8 gray images [H_i, W_i] → probabilities float32 [K, H_i, W_i] at each image's original size."""
@@ -230,8 +225,8 @@ def load_segmenter(
     """Load a model folder or Hub id, its image processor and its ``postprocess.json`` / ``splits.json``.
 
     use_postprocess: False ignores any post-processing (masks are ``prob >= 0.5``). postprocess_path: a
-    ``postprocess.json`` to use instead of the model's own. Post-processing needs one foreground output; for other
-    models it is ignored with a warning.
+    ``postprocess.json`` to use instead of the model's own. A single triplet applies to a one-output model (for
+    others it is ignored with a warning); per-class triplets must name the model's outputs.
     """
     torch_device = pick_device(device)
     model_dir, is_local = resolve_model(model)
@@ -255,19 +250,7 @@ def load_segmenter(
         if postprocess_path is not None and not path.exists():
             raise ModelLoadError(f"Post-processing file {path} does not exist.")
         if path.exists():
-            if len(labels.foreground) != 1:
-                logger.warning(
-                    "Ignoring %s: post-processing applies to one foreground class; %s has %d.",
-                    path,
-                    model,
-                    len(labels.foreground),
-                )
-            else:
-                try:
-                    postprocess = _at_size(PostProcess.load(path), preprocessor.size[0], path)
-                except ValueError as error:  # PostProcess.load names the file and the key
-                    raise ModelLoadError(f"{error} Fix or remove it (or pass --no-postprocess).") from error
-                logger.info("Post-processing from %s: %s", path, postprocess)
+            postprocess = load_rule(path, labels, preprocessor.size[0], str(model))
     splits_path = model_dir / "splits.json"
     try:
         splits = json.loads(splits_path.read_text()) if splits_path.is_file() else None
@@ -277,13 +260,51 @@ def load_segmenter(
     return Segmenter(network, labels, preprocessor, postprocess, str(model), model_dir, is_local, torch_device, splits)
 
 
-def _at_size(postprocess: PostProcess, image_size: int, path: Path) -> PostProcess:
+def load_rule(
+    path: str | os.PathLike, labels: LabelSet, image_size: int, model: str
+) -> PostProcess | ClassPostProcess | None:
+    """The mask rule in ``path`` for a model (named ``model`` in messages) with outputs ``labels.foreground`` and
+    working size ``image_size``: ``min_area`` rescaled to it. A single triplet on a multi-output model is ignored
+    (None, with a warning); per-class triplets must name the outputs (else :class:`ModelLoadError`)."""
+    path = Path(path)
+    rule = _fitting_rule(path, labels, model)
+    if rule is None:
+        return None
+    rule = _at_size(rule, image_size, path)
+    logger.info("Post-processing from %s: %s", path, rule)
+    return rule
+
+
+def _fitting_rule(path: Path, labels: LabelSet, model: str) -> PostProcess | ClassPostProcess | None:
+    try:
+        rule = load_postprocess(path)
+    except ValueError as error:
+        raise ModelLoadError(
+            f"{error} Fix it or remove it (evaluate --search-postprocess writes a new one)."
+        ) from error
+    if isinstance(rule, ClassPostProcess):
+        if rule.classes != labels.foreground:
+            raise ModelLoadError(
+                f"{path} has rules for {list(rule.classes)} but {model} predicts {list(labels.foreground)}."
+            )
+        return rule
+    if len(labels.foreground) != 1:
+        logger.warning(
+            "Ignoring %s: one triplet applies to one foreground class; %s has %d.", path, model, len(labels.foreground)
+        )
+        return None
+    return rule
+
+
+def _at_size(
+    postprocess: PostProcess | ClassPostProcess, image_size: int, path: Path
+) -> PostProcess | ClassPostProcess:
     """The rule with ``min_area`` at the working size (a file tuned at another size is rescaled, with a note)."""
     if postprocess.image_size is None:
         logger.warning(
             "%s does not say which size min_area was counted at; assuming the working size %d.", path, image_size
         )
-        return dataclasses.replace(postprocess, image_size=image_size)
+        return postprocess.with_image_size(image_size)
     if postprocess.image_size != image_size:
         logger.info(
             "Rescaling min_area of %s from %d² to the working size %d².", path, postprocess.image_size, image_size

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import sys
 from collections.abc import Iterable
 
 from cxrseg.errors import TrackingSetupError
@@ -62,3 +63,11 @@ def _check_wandb() -> None:
         "  - log locally: export WANDB_MODE=offline (upload later with `wandb sync <WANDB_DIR>/wandb/offline-run-*`);\n"
         "  - or turn it off: export WANDB_MODE=disabled, or --report_to none (or tensorboard)."
     )
+
+
+def finish_tracking() -> None:
+    """Finish the current W&B run, if any, so that the next training in this program starts its own (the
+    transformers integration reuses a run left open)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()

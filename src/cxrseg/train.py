@@ -1,40 +1,53 @@
 """The training pipeline, top to bottom: seed → logging → start-up checks → last checkpoint → data → model → loss
 and sampler → trainer → train and save → evaluate → model card and push. Each stage is a call into the library;
-``run_train.py`` calls :func:`main`."""
+``run_train.py`` calls :func:`main`, which runs :func:`train` once, or :func:`train_folds` for a recipe with
+``num_folds`` (cross-validation, :mod:`cxrseg.cross_validation`)."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import datasets
+import torch
 import transformers
+from accelerate import PartialState
 from transformers import TrainerCallback, set_seed
 
 from cxrseg.checkpoints import resume_checkpoint
-from cxrseg.config import Recipe, parse_recipe, save_recipe
+from cxrseg.config import DataArguments, Recipe, parse_recipe, save_recipe
+from cxrseg.cross_validation import (
+    fold_dir,
+    fold_is_finished,
+    fold_recipe,
+    mark_fold_finished,
+    prepare_folds,
+    write_fold_split,
+)
 from cxrseg.data.dataset import load_training_data
 from cxrseg.data.splits import save_split
-from cxrseg.errors import CxrsegError, report
+from cxrseg.errors import CxrsegError, RecipeError, report
 from cxrseg.files import TRAINING_RUN, check_output_folder, mark_output
 from cxrseg.hub import check_hub_access, is_hub_id, push_folder, write_model_card
 from cxrseg.hub_checkpoints import HubCheckpointPush, download_checkpoint
-from cxrseg.labels import get_labels
+from cxrseg.labels import LabelSet, get_labels
 from cxrseg.losses import build_loss
 from cxrseg.model import build_model
 from cxrseg.plots import plot_training_curves
 from cxrseg.sampling import build_sampler
 from cxrseg.synthetic import DEMO_DATA_MAKERS
-from cxrseg.tracking import check_tracking
+from cxrseg.tracking import check_tracking, finish_tracking
 from cxrseg.trainer import SegmentationTrainer, streaming_metrics
 
 logger = logging.getLogger("cxrseg.train")
 
 
-def train(recipe: Recipe, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, float]:
-    """Run one recipe; returns the final evaluation metrics (``eval_*``). ``callbacks`` join the Trainer's own."""
+def train(recipe: Recipe, callbacks: Sequence[TrainerCallback] = (), *, last_run: bool = True) -> dict[str, float]:
+    """Run one recipe; returns the final evaluation metrics (``eval_*``). ``callbacks`` join the Trainer's own.
+    last_run: False keeps the process group (and the trackers' process state) for another run in this program."""
     model_args, data_args, loss_args, sampling_args, args = (
         recipe.model,
         recipe.data,
@@ -58,8 +71,7 @@ def train(recipe: Recipe, callbacks: Sequence[TrainerCallback] = ()) -> dict[str
     # Fail now rather than after training. The Trainer's own push is off: HubCheckpointPush pushes the saves as
     # hub_strategy says, and push_folder makes the final commit (our model card, redacted copies). The Hub token is
     # recipe.hub_token, never in TrainingArguments, which every checkpoint pickles (training_args.bin).
-    model_folder = model_args.model_name_or_path if Path(model_args.model_name_or_path or "").is_dir() else None
-    check_output_folder(output_dir, TRAINING_RUN, inputs=[data_args.data_dir, model_folder])
+    check_output_folder(output_dir, TRAINING_RUN, inputs=run_inputs(recipe))
     push_to_hub, args.push_to_hub = args.push_to_hub, False
     hub_token = recipe.hub_token
     hub_model_id = args.hub_model_id
@@ -87,9 +99,7 @@ def train(recipe: Recipe, callbacks: Sequence[TrainerCallback] = ()) -> dict[str
     # ------------------------------------------------------------------ Data and model
     labels = get_labels(model_args.task)
     with args.main_process_first(desc="demo data and mask index"):
-        if data_args.generate_demo_data and not Path(data_args.data_dir).exists():
-            logger.info("Writing the synthetic demo dataset to %s", data_args.data_dir)
-            DEMO_DATA_MAKERS[labels.task](data_args.data_dir, num_images=data_args.demo_num_images, seed=0)
+        write_demo_data_if_asked(data_args, labels)
         model, processor = build_model(
             model_args.model_name_or_path, model_args.model_config, labels, data_args.image_size
         )
@@ -152,13 +162,83 @@ def train(recipe: Recipe, callbacks: Sequence[TrainerCallback] = ()) -> dict[str
         if push_to_hub:
             url = push_folder(output_dir, hub_model_id, private=args.hub_private_repo, token=hub_token)
             logger.info("Pushed %s to %s", output_dir.name, url)
-    trainer.end()  # finish the trackers and leave the process group (without it DDP processes can abort at exit)
+    if last_run:
+        trainer.end()  # finish the trackers and leave the process group (without it DDP processes can abort at exit)
     return metrics
+
+
+def write_demo_data_if_asked(data_args: DataArguments, labels: LabelSet) -> None:
+    """With ``generate_demo_data``, write the synthetic demo dataset to a missing ``data_dir``."""
+    if data_args.generate_demo_data and not Path(data_args.data_dir).exists():
+        logger.info("Writing the synthetic demo dataset to %s", data_args.data_dir)
+        DEMO_DATA_MAKERS[labels.task](data_args.data_dir, num_images=data_args.demo_num_images, seed=0)
+
+
+def run_inputs(recipe: Recipe) -> list[str | None]:
+    """What a run reads, which its output_dir must not be, hold or lie inside: the data, and a local model folder."""
+    model = recipe.model.model_name_or_path
+    return [recipe.data.data_dir, model if Path(model or "").is_dir() else None]
+
+
+def train_folds(recipe: Recipe, callbacks: Sequence[TrainerCallback] = ()) -> dict[int, dict[str, float]]:
+    """Cross-validation: train the recipe's folds (``fold: all`` or one index) one after the other in this program;
+    returns each trained fold's final evaluation metrics. Layout and resumption: :mod:`cxrseg.cross_validation`.
+
+    Each fold is a full :func:`train` run of :func:`~cxrseg.cross_validation.fold_recipe` (so multi-GPU, seeds and
+    checkpoints work as for one run), as the Trainer's own hyper-parameter search trains trial after trial. Between
+    folds: the process group stays up (set up once by the launcher, left at the very end), the trackers' runs are
+    finished (one W&B run per fold), and the fold's model, optimizer and compiled graphs are released.
+    """
+    args, data_args = recipe.training, recipe.data
+    if args.push_to_hub:
+        raise RecipeError(
+            "push_to_hub with num_folds: push a fold's folder after training (`cxrseg push --model OUTPUT_DIR/fold_0 "
+            "...`)."
+        )
+    labels = get_labels(recipe.model.task)
+    output_dir = Path(args.output_dir)
+    check_output_folder(output_dir, TRAINING_RUN, inputs=run_inputs(recipe))
+    with args.main_process_first(desc="demo data and folds"):
+        write_demo_data_if_asked(data_args, labels)
+        folds = prepare_folds(recipe, labels)
+    if args.should_save:
+        save_recipe(recipe, output_dir / "recipe.yaml")
+    resuming = args.resume_from_checkpoint in ("last", "true", "True")
+    chosen = range(data_args.num_folds) if data_args.fold == "all" else [int(data_args.fold)]
+    results = {}
+    for fold in chosen:
+        folder = fold_dir(output_dir, fold)
+        if resuming and fold_is_finished(folder):
+            logger.info("Fold %d has finished (%s); skipping it.", fold, folder)
+            continue
+        logger.info("Fold %d of %d: training in %s.", fold, data_args.num_folds, folder)
+        if args.should_save:
+            mark_output(folder, TRAINING_RUN)
+            write_fold_split(folder, folds[fold])
+        results[fold] = train(fold_recipe(recipe, fold), callbacks, last_run=False)
+        if args.should_save:
+            mark_fold_finished(folder, fold, data_args.num_folds, results[fold])
+        finish_tracking()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        torch._dynamo.reset()  # a new model per fold: without it torch.compile recompiles into a full cache
+    for fold, metrics in results.items():
+        logger.info("Fold %d: %s", fold, {k: round(v, 4) for k, v in metrics.items() if k in CV_LOG_KEYS})
+    PartialState().destroy_process_group()
+    return results
+
+
+CV_LOG_KEYS = ("eval_dice", "eval_kaggle_dice", "eval_ap", "eval_loss")
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        train(parse_recipe(argv))
+        recipe = parse_recipe(argv)
+        if recipe.data.num_folds is None:
+            train(recipe)
+        else:
+            train_folds(recipe)
     except CxrsegError as error:  # a user error: one line, its exit status; anything else is a bug (traceback)
         return report(error)
     return 0

@@ -142,7 +142,19 @@ def test_cli_writes_multilabel_masks_without_losing_overlaps(chestxdet_raw, tmp_
 
 def test_shrinking_keeps_small_findings_per_class(chestxdet_raw, tmp_path):
     options = PrepareOptions(tmp_path / "out", image_size=16)
-    prepare_chestxdet(chestxdet_raw / "images", [chestxdet_raw / "ChestX_Det_train.json"], options)
+    (tmp_path / "patients.csv").write_text("image_id,PatientID\n1,00000042\n2,00000042\n")
+    prepare_chestxdet(
+        chestxdet_raw / "images",
+        [chestxdet_raw / "ChestX_Det_train.json"],
+        options,
+        patient_ids=tmp_path / "patients.csv",
+    )
+    with (tmp_path / "out" / "metadata.csv").open() as handle:
+        assert {row["image_id"]: row["PatientID"] for row in csv.DictReader(handle)} == {
+            "1": "00000042",
+            "2": "00000042",
+            "3": "",
+        }
     second = planes_of(tmp_path / "out" / "masks" / "train" / "2.png")
     assert second.shape == (13, 16, 16)
     assert second[index("Nodule")].sum() == 1  # 2x2 source pixels: below half of a 4x4 block, kept anyway

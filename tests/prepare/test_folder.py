@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from cxrseg.data.groups import patient_groups
 from cxrseg.errors import DataError, PrepareError
 from cxrseg.labels import pack_multilabel
 from cxrseg.prepare.folder import prepare_folder
@@ -118,3 +119,19 @@ def test_bad_labels_file_names_it(tmp_path):
     with pytest.raises(DataError, match=r"labels\.json: key 'names' must be a list"):
         prepare_folder(tmp_path / "i", tmp_path / "m", PrepareOptions(tmp_path / "out"), labels_file=labels)
     assert not (tmp_path / "out").exists()
+
+
+def test_patient_ids_go_to_metadata_and_group_the_folds(tmp_path):
+    for name in ("a", "b", "c"):
+        write(tmp_path / "i" / f"{name}.png", np.full((8, 8), 90, np.uint8))
+        write(tmp_path / "m" / f"{name}.png", np.zeros((8, 8), np.uint8))
+    (tmp_path / "patients.csv").write_text("image_id,PatientID\na,P7\nb,P7\nunused,P9\n")
+    out = tmp_path / "out"
+    result = run_prepare(
+        "folder", "--images", str(tmp_path / "i"), "--masks", str(tmp_path / "m"), "--out", str(out),
+        "--patient-ids", str(tmp_path / "patients.csv"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with (out / "metadata.csv").open() as handle:
+        assert {row["image_id"]: row["PatientID"] for row in csv.DictReader(handle)} == {"a": "P7", "b": "P7", "c": ""}
+    assert patient_groups(out, ["a", "b", "c"])[0] == ["patient:P7", "patient:P7", "image:c"]

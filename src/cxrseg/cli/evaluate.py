@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cxrseg.cli.model_options import add_model_arguments, load_model, run_options
+from cxrseg.errors import UsageError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,8 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--split",
         default="val",
-        help="a split of the model's splits.json (val: images it never trained on), else a folder "
-        "ROOT/images/<split> (default val)",
+        help="a split of the model's splits.json (val: images it never trained on; for a CV folder, out of fold: "
+        "each image by the fold model that never trained on it), else a folder ROOT/images/<split> (default val)",
     )
     parser.add_argument(
         "--out",
@@ -30,18 +31,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--search-postprocess",
         action="store_true",
-        help="grid-search the SIIM triplet (top threshold, min area, bottom threshold) for the Kaggle "
-        "mean Dice on this split and save the winner as postprocess.json next to the model",
+        help="grid-search the SIIM triplet (top threshold, min area, bottom threshold; one per class for "
+        "multi-label models) for the Kaggle mean Dice on this split and save the winner as postprocess.json next "
+        "to the model; on a CV folder, tuned on the out-of-fold predictions with a cross-validated estimate",
     )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxrseg.evaluate import evaluate, summary_table
+    from cxrseg.cross_validation import is_cv_folder
 
-    result = evaluate(
-        load_model(args), args.data, args.split, args.out, search=args.search_postprocess, **run_options(args)
-    )
-    print(summary_table(result))
+    if len(args.model) == 1 and is_cv_folder(args.model[0]) and args.split == "val":
+        from cxrseg.out_of_fold import evaluate_out_of_fold, out_of_fold_summary
+
+        if args.postprocess:
+            raise UsageError(
+                f"--postprocess {args.postprocess}: out-of-fold evaluation scores each fold's own images and tunes "
+                "its rule with --search-postprocess; a given rule applies to other splits (--split test)."
+            )
+        result = evaluate_out_of_fold(
+            args.model[0], args.data, args.out, search=args.search_postprocess, device=args.device, **run_options(args)
+        )
+        print(out_of_fold_summary(result))
+    else:
+        from cxrseg.evaluate import evaluate, summary_table
+
+        result = evaluate(
+            load_model(args), args.data, args.split, args.out, search=args.search_postprocess, **run_options(args)
+        )
+        print(summary_table(result))
     print(f"Wrote {result.out_dir}/metrics.json, per_image.csv, pr_curve.png")
     return 0

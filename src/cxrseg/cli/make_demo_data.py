@@ -24,10 +24,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-images", type=int, default=400, help="Number of images (default 400).")
     parser.add_argument("--size", type=int_at_least(1), default=256, help="Image side, pixels (default 256).")
     parser.add_argument("--seed", type=int, default=0, help="Seed; the same seed gives the same files.")
+    parser.add_argument(
+        "--split",
+        default="train",
+        help="Split folder to write (default train); e.g. test, drawn with another --seed, for a held-out set.",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    out = DEMO_DATA_MAKERS[args.task](args.out, num_images=args.num_images, size=args.size, seed=args.seed)
+    out = DEMO_DATA_MAKERS[args.task](
+        args.out, num_images=args.num_images, size=args.size, seed=args.seed, split=args.split
+    )
     print(f"Wrote {args.num_images} {args.task} images to {out}")
     return 0

@@ -6,13 +6,21 @@ import argparse
 from typing import Any
 
 from cxrseg.cli import int_at_least
-from cxrseg.inference import TTA_MODES, Segmenter, load_segmenter
+from cxrseg.ensemble import Ensemble, load_models
+from cxrseg.inference import TTA_MODES, Segmenter
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, postprocess: bool = True, batching: bool = True) -> None:
-    """--model, --tta, --device, and --batch-size, --num-workers (with ``batching``), --no-postprocess (with
-    ``postprocess``)."""
-    parser.add_argument("--model", required=True, help="trained model folder (run_train.py output) or Hub id")
+    """--model, --tta, --device, and --batch-size, --num-workers (with ``batching``), --no-postprocess and
+    --postprocess FILE (with ``postprocess``)."""
+    parser.add_argument(
+        "--model",
+        required=True,
+        nargs="+",
+        action="extend",
+        help="trained model folder (run_train.py output), Hub id, or cross-validation folder (its fold models); "
+        "several: their ensemble (probabilities averaged)",
+    )
     parser.add_argument(
         "--tta",
         choices=TTA_MODES,
@@ -29,12 +37,19 @@ def add_model_arguments(parser: argparse.ArgumentParser, postprocess: bool = Tru
         parser.add_argument(
             "--no-postprocess", action="store_true", help="ignore the model's postprocess.json: masks are prob >= 0.5"
         )
+        parser.add_argument(
+            "--postprocess",
+            metavar="FILE",
+            help="a postprocess.json to use instead of the model's own (e.g. from evaluating a Hub model, or a CV "
+            "folder's out-of-fold rule for one of its folds)",
+        )
 
 
-def load_model(args: argparse.Namespace, postprocess_path: str | None = None) -> Segmenter:
-    """The model that :func:`add_model_arguments`' options name, with its post-processing unless turned off."""
-    return load_segmenter(
-        args.model, device=args.device, use_postprocess=not args.no_postprocess, postprocess_path=postprocess_path
+def load_model(args: argparse.Namespace) -> Segmenter | Ensemble:
+    """The model that :func:`add_model_arguments`' options name (:func:`cxrseg.ensemble.load_models`), with its
+    post-processing (``--postprocess``, else its own) unless turned off."""
+    return load_models(
+        args.model, device=args.device, use_postprocess=not args.no_postprocess, postprocess_path=args.postprocess
     )
 
 

@@ -33,11 +33,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also write OUT/probabilities/<id>.png: round(255 * p) at the original size",
     )
-    parser.add_argument(
-        "--postprocess",
-        metavar="FILE",
-        help="a postprocess.json to use instead of the model's own (e.g. from evaluating a Hub model)",
-    )
     parser.set_defaults(func=run)
 
 
@@ -45,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from cxrseg.predict import predict
 
     summary = predict(
-        load_model(args, postprocess_path=args.postprocess),
+        load_model(args),
         args.input,
         args.out,
         submission=args.submission,

@@ -20,6 +20,12 @@ PUSH_HELP = (
 )
 
 
+PATIENT_IDS_HELP = (
+    "a CSV with columns image_id and PatientID, copied into metadata.csv: cross-validation folds then keep each "
+    "patient's images together"
+)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("prepare", help=__doc__.splitlines()[0], description=__doc__)
     sources = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
@@ -46,6 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     chestxdet.add_argument(
         "--annotations", required=True, action="append", help="annotation JSON; repeat for train and test"
     )
+    chestxdet.add_argument("--patient-ids", metavar="CSV", help=PATIENT_IDS_HELP)
     _add_common(chestxdet, default_size=512)
     chestxdet.set_defaults(func=_run_chestxdet)
 
@@ -61,6 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--labels", help='labels JSON, e.g. {"task": "custom", "names": ["background", "lesion"], "multilabel": false}'
     )
     folder.add_argument("--split", default="train", help="split to write the pairs to (default: train)")
+    folder.add_argument("--patient-ids", metavar="CSV", help=PATIENT_IDS_HELP)
     _add_common(folder, default_size=None)
     folder.set_defaults(func=_run_folder)
 
@@ -108,11 +116,15 @@ def _run_siim(args: argparse.Namespace) -> int:
 def _run_chestxdet(args: argparse.Namespace) -> int:
     from cxrseg.prepare.chestxdet import prepare_chestxdet
 
-    return _report(prepare_chestxdet(args.images, args.annotations, _options(args)))
+    return _report(prepare_chestxdet(args.images, args.annotations, _options(args), patient_ids=args.patient_ids))
 
 
 def _run_folder(args: argparse.Namespace) -> int:
     from cxrseg.prepare.folder import prepare_folder
 
     options = _options(args)
-    return _report(prepare_folder(args.images, args.masks, options, labels_file=args.labels, split=args.split))
+    return _report(
+        prepare_folder(
+            args.images, args.masks, options, labels_file=args.labels, split=args.split, patient_ids=args.patient_ids
+        )
+    )

@@ -163,11 +163,9 @@ def _index_saved_dataset(dataset: datasets.Dataset, labels: LabelSet, num_proc: 
     ]
 
 
-def load_training_data(
-    data_args: DataArguments, labels: LabelSet, split_path: str | os.PathLike, *, mean, std
-) -> TrainingData:
-    """Index and validate ``data_args.data_dir``, split it (``split_path``), and attach the transforms, which
-    normalise with the model's ``mean`` and ``std`` (3 floats each, as the image processor's).
+def index_training_source(data_args: DataArguments, labels: LabelSet) -> tuple[datasets.Dataset, list[IndexedImage]]:
+    """The training images of ``data_args.data_dir`` as a dataset (files decoded when rows are read) and their
+    validated index (pixel counts per class), row for row.
 
     ``data_dir`` is a PNG layout root or a saved ``datasets`` folder (its ``train`` split; labels from a
     ``labels.json`` in the folder or its parent, as ``cxrseg prepare --save-dataset`` writes them).
@@ -186,10 +184,24 @@ def load_training_data(
         )
     if saved:
         source = datasets.load_from_disk(str(root))["train"]
-        index = _index_saved_dataset(source, labels, data_args.preprocessing_num_workers)
-    else:
-        index = index_layout(root, "train", labels, num_proc=data_args.preprocessing_num_workers)
-        source = rows_to_dataset(index)
+        return source, _index_saved_dataset(source, labels, data_args.preprocessing_num_workers)
+    index = index_layout(root, "train", labels, num_proc=data_args.preprocessing_num_workers)
+    return rows_to_dataset(index), index
+
+
+def class_presence(row: IndexedImage, labels: LabelSet) -> tuple[bool, ...]:
+    """One flag per foreground class (``labels.foreground``): whether the image has any pixel of it."""
+    first_foreground = labels.num_labels - len(labels.foreground)  # 1 skips single-label background
+    return tuple(n > 0 for n in row.pixel_counts[first_foreground:])
+
+
+def load_training_data(
+    data_args: DataArguments, labels: LabelSet, split_path: str | os.PathLike, *, mean, std
+) -> TrainingData:
+    """Index and validate ``data_args.data_dir`` (:func:`index_training_source`), split it (``split_path``), and
+    attach the transforms, which normalise with the model's ``mean`` and ``std`` (3 floats each, as the image
+    processor's)."""
+    source, index = index_training_source(data_args, labels)
     row_of = {row.image_id: i for i, row in enumerate(index)}
     positives = [row.is_positive for row in index]
     split = load_or_make_split(split_path, list(row_of), positives, data_args.val_fraction, data_args.split_seed)
@@ -208,10 +220,9 @@ def load_training_data(
         sum(r.is_positive for r in train_rows),
         len(val_ids),
         sum(index[row_of[i]].is_positive for i in val_ids),
-        root,
+        data_args.data_dir,
     )
-    first_foreground = labels.num_labels - len(labels.foreground)  # 1 skips single-label background
-    presence = [tuple(n > 0 for n in r.pixel_counts[first_foreground:]) for r in train_rows]
+    presence = [class_presence(r, labels) for r in train_rows]
     return TrainingData(
         augmented, val, labels, [r.is_positive for r in train_rows], pixel_counts, num_pixels, split, presence
     )

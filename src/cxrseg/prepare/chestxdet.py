@@ -27,6 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from cxrseg.data.groups import PATIENT_COLUMN, read_patient_ids
 from cxrseg.errors import DataError, PrepareError
 from cxrseg.images import read_image, write_png
 from cxrseg.labels import CHESTXDET, CHESTXDET_CLASSES, pack_multilabel
@@ -34,7 +35,7 @@ from cxrseg.prepare.problems import IMAGE_SKIPPED, ItemResult, Problem, Summary,
 from cxrseg.prepare.resize import resize_image, resize_mask
 from cxrseg.prepare.writer import PrepareOptions, Source, write_layout
 
-METADATA_COLUMNS = ("image_id", "split", "is_positive", "findings", "source", "height", "width")
+METADATA_COLUMNS = ("image_id", "split", "is_positive", "findings", "source", "height", "width", PATIENT_COLUMN)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
@@ -47,6 +48,7 @@ class ChestXDetItem:
     image_path: str
     regions: tuple[tuple[str, tuple[tuple[float, float], ...]], ...]
     image_size: int | None
+    patient_id: str = ""
 
 
 def split_of_annotation_file(path: str | Path, position: int) -> str:
@@ -62,12 +64,21 @@ def split_of_annotation_file(path: str | Path, position: int) -> str:
     return ("train", "test")[position]
 
 
-def prepare_chestxdet(images_dir: str | Path, annotations: list[str | Path], options: PrepareOptions) -> Summary:
+def prepare_chestxdet(
+    images_dir: str | Path,
+    annotations: list[str | Path],
+    options: PrepareOptions,
+    *,
+    patient_ids: str | Path | None = None,
+) -> Summary:
     """Convert ChestX-Det to the multi-label PNG layout at ``options.out`` (see the module docstring).
 
     images_dir: folder holding the images named by ``file_name`` (searched recursively, so ``train/`` and
-    ``test/`` subfolders work).
+    ``test/`` subfolders work). patient_ids: a CSV with columns ``image_id`` and ``PatientID``
+    (:func:`cxrseg.data.groups.read_patient_ids`), copied into ``metadata.csv`` so that cross-validation folds keep
+    a patient's images together; ChestX-Det's own file names carry no patient id.
     """
+    patients = read_patient_ids(patient_ids) if patient_ids is not None else {}
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise PrepareError(f"Image folder {images_dir} does not exist.")
@@ -108,7 +119,11 @@ def prepare_chestxdet(images_dir: str | Path, annotations: list[str | Path], opt
                 (str(name), tuple(tuple(map(float, point)) for point in polygon))
                 for name, polygon in zip(syms, polygons)
             )
-            items.append(ChestXDetItem(image_id, split, str(on_disk[file_name]), regions, options.image_size))
+            items.append(
+                ChestXDetItem(
+                    image_id, split, str(on_disk[file_name]), regions, options.image_size, patients.get(image_id, "")
+                )
+            )
     for file_name, path in on_disk.items():
         if Path(file_name).stem not in used:
             problems.append(Problem(Path(file_name).stem, "", "unannotated_image", IMAGE_SKIPPED, str(path)))
@@ -170,6 +185,7 @@ def convert_chestxdet_item(item: ChestXDetItem, root: Path) -> ItemResult:
         "source": item.image_path,
         "height": height,
         "width": width,
+        PATIENT_COLUMN: item.patient_id,
     }
     return ItemResult(row, problems)
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from cxrseg.data.groups import PATIENT_COLUMN, read_patient_ids
 from cxrseg.errors import DataError, PrepareError
 from cxrseg.images import read_image, write_png
 from cxrseg.labels import PNEUMOTHORAX, LabelSet, pack_multilabel, unpack_multilabel
@@ -32,7 +33,7 @@ from cxrseg.prepare.problems import IMAGE_SKIPPED, ItemResult, Problem, Summary,
 from cxrseg.prepare.resize import resize_class_indices, resize_image, resize_mask
 from cxrseg.prepare.writer import PrepareOptions, Source, write_layout
 
-METADATA_COLUMNS = ("image_id", "split", "is_positive", "source", "height", "width")
+METADATA_COLUMNS = ("image_id", "split", "is_positive", "source", "height", "width", PATIENT_COLUMN)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
 
@@ -45,6 +46,7 @@ class FolderItem:
     mask_path: str
     labels: LabelSet
     image_size: int | None
+    patient_id: str = ""
 
 
 def prepare_folder(
@@ -54,9 +56,13 @@ def prepare_folder(
     *,
     labels_file: str | Path | None = None,
     split: str = "train",
+    patient_ids: str | Path | None = None,
 ) -> Summary:
     """Convert image/mask folders into split ``split`` of the PNG layout at ``options.out`` (see the module
-    docstring). labels_file: a labels JSON (:meth:`cxrseg.labels.LabelSet.load`); pneumothorax when None."""
+    docstring). labels_file: a labels JSON (:meth:`cxrseg.labels.LabelSet.load`); pneumothorax when None.
+    patient_ids: a CSV with columns ``image_id`` and ``PatientID`` (:func:`cxrseg.data.groups.read_patient_ids`),
+    copied into ``metadata.csv`` so that cross-validation folds keep a patient's images together."""
+    patients = read_patient_ids(patient_ids) if patient_ids is not None else {}
     check_image_id(split, "--split")
     labels = LabelSet.load(labels_file) if labels_file else PNEUMOTHORAX
     images, problems = _find(images_dir, IMAGE_SUFFIXES, split, "image")
@@ -65,7 +71,10 @@ def prepare_folder(
     items = []
     for image_id, path in images.items():
         if image_id in masks:
-            items.append(FolderItem(image_id, split, str(path), str(masks[image_id]), labels, options.image_size))
+            patient = patients.get(image_id, "")
+            items.append(
+                FolderItem(image_id, split, str(path), str(masks[image_id]), labels, options.image_size, patient)
+            )
         else:
             detail = f"{path}: no {image_id}{{{','.join(MASK_SUFFIXES)}}} under {masks_dir}"
             problems.append(Problem(image_id, split, "missing_mask", IMAGE_SKIPPED, detail))
@@ -130,6 +139,7 @@ def convert_folder_item(item: FolderItem, root: Path) -> ItemResult:
         "source": item.image_path,
         "height": height,
         "width": width,
+        PATIENT_COLUMN: item.patient_id,
     }
     return ItemResult(row)
 
