@@ -212,9 +212,10 @@ def test_cli_evaluates_a_cv_folder_out_of_fold_and_as_an_ensemble(cv, demo_root,
     printed = capsys.readouterr().out
     assert "Out of fold val: 24 images" in printed and "Per fold:" in printed
     # Another split is scored by the ensemble of the fold models.
-    code = main(["evaluate", "--model", str(out), "--data", str(demo_root), "--split", "train", "--out", str(tmp_path)])
+    ensemble = tmp_path / "ensemble"
+    code = main(["evaluate", "--model", str(out), "--data", str(demo_root), "--split", "train", "--out", str(ensemble)])
     assert code == 0
-    assert json.loads((tmp_path / "metrics.json").read_text())["model"] == str(out)
+    assert json.loads((ensemble / "metrics.json").read_text())["model"] == str(out)
     # One fold under a given rule (the demo scores each fold under the CV folder's out-of-fold rule).
     rule = PostProcess(0.6, 2, 0.4, image_size=64)
     given = ["--postprocess", str(rule.save(tmp_path / "rule.json"))]
@@ -222,7 +223,7 @@ def test_cli_evaluates_a_cv_folder_out_of_fold_and_as_an_ensemble(cv, demo_root,
                  "--out", str(tmp_path / "fold0"), *given])  # fmt: skip
     assert code == 0
     assert json.loads((tmp_path / "fold0" / "metrics.json").read_text())["postprocess"] == rule.to_dict()
-    assert main(["evaluate", "--model", str(out), "--data", str(demo_root), "--out", str(tmp_path), *given]) == 2
+    assert main(["evaluate", "--model", str(out), "--data", str(demo_root), "--out", str(tmp_path / "x"), *given]) == 2
     assert "out-of-fold evaluation scores each fold's own images" in capsys.readouterr().err
 
 

@@ -18,6 +18,7 @@ from cxrseg.data.splits import (
     load_or_make_split,
     make_folds,
     rarest_class_strata,
+    save_split,
 )
 from cxrseg.errors import DataError
 from cxrseg.labels import CHESTXDET_CLASSES
@@ -135,7 +136,7 @@ def test_saved_folds_are_reused_and_checked(tmp_path):
     with pytest.raises(DataError, match="holds 3 cross-validation folds, not one split: set num_folds: 3"):
         load_or_make_split(path, ids, [p[0] for p in presence], 0.2, 0)
     single = tmp_path / "single.json"
-    load_or_make_split(single, ids, [p[0] for p in presence], 0.2, 0)  # today's single split still loads
+    save_split(single, load_or_make_split(single, ids, [p[0] for p in presence], 0.2, 0))  # train.py saves it
     assert load_or_make_split(single, ids, [p[0] for p in presence], 0.5, 1) == json.loads(single.read_text())
     with pytest.raises(DataError, match="holds one train/val split, not 3 folds"):
         load_or_make_folds(single, ids, presence, groups, 3, seed=0)

@@ -34,7 +34,7 @@ from pathlib import Path
 from cxrseg.config import Recipe
 from cxrseg.data.dataset import class_presence, index_training_source, is_saved_dataset
 from cxrseg.data.groups import patient_groups
-from cxrseg.data.splits import Split, load_or_make_folds
+from cxrseg.data.splits import SPLITS_FILENAME, Split, load_or_make_folds
 from cxrseg.errors import DataError, ModelLoadError
 from cxrseg.files import TRAINING_RUN, atomic_write_text, mark_output
 from cxrseg.labels import LabelSet
@@ -84,9 +84,9 @@ def prepare_folds(recipe: Recipe, labels: LabelSet) -> list[Split]:
             chestxdet,
         )
     if recipe.training.should_save:
-        mark_output(output_dir, TRAINING_RUN)  # the data is checked; train_folds checked the folder
+        output_dir.mkdir(parents=True, exist_ok=True)
     folds = load_or_make_folds(
-        output_dir / "splits.json",
+        output_dir / SPLITS_FILENAME,
         image_ids,
         [class_presence(row, labels) for row in index],
         groups,
@@ -101,7 +101,8 @@ def prepare_folds(recipe: Recipe, labels: LabelSet) -> list[Split]:
         "groups": described,
         "num_images": len(image_ids),
     }
-    if recipe.training.should_save:
+    if recipe.training.should_save:  # the data and the folds are checked (train_folds checked the folder)
+        mark_output(output_dir, TRAINING_RUN)
         atomic_write_text(output_dir / CV_FILENAME, json.dumps(summary, indent=2) + "\n")
     logger.info("%d folds of %d images (%s) in %s.", data_args.num_folds, len(image_ids), described, output_dir)
     return folds
@@ -122,7 +123,7 @@ def fold_recipe(recipe: Recipe, fold: int) -> Recipe:
 
 def write_fold_split(folder: Path, split: Split) -> None:
     """Save fold ``split`` as ``folder/splits.json``; one already there must be the same fold."""
-    path = folder / "splits.json"
+    path = folder / SPLITS_FILENAME
     if path.exists():
         saved = json.loads(path.read_text())
         if saved != split:
@@ -162,7 +163,7 @@ def read_cross_validation(path: str | os.PathLike) -> CrossValidationRun:
     root = Path(path)
     try:
         summary = json.loads((root / CV_FILENAME).read_text())
-        folds = json.loads((root / "splits.json").read_text())
+        folds = json.loads((root / SPLITS_FILENAME).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ModelLoadError(f"{root} is not a readable CV folder: {error}") from error
     if not isinstance(folds, list) or len(folds) != summary.get("num_folds"):

@@ -151,13 +151,20 @@ def _check_writable(path: Path) -> None:
         raise OutputError(f"Cannot write {path}: no write permission in {folder}.")
 
 
-def check_output_folder(out: str | os.PathLike, kind: str, inputs: Iterable[str | os.PathLike | None] = ()) -> bool:
+def check_output_folder(
+    out: str | os.PathLike,
+    kind: str,
+    inputs: Iterable[str | os.PathLike | None] = (),
+    may_hold: Iterable[str] = (),
+) -> bool:
     """Check, before anything is written, that the folder ``out`` may receive cxrseg output of ``kind``.
 
-    It may when it is absent, empty, or marked with ``kind``; it must neither be, hold nor lie inside one of
-    ``inputs``; and it (or its nearest existing parent) must be writable. Returns True when ``out`` already holds
-    output of ``kind`` (the caller decides whether to add to it or replace it), False when it is absent or empty.
-    Raises :class:`~cxrseg.errors.OutputError` saying what is wrong and what to do.
+    It may when it is absent, empty (or holds only files named in ``may_hold``: inputs a user may put there, such
+    as a training run's ``splits.json``, which the caller reads and never rewrites), or marked with ``kind``; it
+    must neither be, hold nor lie inside one of ``inputs``; and it (or its nearest existing parent) must be
+    writable. Returns True when ``out`` already holds output of ``kind`` (the caller decides whether to add to it or
+    replace it), False when it is absent or empty. Raises :class:`~cxrseg.errors.OutputError` saying what is wrong
+    and what to do.
     """
     out = Path(out).resolve()
     _check_apart(out, inputs)
@@ -166,7 +173,7 @@ def check_output_folder(out: str | os.PathLike, kind: str, inputs: Iterable[str 
         return False
     if not out.is_dir():
         raise OutputError(f"{out} is a file; the output must be a folder (new or empty, or one cxrseg wrote).")
-    if not any(out.iterdir()):
+    if all(path.name in may_hold and path.is_file() for path in out.iterdir()):
         return False
     found = output_kind(out)
     if found is None:

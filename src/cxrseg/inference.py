@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoImageProcessor, UperNetForSemanticSegmentation
 
+from cxrseg.data.splits import SPLITS_FILENAME
 from cxrseg.data.transforms import ToModelInputs, build_transforms
 from cxrseg.errors import ModelLoadError, UsageError
 from cxrseg.labels import LabelSet, labels_from_config
@@ -251,7 +252,7 @@ def load_segmenter(
             raise ModelLoadError(f"Post-processing file {path} does not exist.")
         if path.exists():
             postprocess = load_rule(path, labels, preprocessor.size[0], str(model))
-    splits_path = model_dir / "splits.json"
+    splits_path = model_dir / SPLITS_FILENAME
     try:
         splits = json.loads(splits_path.read_text()) if splits_path.is_file() else None
     except (OSError, ValueError) as error:

@@ -28,7 +28,7 @@ from cxrseg.cross_validation import (
     write_fold_split,
 )
 from cxrseg.data.dataset import load_training_data
-from cxrseg.data.splits import save_split
+from cxrseg.data.splits import SPLITS_FILENAME, save_split
 from cxrseg.errors import CxrsegError, RecipeError, report
 from cxrseg.files import TRAINING_RUN, check_output_folder, mark_output
 from cxrseg.hub import check_hub_access, is_hub_id, push_folder, write_model_card
@@ -71,7 +71,7 @@ def train(recipe: Recipe, callbacks: Sequence[TrainerCallback] = (), *, last_run
     # Fail now rather than after training. The Trainer's own push is off: HubCheckpointPush pushes the saves as
     # hub_strategy says, and push_folder makes the final commit (our model card, redacted copies). The Hub token is
     # recipe.hub_token, never in TrainingArguments, which every checkpoint pickles (training_args.bin).
-    check_output_folder(output_dir, TRAINING_RUN, inputs=run_inputs(recipe))
+    check_output_folder(output_dir, TRAINING_RUN, inputs=run_inputs(recipe), may_hold=[SPLITS_FILENAME])
     push_to_hub, args.push_to_hub = args.push_to_hub, False
     hub_token = recipe.hub_token
     hub_model_id = args.hub_model_id
@@ -104,7 +104,7 @@ def train(recipe: Recipe, callbacks: Sequence[TrainerCallback] = (), *, last_run
             model_args.model_name_or_path, model_args.model_config, labels, data_args.image_size
         )
         data = load_training_data(
-            data_args, labels, output_dir / "splits.json", mean=processor.image_mean, std=processor.image_std
+            data_args, labels, output_dir / SPLITS_FILENAME, mean=processor.image_mean, std=processor.image_std
         )
 
     # ------------------------------------------------------------------ Loss and sampler
@@ -119,7 +119,8 @@ def train(recipe: Recipe, callbacks: Sequence[TrainerCallback] = (), *, last_run
     if args.should_save:
         mark_output(output_dir, TRAINING_RUN)
         save_recipe(recipe, output_dir / "recipe.yaml")
-        save_split(output_dir / "splits.json", data.split)
+        if not (output_dir / SPLITS_FILENAME).exists():  # a saved split (perhaps the user's) is never rewritten
+            save_split(output_dir / SPLITS_FILENAME, data.split)
 
     # ------------------------------------------------------------------ Trainer
     compute_metrics, preprocess_logits = streaming_metrics(labels.multilabel, list(labels.foreground))
@@ -197,7 +198,7 @@ def train_folds(recipe: Recipe, callbacks: Sequence[TrainerCallback] = ()) -> di
         )
     labels = get_labels(recipe.model.task)
     output_dir = Path(args.output_dir)
-    check_output_folder(output_dir, TRAINING_RUN, inputs=run_inputs(recipe))
+    check_output_folder(output_dir, TRAINING_RUN, inputs=run_inputs(recipe), may_hold=[SPLITS_FILENAME])
     with args.main_process_first(desc="demo data and folds"):
         write_demo_data_if_asked(data_args, labels)
         folds = prepare_folds(recipe, labels)
