@@ -24,6 +24,7 @@ import pydicom
 import pytest
 import torch
 from PIL import Image
+from transformers import UperNetForSemanticSegmentation
 
 from cxrseg.cli import main
 from cxrseg.ensemble import load_models
@@ -300,7 +301,11 @@ def test_the_app_serves_an_ensemble(served, tmp_path):
     from cxrseg.app import launch, load_app
 
     model, _, path, image = served
-    models = [model, save_tiny_model(tmp_path / "other", seed=7)]
+    other = save_tiny_model(tmp_path / "other", seed=7)
+    network = UperNetForSemanticSegmentation.from_pretrained(other)
+    network.decode_head.classifier.bias.data = torch.tensor([0.0, 3.0])  # confident: unlike the ~0.5 of `model`
+    network.save_pretrained(other)
+    models = [model, other]
     demo = load_app([str(m) for m in models], device="cpu")
     port = free_port()
     launch(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
@@ -309,5 +314,6 @@ def test_the_app_serves_an_ensemble(served, tmp_path):
     finally:
         demo.close()
     check_served_result(result, models, image, path.name)
-    single = model_output(load_models(model, device="cpu"), image)[0]
-    assert re.findall(r'class="score">([0-9.]+)<', result[3]) != [f"{score:.3f}" for score in single]
+    for member in models:
+        scores = model_output(load_models(member, device="cpu"), image)[0]
+        assert re.findall(r'class="score">([0-9.]+)<', result[3]) != [f"{score:.3f}" for score in scores]
