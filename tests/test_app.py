@@ -233,6 +233,18 @@ def segment_via_api(url: str, path: Path) -> tuple[str, str, str, str, str]:
     return Client(url, verbose=False).predict(handle_file(path), False, api_name="/segment")
 
 
+def segment_in_process(demo, path: Path) -> tuple[str, str, str, str, str]:
+    """What the app ``demo``, served in this process on a free port, returns for ``path``."""
+    from cxrseg.app import launch
+
+    port = free_port()
+    launch(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+    try:
+        return segment_via_api(f"http://127.0.0.1:{port}/", path)
+    finally:
+        demo.close()
+
+
 def check_served_result(result: tuple, model: Path | list[Path], image: np.ndarray, name: str) -> None:
     """The page's outputs are what the model (several: their ensemble) computes: every class's score in its colour,
     the mask PNG."""
@@ -276,8 +288,6 @@ def test_the_command_serves_a_model_folder(served):
 @pytest.mark.slow
 def test_the_space_serves_the_model_that_CXRSEG_MODEL_names(served, monkeypatch, capsys):
     """Here a multi-label model: every finding is listed, in its colour."""
-    from cxrseg.app import launch
-
     _, model, path, image = served
     monkeypatch.delenv("CXRSEG_MODEL", raising=False)
     with pytest.raises(SystemExit) as exit_info:
@@ -286,19 +296,14 @@ def test_the_space_serves_the_model_that_CXRSEG_MODEL_names(served, monkeypatch,
 
     monkeypatch.setenv("CXRSEG_MODEL", str(model))
     demo = runpy.run_path(str(REPO / "app.py"), run_name="space")["demo"]  # as a Space runs it, but not launched
-    port = free_port()
-    launch(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
-    try:
-        result = segment_via_api(f"http://127.0.0.1:{port}/", path)
-    finally:
-        demo.close()
+    result = segment_in_process(demo, path)
     check_served_result(result, model, image, path.name)
 
 
 @pytest.mark.slow
 def test_the_app_serves_an_ensemble(served, tmp_path):
     """Two models: the page shows their ensemble's scores and mask (which differ from either model's)."""
-    from cxrseg.app import launch, load_app
+    from cxrseg.app import load_app
 
     model, _, path, image = served
     other = save_tiny_model(tmp_path / "other", seed=7)
@@ -307,12 +312,7 @@ def test_the_app_serves_an_ensemble(served, tmp_path):
     network.save_pretrained(other)
     models = [model, other]
     demo = load_app([str(m) for m in models], device="cpu")
-    port = free_port()
-    launch(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
-    try:
-        result = segment_via_api(f"http://127.0.0.1:{port}/", path)
-    finally:
-        demo.close()
+    result = segment_in_process(demo, path)
     check_served_result(result, models, image, path.name)
     for member in models:
         scores = model_output(load_models(member, device="cpu"), image)[0]
