@@ -47,8 +47,9 @@ logger = logging.getLogger(__name__)
 INPUT_SUFFIXES = (".png", ".jpg", ".jpeg", *DICOM_SUFFIXES)
 """File types listed as inputs in a folder (case-insensitive); each is read by :func:`cxrseg.images.read_image`."""
 
-OUTPUT_WRITERS = 2
-"""Threads writing masks, overlays and probabilities while the model runs (see ``bench/inference.py``)."""
+OUTPUT_WRITERS = min(8, os.cpu_count() or 1)
+"""Threads writing masks, overlays and probabilities while the model runs: a GPU outruns one writer (see
+``bench/inference.py``)."""
 
 SUBMISSION_SIZE = 1024
 """Side of the masks the SIIM-ACR submission RLE encodes (the competition's images are 1024x1024)."""
