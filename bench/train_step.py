@@ -24,6 +24,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import yaml
 from torch.profiler import record_function
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -64,6 +65,7 @@ MODELS = {
         "hidden_size": 512,
         "auxiliary_in_channels": 384,
     },
+    "demo": yaml.safe_load((ROOT / "recipe" / "demo.yaml").read_text())["model_config"],  # recipe/demo.yaml's
     "tiny": TINY_MODEL_CONFIG,  # the tests' tiny model
 }
 
