@@ -47,7 +47,8 @@ fi
 if stage inference; then
   # cxrseg predict / evaluate against a plain pipeline("image-segmentation") loop over the same 512² PNGs.
   timeout 240 $PY bench/inference.py --device cuda --model swin-base --image-size 512 --num-images 256 \
-    --batch-size 32 --num-workers 8 --repeats 2 --variants fp32,fp32+eager,bf16,bf16+compile --json "$OUT/inference_512.json"
+    --batch-size 32 --num-workers 8 --repeats 2 --variants fp32,fp32+eager,bf16,bf16+compile \
+    --json "$OUT/inference_512.json"
 fi
 if stage sweep; then
   # The earlier sweep at batch 16 (every variant, cumulative) and 1024² memory; not part of the default run.
