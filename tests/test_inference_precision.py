@@ -1,4 +1,5 @@
-"""--precision and --compile: the options reach the model, and bf16 autocast gives probabilities close to fp32's."""
+"""The speed options of evaluate/predict/visualize: --precision and --compile reach the model, bf16 autocast gives
+probabilities close to fp32's, and --num-workers defaults to no reader processes on the CPU."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import argparse
 import numpy as np
 
 from cxrseg.cli import main
-from cxrseg.cli.model_options import add_model_arguments, load_model
+from cxrseg.cli.model_options import add_model_arguments, load_model, run_options
 from cxrseg.images import read_image, write_png
 from cxrseg.synthetic import synthetic_radiograph
 from tests.conftest import save_tiny_model
@@ -23,6 +24,19 @@ def test_precision_and_compile_options_reach_the_segmenter(tmp_path):
         parser.parse_args(["--model", str(model_dir), "--device", "cpu", "--precision", "bf16", "--compile"])
     )
     assert (chosen.precision, chosen.compile) == ("bf16", True)
+
+
+def test_num_workers_default_to_none_on_the_cpu_and_two_on_a_gpu():
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+
+    def workers(*argv: str) -> int:
+        return run_options(parser.parse_args(["--model", "m", *argv]))["num_workers"]
+
+    assert workers("--device", "cpu") == 0
+    assert workers("--device", "cuda") == 2
+    assert workers("--device", "cpu", "--num-workers", "3") == 3
+    assert workers("--device", "cuda:1", "--num-workers", "0") == 0
 
 
 def test_bf16_predict_probabilities_stay_within_two_percent_of_fp32(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from cxrseg.inference import PRECISIONS, TTA_MODES, Segmenter, load_segmenter
+from cxrseg.inference import PRECISIONS, TTA_MODES, Segmenter, load_segmenter, pick_device
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, postprocess: bool = True) -> None:
@@ -18,7 +18,12 @@ def add_model_arguments(parser: argparse.ArgumentParser, postprocess: bool = Tru
         help="test-time augmentation: hflip averages the probabilities of the image and its mirror",
     )
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
-    parser.add_argument("--num-workers", type=int, default=2, help="DataLoader processes reading images (default 2)")
+    parser.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        help="DataLoader processes reading images (default: 2 on a GPU, 0 on the CPU, where the model uses every core)",
+    )
     parser.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, cuda:1, ...")
     parser.add_argument(
         "--precision",
@@ -46,5 +51,11 @@ def load_model(args: argparse.Namespace, postprocess_path: str | None = None) ->
 
 
 def run_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments of how to run the model: ``tta``, ``batch_size``, ``num_workers``."""
-    return {"tta": args.tta, "batch_size": args.batch_size, "num_workers": args.num_workers}
+    """The keyword arguments of how to run the model: ``tta``, ``batch_size``, ``num_workers``.
+
+    Without ``--num-workers``: 0 on the CPU, where reader processes take cores from the model (BENCHMARKS.md,
+    inference on the CPU), else 2."""
+    num_workers = args.num_workers
+    if num_workers is None:
+        num_workers = 0 if pick_device(args.device).type == "cpu" else 2
+    return {"tta": args.tta, "batch_size": args.batch_size, "num_workers": num_workers}
