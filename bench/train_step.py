@@ -9,6 +9,8 @@ images/s, peak memory, achieved FLOP/s (counted once with torch.utils.flop_count
 bf16 matmul ceiling measured in the same run. Ratios are against the first (fp32 reference-style) variant.
 Variants are cumulative: fp32 reference (batch 4 as the reference repo, built-in loss, per-batch host metrics) →
 bf16 autocast → +TF32 → +channels-last → +fused AdamW → +torch.compile; "recipe" is what recipe/balanced.yaml uses.
+Swin's attention is cxrseg's default (SDPA) unless a variant says "eager-attention". The torch and transformers
+versions are printed and saved with the figures.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import yaml
+from torch.profiler import record_function
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +65,7 @@ MODELS = {
         "hidden_size": 512,
         "auxiliary_in_channels": 384,
     },
+    "demo": yaml.safe_load((ROOT / "recipe" / "demo.yaml").read_text())["model_config"],  # recipe/demo.yaml's
     "tiny": TINY_MODEL_CONFIG,  # the tests' tiny model
 }
 
@@ -76,6 +81,13 @@ VARIANTS = {
     "recipe": dict(bf16=True, tf32=True, channels_last=False, fused=True, compile=False),
     "recipe+checkpointing": dict(
         bf16=True, tf32=True, channels_last=False, fused=True, compile=False, checkpointing=True
+    ),
+    # Swin's attention: every variant above runs "sdpa" (cxrseg's default); these two run the explicit matmuls
+    "recipe+eager-attention": dict(
+        bf16=True, tf32=True, channels_last=False, fused=True, compile=False, attention="eager"
+    ),
+    "+compile+eager-attention": dict(
+        bf16=True, tf32=True, channels_last=False, fused=True, compile=True, attention="eager"
     ),
 }
 
@@ -109,42 +121,74 @@ def step_flops(model, loss_fn, hook, pixels, labels) -> float:
     return counter.get_total_flops()
 
 
-def run_variant(name, spec, args, device, flops_per_image):
-    torch.backends.cuda.matmul.allow_tf32 = spec["tf32"]
-    torch.backends.cudnn.allow_tf32 = spec["tf32"]
-    torch.manual_seed(0)
-    model, _ = build_model(None, MODELS[args.model], PNEUMOTHORAX, args.image_size)
-    model.to(device).train()
-    if spec.get("checkpointing"):
-        enable = getattr(model.backbone, "activation_checkpointing_enable", None)
-        (enable or model.backbone.gradient_checkpointing_enable)()
-    batch = 4 if spec.get("reference") else args.batch_size
-    memory_format = torch.channels_last if spec["channels_last"] else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    hook = AuxiliaryLogits(model)
-    loss_fn = DiceCELoss(class_weights=[0.5, 54.0]).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=spec["fused"] and device.type == "cuda")
-    forward = torch.compile(model) if spec["compile"] else model
-    pixels = torch.randn(batch, 3, args.image_size, args.image_size, device=device).to(memory_format=memory_format)
-    labels = (torch.rand(batch, args.image_size, args.image_size, device=device) > 0.98).long()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if spec["bf16"] else nullcontext()
+def versions() -> dict[str, str]:
+    """The library versions every figure is recorded with (the GPU machine may have its own torch)."""
+    import transformers
 
-    def step():
-        with autocast:
-            if spec.get("reference"):  # the reference loop: built-in CE, then Dice of the batch on the host
-                out = forward(pixel_values=pixels, labels=labels)
-                loss = out.loss
-            else:
-                logits = forward(pixel_values=pixels).logits
-                loss = loss_fn(logits, labels) + 0.4 * loss_fn(hook.pop(labels.shape[-2:]), labels)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if spec.get("reference"):
+    return {"torch": torch.__version__, "transformers": transformers.__version__}
+
+
+class TrainingStep:
+    """One full training step of a variant, callable repeatedly on the same random batch.
+
+    The step's phases run under ``torch.profiler.record_function`` scopes (:data:`PHASES`), which
+    ``bench/profile_step.py`` reads; outside a profiler they cost nothing measurable.
+    """
+
+    def __init__(self, model_name: str, image_size: int, batch_size: int, spec: dict, device: torch.device) -> None:
+        torch.backends.cuda.matmul.allow_tf32 = spec["tf32"]
+        torch.backends.cudnn.allow_tf32 = spec["tf32"]
+        torch.manual_seed(0)
+        self.spec = spec
+        self.batch_size = 4 if spec.get("reference") else batch_size
+        model, _ = build_model(None, MODELS[model_name], PNEUMOTHORAX, image_size, spec.get("attention", "sdpa"))
+        model.to(device).train()
+        if spec.get("checkpointing"):
+            enable = getattr(model.backbone, "activation_checkpointing_enable", None)
+            (enable or model.backbone.gradient_checkpointing_enable)()
+        memory_format = torch.channels_last if spec["channels_last"] else torch.contiguous_format
+        self.model = model.to(memory_format=memory_format)
+        self.hook = AuxiliaryLogits(model)
+        self.loss_fn = DiceCELoss(class_weights=[0.5, 54.0]).to(device)
+        fused = spec["fused"] and device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
+        self.forward = torch.compile(model) if spec["compile"] else model
+        shape = (self.batch_size, 3, image_size, image_size)
+        self.pixels = torch.randn(shape, device=device).to(memory_format=memory_format)
+        self.labels = (torch.rand(self.batch_size, image_size, image_size, device=device) > 0.98).long()
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if spec["bf16"] else nullcontext()
+
+    def __call__(self) -> None:
+        spec, labels = self.spec, self.labels
+        with self.autocast:
+            with record_function("forward"):
+                if spec.get("reference"):  # the reference loop: built-in CE inside the forward
+                    out = self.forward(pixel_values=self.pixels, labels=labels)
+                else:
+                    logits = self.forward(pixel_values=self.pixels).logits
+            with record_function("loss"):
+                if spec.get("reference"):
+                    loss = out.loss
+                else:
+                    auxiliary = self.hook.pop(labels.shape[-2:])
+                    loss = self.loss_fn(logits, labels) + 0.4 * self.loss_fn(auxiliary, labels)
+        with record_function("backward"):
+            loss.backward()
+        with record_function("optimizer"):
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        if spec.get("reference"):  # ... then Dice of the batch on the host
             pred = out.logits.argmax(1).cpu().numpy()
             truth = labels.cpu().numpy()
             _ = (2 * (pred & truth).sum() + 1) / (pred.sum() + truth.sum() + 1)
 
+
+PHASES = ("forward", "loss", "backward", "optimizer")
+"""The record_function scopes of :class:`TrainingStep` (the reference variant's built-in loss is in "forward")."""
+
+
+def run_variant(name, spec, args, device, flops_per_image):
+    step = TrainingStep(args.model, args.image_size, args.batch_size, spec, device)
     for _ in range(args.warmup + (2 if spec["compile"] else 0)):
         step()
     sync(device)
@@ -155,17 +199,20 @@ def run_variant(name, spec, args, device, flops_per_image):
         step()
     sync(device)
     elapsed = time.perf_counter() - start
+    batch = step.batch_size
     images_per_s = batch * args.steps / elapsed
     peak = (
         torch.cuda.max_memory_allocated()
         if device.type == "cuda"
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     )
+    del step
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return {
         "variant": name,
         "batch_size": batch,
+        "attention": spec.get("attention", "sdpa"),
         "images_per_s": images_per_s,
         "peak_memory_gib": peak / 2**30,
         "tflops": images_per_s * flops_per_image / 1e12,
@@ -200,8 +247,10 @@ def main() -> None:
     del model
     ceiling = matmul_ceiling(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    stack = versions()
     print(
-        f"{name}: {args.model} ({params:.1f}M params), {args.image_size}², training step "
+        f"{name}, torch {stack['torch']}, transformers {stack['transformers']}\n"
+        f"{args.model} ({params:.1f}M params), {args.image_size}², training step "
         f"{flops_per_image / 1e12:.3f} TFLOP/image; bf16 matmul ceiling {ceiling / 1e12:.1f} TFLOP/s "
         f"→ {ceiling / flops_per_image:.1f} images/s at most"
     )
@@ -212,7 +261,7 @@ def main() -> None:
         row["vs_reference"] = row["images_per_s"] / results[0]["images_per_s"] if results else 1.0
         results.append(row)
         print(
-            f"{variant:>16}  batch {row['batch_size']:>3}  {row['images_per_s']:8.2f} img/s  "
+            f"{variant:>24}  batch {row['batch_size']:>3}  {row['images_per_s']:8.2f} img/s  "
             f"{row['vs_reference']:5.2f}x  peak {row['peak_memory_gib']:6.2f} GiB  {row['tflops']:7.1f} TFLOP/s  "
             f"{100 * row['ceiling_fraction']:5.1f}% of ceiling",
             flush=True,
@@ -222,6 +271,7 @@ def main() -> None:
             json.dumps(
                 {
                     "device": name,
+                    **stack,
                     "model": args.model,
                     "image_size": args.image_size,
                     "flops_per_image": flops_per_image,

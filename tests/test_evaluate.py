@@ -28,14 +28,25 @@ from cxrseg.postprocess import ClassPostProcess, PostProcess
 from tests.conftest import save_tiny_model
 
 
+class PassThroughBackbone(nn.Module):
+    def forward_with_filtered_kwargs(self, pixel_values: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(feature_maps=(pixel_values,))
+
+
 class IntensityModel(nn.Module):
     """A stand-in network whose foreground probability is the input's gray level / 255, so a test decides the
-    probability maps by writing images (logits [0, logit(p)]: the softmax gives p back)."""
+    probability maps by writing images (logits [0, logit(p)]: the softmax gives p back). It has the two parts of
+    UperNet that inference calls (:func:`cxrseg.inference.main_logits`): a backbone (here the input itself) and the
+    decode head."""
 
-    def forward(self, pixel_values: torch.Tensor) -> SimpleNamespace:
-        gray = (pixel_values[:, 0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]).clamp(1e-6, 1 - 1e-6)
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = PassThroughBackbone()
+
+    def decode_head(self, features: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        gray = (features[0][:, 0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]).clamp(1e-6, 1 - 1e-6)
         logit = torch.log(gray) - torch.log1p(-gray)
-        return SimpleNamespace(logits=torch.stack([torch.zeros_like(logit), logit], 1))
+        return torch.stack([torch.zeros_like(logit), logit], 1)
 
 
 def intensity_segmenter(folder: Path) -> Segmenter:

@@ -142,13 +142,19 @@ def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None, **
 
 
 def load_app(
-    model: str | Sequence[str], device: str = "auto", tta: str = "none", max_megapixels: float = MAX_MEGAPIXELS
+    model: str | Sequence[str],
+    device: str = "auto",
+    tta: str = "none",
+    max_megapixels: float = MAX_MEGAPIXELS,
+    precision: str = "fp32",
+    compile: bool = False,
 ) -> gr.Blocks:
     """The page for a model folder, a Hub id, a CV folder or several models (their ensemble:
-    :func:`cxrseg.ensemble.load_models`), with the examples of :func:`example_inputs`."""
+    :func:`cxrseg.ensemble.load_models`, which also takes ``device``, ``precision``, ``compile``), with the
+    examples of :func:`example_inputs`."""
     from cxrseg.ensemble import load_models
 
-    segmenter = load_models(model, device=device)
+    segmenter = load_models(model, device=device, precision=precision, compile=compile)
     with tempfile.TemporaryDirectory(prefix="cxrseg-app-examples-") as folder:  # Gradio copies examples at once
         examples = example_inputs(folder, multilabel=len(segmenter.output_names) > 1)
         return create_app(segmenter, examples, tta=tta, max_megapixels=max_megapixels)

@@ -128,17 +128,21 @@ def load_ensemble(
     device: str = "auto",
     use_postprocess: bool = True,
     postprocess_path: str | os.PathLike | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
 ) -> Ensemble:
     """The ensemble of ``models``: model folders, Hub ids or CV folders (each standing for its K fold models).
 
     Its rule: ``postprocess_path`` if given, else the ``postprocess.json`` of a single CV folder when it has one;
-    none with ``use_postprocess=False``. Raises :class:`ModelLoadError` for unfinished folds or members that
-    predict different classes (naming the member).
+    none with ``use_postprocess=False``. precision, compile: each member's (:func:`cxrseg.inference.load_segmenter`).
+    Raises :class:`ModelLoadError` for unfinished folds or members that predict different classes (naming the
+    member).
     """
     folders: list[str | os.PathLike] = []
     for model in models:
         folders += read_cross_validation(model).fold_dirs if is_cv_folder(model) else [model]
-    members = [load_segmenter(folder, device=device, use_postprocess=False) for folder in folders]
+    running = {"device": device, "precision": precision, "compile": compile}
+    members = [load_segmenter(folder, use_postprocess=False, **running) for folder in folders]
     single_cv = len(models) == 1 and is_cv_folder(models[0])
     if single_cv:
         ensemble = Ensemble(members, None, str(models[0]), Path(models[0]), True)
@@ -163,11 +167,19 @@ def load_models(
     device: str = "auto",
     use_postprocess: bool = True,
     postprocess_path: str | os.PathLike | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
 ) -> Segmenter | Ensemble:
     """What a ``--model`` option names: one model folder or Hub id → its :class:`~cxrseg.inference.Segmenter`; a CV
     folder or several models → their :class:`Ensemble` (:func:`load_ensemble`)."""
     models = [models] if isinstance(models, (str, os.PathLike)) else list(models)
-    options = {"device": device, "use_postprocess": use_postprocess, "postprocess_path": postprocess_path}
+    options = {
+        "device": device,
+        "use_postprocess": use_postprocess,
+        "postprocess_path": postprocess_path,
+        "precision": precision,
+        "compile": compile,
+    }
     if len(models) == 1 and not is_cv_folder(models[0]):
         return load_segmenter(models[0], **options)
     return load_ensemble(models, **options)

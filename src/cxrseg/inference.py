@@ -29,11 +29,13 @@ from cxrseg.data.splits import SPLITS_FILENAME
 from cxrseg.data.transforms import ToModelInputs, build_transforms
 from cxrseg.errors import ModelLoadError, UsageError
 from cxrseg.labels import LabelSet, labels_from_config
+from cxrseg.model import set_attention
 from cxrseg.postprocess import POSTPROCESS_FILENAME, ClassPostProcess, PostProcess, load_postprocess
 
 logger = logging.getLogger(__name__)
 
 TTA_MODES = ("none", "hflip")
+PRECISIONS = ("fp32", "bf16")
 
 HUB_FILES = (
     "config.json",
@@ -116,6 +118,14 @@ def _working_size(processor, config) -> tuple[int, int]:
     return int(image_size), int(image_size)
 
 
+def main_logits(model: UperNetForSemanticSegmentation, pixel_values: torch.Tensor) -> torch.Tensor:
+    """UperNet's logits [B, C, h, w] at the input size, computed as its ``forward`` computes them but without the
+    auxiliary head, whose logits only serve training (the forward would run it and upsample it to full size)."""
+    features = model.backbone.forward_with_filtered_kwargs(pixel_values).feature_maps
+    logits = model.decode_head(features)
+    return F.interpolate(logits, size=pixel_values.shape[2:], mode="bilinear", align_corners=False)
+
+
 @dataclass
 class Segmenter:
     """A loaded model ready for inference (build it with :func:`load_segmenter`).
@@ -124,6 +134,8 @@ class Segmenter:
     (K planes). preprocessor: the input pipeline. postprocess: the mask rule (one triplet for a single-foreground
     model, one per class otherwise), ``min_area`` at the working size; None means ``prob >= 0.5``. model_dir: the
     folder the model was read from (the Hub cache for Hub ids); is_local: whether ``source`` named a local folder.
+    precision: "fp32", or "bf16" (autocast; probabilities stay float32). compile: run the network through
+    ``torch.compile``.
     """
 
     model: UperNetForSemanticSegmentation
@@ -135,6 +147,13 @@ class Segmenter:
     is_local: bool
     device: torch.device
     splits: dict[str, list[str]] | None = None
+    precision: str = "fp32"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"Unknown precision {self.precision!r}; choose one of {PRECISIONS}.")
+        self._main_logits = torch.compile(main_logits) if self.compile else None
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -157,15 +176,20 @@ class Segmenter:
         if tta not in TTA_MODES:
             raise ValueError(f"Unknown TTA {tta!r}; choose one of {TTA_MODES}.")
         pixel_values = pixel_values.to(self.device, non_blocking=True)
-        probs = self._forward(pixel_values)
+        probs = self.to_probabilities(self._logits(pixel_values))
         if tta == "hflip":
-            probs = (probs + self._forward(pixel_values.flip(-1)).flip(-1)) / 2
-        return probs.float().cpu()
+            probs = (probs + self.to_probabilities(self._logits(pixel_values.flip(-1))).flip(-1)) / 2
+        return probs.cpu()
 
-    def _forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        logits = self.model(pixel_values=pixel_values).logits.float()
-        if logits.shape[-2:] != pixel_values.shape[-2:]:
-            logits = F.interpolate(logits, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
+    def _logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        with autocast:
+            return (self._main_logits or main_logits)(self.model, pixel_values)
+
+    def to_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [B, C, h, w] (any float dtype) → float32 [B, K, h, w]: softmax without background (single-label),
+        one sigmoid per class (multi-label)."""
+        logits = logits.float()
         if self.labels.multilabel:
             return logits.sigmoid()
         return logits.softmax(dim=1)[:, 1:]
@@ -222,12 +246,15 @@ def load_segmenter(
     device: str = "auto",
     use_postprocess: bool = True,
     postprocess_path: str | os.PathLike | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
 ) -> Segmenter:
     """Load a model folder or Hub id, its image processor and its ``postprocess.json`` / ``splits.json``.
 
     use_postprocess: False ignores any post-processing (masks are ``prob >= 0.5``). postprocess_path: a
     ``postprocess.json`` to use instead of the model's own. A single triplet applies to a one-output model (for
-    others it is ignored with a warning); per-class triplets must name the model's outputs.
+    others it is ignored with a warning); per-class triplets must name the model's outputs. precision, compile: see
+    :class:`Segmenter`. Swin runs :data:`cxrseg.model.DEFAULT_ATTENTION`.
     """
     torch_device = pick_device(device)
     model_dir, is_local = resolve_model(model)
@@ -257,8 +284,21 @@ def load_segmenter(
         splits = json.loads(splits_path.read_text()) if splits_path.is_file() else None
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"{splits_path}: cannot read the model's splits ({error}).") from error
+    set_attention(network)
     network.to(torch_device).eval()
-    return Segmenter(network, labels, preprocessor, postprocess, str(model), model_dir, is_local, torch_device, splits)
+    return Segmenter(
+        network,
+        labels,
+        preprocessor,
+        postprocess,
+        str(model),
+        model_dir,
+        is_local,
+        torch_device,
+        splits,
+        precision=precision,
+        compile=compile,
+    )
 
 
 def load_rule(
@@ -351,8 +391,9 @@ def feature_maps(segmenter: Segmenter, image: np.ndarray) -> tuple[list[tuple[st
     handles += [
         modules[path].register_forward_hook(make_hook(name)) for path, name in FEATURE_LAYERS if path in modules
     ]
-    try:
-        probs = segmenter.probabilities(segmenter.preprocessor(image).unsqueeze(0))[0]
+    try:  # the whole forward, auxiliary head included, so that every hook fires
+        logits = model(pixel_values=segmenter.preprocessor(image).unsqueeze(0).to(segmenter.device)).logits
+        probs = segmenter.to_probabilities(logits)[0].cpu()
     finally:
         for handle in handles:
             handle.remove()

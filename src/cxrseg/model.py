@@ -24,6 +24,14 @@ logger = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+DEFAULT_ATTENTION = "sdpa"
+"""How Swin computes its window attention. "sdpa": ``torch.nn.functional.scaled_dot_product_attention`` with the
+relative position bias (plus the shifted-window mask) as its additive ``attn_mask``, which lets PyTorch pick a fused
+kernel; "eager": the explicit matmul, softmax, matmul. Same weights, same outputs (``tests/test_attention.py``);
+``BENCHMARKS.md`` has the speeds. The choice is not saved in ``config.json``: a plain
+``UperNetForSemanticSegmentation.from_pretrained`` loads every model cxrseg writes."""
+
 
 class SingleValueSafeBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d that, in training, normalises with its running statistics when a channel has one value.
@@ -46,6 +54,24 @@ def make_batchnorm_single_value_safe(model: nn.Module) -> nn.Module:
         if type(module) is nn.BatchNorm2d:
             module.__class__ = SingleValueSafeBatchNorm2d
     return model
+
+
+def set_attention(model: UperNetForSemanticSegmentation, implementation: str = DEFAULT_ATTENTION) -> None:
+    """Make the Swin backbone compute attention with ``implementation`` (:data:`ATTENTION_IMPLEMENTATIONS`).
+
+    UperNet's own config takes no attention setting (transformers raises for "sdpa" there), so the backbone's sub
+    config is set; the weights are untouched. A backbone without an SDPA path (not Swin) keeps eager attention.
+    """
+    if implementation not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(
+            f"Unknown attention implementation {implementation!r}; choose one of {ATTENTION_IMPLEMENTATIONS}."
+        )
+    if implementation == "sdpa" and not getattr(model.backbone, "_supports_sdpa", False):
+        logger.info("%s has no SDPA attention; it keeps eager attention.", type(model.backbone).__name__)
+        return
+    model.set_attn_implementation({"backbone_config": implementation})
+    if model.backbone.config._attn_implementation != implementation:
+        raise RuntimeError(f"transformers kept attention {model.backbone.config._attn_implementation!r} for Swin.")
 
 
 def build_image_processor(image_size: int) -> SegformerImageProcessor:
@@ -80,12 +106,17 @@ def _inline_config(model_config: str | dict[str, Any], labels: LabelSet) -> Uper
 
 
 def build_model(
-    model_name_or_path: str | None, model_config: str | dict | None, labels: LabelSet, image_size: int
+    model_name_or_path: str | None,
+    model_config: str | dict | None,
+    labels: LabelSet,
+    image_size: int,
+    attention: str = DEFAULT_ATTENTION,
 ) -> tuple[UperNetForSemanticSegmentation, SegformerImageProcessor]:
     """A UperNet with ``labels.num_labels`` outputs and our id2label, plus its image processor.
 
     From ``model_name_or_path`` (Hub id or local folder): pretrained weights; a head of another size (e.g. ADE20k's
     150 classes) is re-initialised (``ignore_mismatched_sizes``). Otherwise from the inline ``model_config``.
+    attention: Swin's attention implementation (:data:`DEFAULT_ATTENTION`).
     """
     if model_name_or_path is not None:
         try:
@@ -113,6 +144,7 @@ def build_model(
         model = UperNetForSemanticSegmentation(_inline_config(model_config, labels))
         processor = build_image_processor(image_size)
     model.config.loss_ignore_index = IGNORE_INDEX
+    set_attention(model, attention)
     return make_batchnorm_single_value_safe(model), processor
 
 

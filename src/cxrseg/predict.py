@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +52,10 @@ INPUT_SUFFIXES = (".png", ".jpg", ".jpeg", *DICOM_SUFFIXES)
 
 SUBMISSION_COLUMNS = ("ImageId", "EncodedPixels")
 """The header of the SIIM-ACR submission CSV."""
+OUTPUT_WRITERS = min(8, os.cpu_count() or 1)
+"""Threads writing masks, overlays and probabilities while the model runs: a GPU outruns one writer (see
+``bench/inference.py``)."""
+
 SUBMISSION_SIZE = 1024
 """Side of the masks the SIIM-ACR submission RLE encodes (the competition's images are 1024x1024)."""
 
@@ -172,8 +178,23 @@ def predict(
     )
     summary = PredictionSummary(len(files), out_dir=out)
     csv_writer = AtomicCsv(Path(submission), SUBMISSION_COLUMNS) if submission is not None else None
+    writing: deque[tuple[str, Future]] = deque()  # (image id, its _write_outputs), in input order
+
+    def finish_one() -> None:
+        image_id, future = writing.popleft()
+        masks = future.result()
+        summary.num_predicted += 1
+        summary.num_positive += bool(masks.any())
+        if csv_writer is not None:
+            csv_writer.writerow((image_id, rle_encode(_at_submission_size(masks[0]))))
+
     try:
-        with tqdm(total=len(files), desc="predicting", unit="img") as progress:
+        # Outputs are written by threads while the model works on the next batch (OpenCV's resizing and PNG
+        # encoding release the GIL); at most two batches wait, which bounds memory.
+        with (
+            tqdm(total=len(files), desc="predicting", unit="img") as progress,
+            ThreadPoolExecutor(OUTPUT_WRITERS) as writers,
+        ):
             for items in loader:
                 good = [item for item in items if item["error"] is None]
                 for item in items:
@@ -184,14 +205,13 @@ def predict(
                     probs = segmenter.probabilities(torch.stack([item["pixel_values"] for item in good]), tta)
                     for item, image_probs in zip(good, probs):
                         image_id = files[item["index"]].stem
-                        masks = _write_outputs(
-                            segmenter, out, image_id, item["image"], image_probs, colours, save_probabilities
-                        )
-                        summary.num_predicted += 1
-                        summary.num_positive += bool(masks.any())
-                        if csv_writer is not None:
-                            csv_writer.writerow((image_id, rle_encode(_at_submission_size(masks[0]))))
+                        args = (segmenter, out, image_id, item["image"], image_probs, colours, save_probabilities)
+                        writing.append((image_id, writers.submit(_write_outputs, *args)))
+                while len(writing) > 2 * batch_size:
+                    finish_one()
                 progress.update(len(items))
+            while writing:
+                finish_one()
         if csv_writer is not None:
             csv_writer.commit()
             summary.submission = Path(submission)

@@ -32,7 +32,6 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-megapixels must be a positive number, got {args.max_megapixels:g}.")
     from cxrseg.app import launch, load_app  # Gradio is checked before the model is loaded
 
-    launch(
-        load_app(args.model, device=args.device, tta=args.tta, max_megapixels=args.max_megapixels), args.host, args.port
-    )
+    options = {"device": args.device, "tta": args.tta, "precision": args.precision, "compile": args.compile}
+    launch(load_app(args.model, max_megapixels=args.max_megapixels, **options), args.host, args.port)
     return 0

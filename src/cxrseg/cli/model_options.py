@@ -7,12 +7,12 @@ from typing import Any
 
 from cxrseg.cli import int_at_least
 from cxrseg.ensemble import Ensemble, load_models
-from cxrseg.inference import TTA_MODES, Segmenter
+from cxrseg.inference import PRECISIONS, TTA_MODES, Segmenter, pick_device
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, postprocess: bool = True, batching: bool = True) -> None:
-    """--model, --tta, --device, and --batch-size, --num-workers (with ``batching``), --no-postprocess and
-    --postprocess FILE (with ``postprocess``)."""
+    """--model, --tta, --device, --precision, --compile, and --batch-size, --num-workers (with ``batching``),
+    --no-postprocess and --postprocess FILE (with ``postprocess``)."""
     parser.add_argument(
         "--model",
         required=True,
@@ -30,9 +30,20 @@ def add_model_arguments(parser: argparse.ArgumentParser, postprocess: bool = Tru
     if batching:
         parser.add_argument("--batch-size", type=int_at_least(1), default=8, help="images per forward pass (default 8)")
         parser.add_argument(
-            "--num-workers", type=int_at_least(0), default=2, help="DataLoader processes reading images (default 2)"
+            "--num-workers",
+            type=int_at_least(0),
+            default=None,
+            help="DataLoader processes reading images (default: 2 on a GPU, 0 on the CPU, where the model uses every "
+            "core)",
         )
     parser.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="bf16: bfloat16 autocast (faster on GPUs; probabilities may differ by ~1e-2)",
+    )
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on large runs)")
     if postprocess:
         parser.add_argument(
             "--no-postprocess", action="store_true", help="ignore the model's postprocess.json: masks are prob >= 0.5"
@@ -49,10 +60,21 @@ def load_model(args: argparse.Namespace) -> Segmenter | Ensemble:
     """The model that :func:`add_model_arguments`' options name (:func:`cxrseg.ensemble.load_models`), with its
     post-processing (``--postprocess``, else its own) unless turned off."""
     return load_models(
-        args.model, device=args.device, use_postprocess=not args.no_postprocess, postprocess_path=args.postprocess
+        args.model,
+        device=args.device,
+        use_postprocess=not args.no_postprocess,
+        postprocess_path=args.postprocess,
+        precision=args.precision,
+        compile=args.compile,
     )
 
 
 def run_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments of how to run the model: ``tta``, ``batch_size``, ``num_workers``."""
-    return {"tta": args.tta, "batch_size": args.batch_size, "num_workers": args.num_workers}
+    """The keyword arguments of how to run the model: ``tta``, ``batch_size``, ``num_workers``.
+
+    Without ``--num-workers``: 0 on the CPU, where reader processes take cores from the model (BENCHMARKS.md,
+    inference on the CPU), else 2."""
+    num_workers = args.num_workers
+    if num_workers is None:
+        num_workers = 0 if pick_device(args.device).type == "cpu" else 2
+    return {"tta": args.tta, "batch_size": args.batch_size, "num_workers": num_workers}
