@@ -275,11 +275,12 @@ class ScaledIntensityModel(nn.Module):
     def __init__(self, scales: tuple[float, ...]) -> None:
         super().__init__()
         self.scales = torch.tensor(scales).view(1, -1, 1, 1)
+        self.backbone = PassThroughBackbone()
 
-    def forward(self, pixel_values: torch.Tensor) -> SimpleNamespace:
-        gray = (pixel_values[:, :1] * IMAGENET_STD[0] + IMAGENET_MEAN[0]).clamp(0, 1)
+    def decode_head(self, features: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        gray = (features[0][:, :1] * IMAGENET_STD[0] + IMAGENET_MEAN[0]).clamp(0, 1)
         p = (gray * self.scales).clamp(1e-6, 1 - 1e-6)
-        return SimpleNamespace(logits=torch.log(p) - torch.log1p(-p))
+        return torch.log(p) - torch.log1p(-p)
 
 
 def test_per_class_thresholds_lift_a_class_below_half_from_dice_zero(tmp_path):

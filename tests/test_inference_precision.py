@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+import torch
 
 from cxrseg.cli import main
 from cxrseg.cli.model_options import add_model_arguments, load_model, run_options
@@ -26,7 +27,9 @@ def test_precision_and_compile_options_reach_the_segmenter(tmp_path):
     assert (chosen.precision, chosen.compile) == ("bf16", True)
 
 
-def test_num_workers_default_to_none_on_the_cpu_and_two_on_a_gpu():
+def test_num_workers_default_to_none_on_the_cpu_and_two_on_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a machine with two GPUs
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     parser = argparse.ArgumentParser()
     add_model_arguments(parser)
 
