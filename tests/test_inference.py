@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from transformers import UperNetForSemanticSegmentation
 
 from cxrseg.data.dataset import make_transform
 from cxrseg.errors import ModelLoadError
@@ -80,6 +81,18 @@ def test_preprocessing_is_training_evaluation_and_probabilities_come_back_at_ori
     expected = F.interpolate(logits.softmax(1)[:, 1:], size=(50, 80), mode="bilinear", align_corners=False)[0]
     assert probs.shape == (1, 50, 80) and probs.dtype == torch.float32
     torch.testing.assert_close(probs, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_probabilities_equal_the_plain_transformers_forward(model_dir):
+    """Channels-last weights and inputs, SDPA attention and no auxiliary head change nothing beyond round-off."""
+    segmenter = load_segmenter(model_dir, device="cpu")
+    weight = segmenter.model.decode_head.fpn_bottleneck.conv.weight  # a 3x3 convolution
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    plain = UperNetForSemanticSegmentation.from_pretrained(model_dir).eval()
+    pixel_values = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = plain(pixel_values=pixel_values).logits.softmax(dim=1)[:, 1:]
+    torch.testing.assert_close(segmenter.probabilities(pixel_values), expected, atol=1e-5, rtol=0)
 
 
 def test_hflip_tta_is_the_mean_of_the_image_and_its_mirror(model_dir):
