@@ -119,10 +119,10 @@ def _working_size(processor, config) -> tuple[int, int]:
 
 
 MEMORY_FORMAT = torch.channels_last
-"""Layout of the inference network's convolution weights and of its inputs: channels-last (NHWC) lets oneDNN on
-CPUs (and cuDNN on GPUs) skip layout conversions around every convolution: the demo model's forward runs 1.5× faster
-on 2 CPU cores than in the default NCHW layout, with logits equal within 1e-6 (``tests/test_inference.py``,
-``BENCHMARKS.md``)."""
+"""Layout of the inference network's convolution weights and of its inputs: channels-last (NHWC) lets oneDNN skip
+layout conversions around every convolution. The demo model's forward runs 1.2× faster on 2 CPU cores than in the
+default NCHW layout, with logits equal within 1e-6 (``tests/test_inference.py``, ``BENCHMARKS.md``); on GPUs,
+channels-last helped the bf16 training step (``BENCHMARKS.md``), inference there is not yet measured."""
 
 
 def main_logits(model: UperNetForSemanticSegmentation, pixel_values: torch.Tensor) -> torch.Tensor:
