@@ -22,7 +22,7 @@ import yaml
 from cxrseg.cli import main as cli_main
 from cxrseg.data.png_layout import index_layout
 from cxrseg.files import TRAINING_RUN, mark_output
-from cxrseg.labels import PNEUMOTHORAX
+from cxrseg.labels import PNEUMOTHORAX, TASKS
 from cxrseg.train import main as train_main
 from tests.conftest import TINY_MODEL_CONFIG, save_tiny_model
 
@@ -52,6 +52,7 @@ def ws(tmp_path_factory, demo_root) -> Path:
     shutil.copytree(ws / "data/images/train", ws / "raw/images")
     shutil.copytree(ws / "data/masks/train", ws / "raw/masks")
     save_tiny_model(ws / "model")
+    save_tiny_model(ws / "multilabel_model", labels=TASKS["chestxdet"])
     ids = sorted(p.stem for p in (ws / "data/images/train").iterdir())
     run = mark_output(save_tiny_model(ws / "run", splits={"train": ids[:16], "val": ids[16:]}), TRAINING_RUN)
     (run / "recipe.yaml").write_text("# Resolved recipe (from recipe.yaml + overrides)\nlearning_rate: 0.001\n")
@@ -130,6 +131,13 @@ CASES = [
      lambda ws: train(ws, "--data_dir", str(ws / "negative"), "--class_weights", "auto"), r"no pixels"),
     ("offline-model-id", "train", lambda ws: train(ws, "--model_name_or_path", "nobody/no-such-model"),
      r"^model_name_or_path 'nobody/no-such-model' cannot be loaded"),
+    ("missing-resume-path", "train", lambda ws: train(ws, "--resume_from_checkpoint", str(ws / "nothere")),
+     r"^Checkpoint .*nothere does not exist"),
+    # run_train.py: cross-validation
+    ("fold-out-of-range", "train", lambda ws: train(ws, "--num_folds", "3", "--fold", "3"),
+     r"^fold must be 'all' or an index 0\.\.2"),
+    ("cv-with-push", "train", lambda ws: train(ws, "--num_folds", "2", "--push_to_hub", "true"),
+     r"^push_to_hub with num_folds"),
     # run_train.py: the output folder
     ("output-is-a-file", "train", lambda ws: train(ws, "--output_dir", str(ws / "user.csv")), r"user\.csv is a file"),
     ("output-is-the-data", "train", lambda ws: train(ws, "--output_dir", str(ws / "data")), r"is also an input"),
@@ -167,9 +175,20 @@ CASES = [
      r"--device 'toaster' is not a device"),
     ("predict-missing-gpu", "cli", lambda ws: predict(ws, "--out", str(ws / "p"), "--device", "cuda:99"),
      r"--device cuda:99: this machine has"),
+    ("predict-ensemble-other-labels", "cli",
+     lambda ws: predict(ws, "--model", str(ws / "multilabel_model"), "--out", str(ws / "p")),
+     r"^Ensemble members must predict the same classes: .*multilabel_model predicts"),
+    ("predict-missing-postprocess", "cli",
+     lambda ws: predict(ws, "--out", str(ws / "p"), "--postprocess", str(ws / "nothere.json")),
+     r"^Post-processing file .*nothere\.json does not exist"),
+    ("predict-bad-precision", "cli", lambda ws: predict(ws, "--out", str(ws / "p"), "--precision", "fp8"),
+     r"^cxrseg predict: argument --precision: invalid choice"),
     ("predict-no-model", "cli", lambda ws: ["predict", "--model", str(ws / "nothere"), "--input", str(ws / "data"),
                                             "--out", str(ws / "p")], r"nothere' is neither a local model folder"),
     # cxrseg evaluate, visualize, push, make-demo-data
+    ("evaluate-bad-postprocess", "cli",
+     lambda ws: ["evaluate", "--model", str(ws / "model"), "--data", str(ws / "data"), "--num-workers", "0",
+                 "--postprocess", str(ws / "bad.json"), "--out", str(ws / "e")], r"bad\.json.*Fix it or remove it"),
     ("evaluate-out-is-data", "cli", lambda ws: ["evaluate", "--model", str(ws / "model"), "--data", str(ws / "data"),
                                                 "--split", "train", "--out", str(ws / "data")], r"is also an input"),
     ("evaluate-out-users-folder", "cli",
@@ -205,6 +224,12 @@ CASES = [
     ("prepare-nothing-to-write", "cli",
      lambda ws: ["prepare", "folder", "--images", str(ws / "empty/images"), "--masks", str(ws / "raw/masks"), "--out",
                  str(ws / "p")], r"No image could be written: 24 problems \(missing_image: 24\)"),
+    ("prepare-bad-patient-ids", "cli",
+     lambda ws: prepare(ws, "--out", str(ws / "p"), "--patient-ids", str(ws / "user.csv")),
+     r"user\.csv: needs the columns image_id and PatientID"),
+    ("app-bad-limit", "cli", lambda ws: ["app", "--model", str(ws / "model"), "--max-megapixels", "0"],
+     r"^--max-megapixels must be a positive number"),
+    ("app-missing-model", "cli", lambda ws: ["app", "--model", str(ws / "nothere")], r"nothere"),
     ("prepare-missing-csv", "cli",
      lambda ws: ["prepare", "siim", "--dicom-dir", str(ws / "empty"), "--rle-csv", str(ws / "nothere.csv"), "--out",
                  str(ws / "p")], r"nothere\.csv: cannot read the RLE CSV"),
