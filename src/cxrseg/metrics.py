@@ -21,7 +21,7 @@ the main one) sees all images.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -304,6 +304,22 @@ class SegmentationMetrics:
         self._dice_sum = np.zeros(c, dtype=np.float64)  # Σ per-image Dice, per class
         self._positive_images = np.zeros(c, dtype=np.int64)
         self._num_images = 0
+
+    def empty(self) -> SegmentationMetrics:
+        """A new object with this one's settings and no images."""
+        return SegmentationMetrics(self.threshold, self.num_classes, self.num_bins, self.class_names)
+
+    def merged(self, others: Iterable[SegmentationMetrics]) -> SegmentationMetrics:
+        """Metrics over this one's images and those of ``others`` (same threshold, classes and bins): the sums of
+        their counts, as if every batch had gone to one object."""
+        total = self.empty()
+        for part in (self, *others):
+            if (part.threshold, part.num_classes, part.num_bins) != (self.threshold, self.num_classes, self.num_bins):
+                raise ValueError("Only metrics with the same threshold, classes and bins can be merged.")
+            for name in ("_hist", "_tp", "_fp", "_fn", "_dice_sum", "_positive_images"):
+                getattr(total, name)[...] += getattr(part, name)
+            total._num_images += part._num_images
+        return total
 
     def update(self, probs: ArrayLike, target: ArrayLike) -> None:
         """Add a batch.

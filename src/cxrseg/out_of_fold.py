@@ -3,9 +3,10 @@
 Every image of the folds (``OUTPUT_DIR/splits.json``) is scored once, by the one fold model that never trained on
 it: one streaming pass per fold (:func:`cxrseg.evaluate.stream_predictions`) feeds
 
-* one :class:`~cxrseg.evaluate.EvaluationAccumulator` over all folds: the OOF metrics (the same definitions as
-  ``cxrseg evaluate``, computed over the images of all folds pooled) and ``per_image.csv`` with a ``fold`` column;
-* one :class:`~cxrseg.metrics.SegmentationMetrics` per fold: each fold's own figures, and their spread;
+* one :class:`~cxrseg.evaluate.EvaluationAccumulator` over all folds (``per_image.csv`` with a ``fold`` column), whose
+  :class:`~cxrseg.metrics.SegmentationMetrics` is renewed for each fold: each fold's own figures and their spread;
+  merged (:meth:`~cxrseg.metrics.SegmentationMetrics.merged`), the OOF metrics (the same definitions as ``cxrseg
+  evaluate``, computed over the images of all folds pooled);
 * with ``search``, one :class:`~cxrseg.postprocess.TripletSearch` per fold (one triplet per class for multi-output
   models). **Tuned on OOF**: the rule that is best over all folds' images, saved as ``OUTPUT_DIR/postprocess.json``
   (the ensemble's rule); its score is optimistic, since it is tuned on the images it is scored on.
@@ -47,7 +48,7 @@ from cxrseg.evaluate import (
 from cxrseg.files import EVALUATION, AtomicCsv, atomic_write_text, check_output_folder, mark_output
 from cxrseg.inference import Segmenter, load_segmenter
 from cxrseg.labels import LabelSet
-from cxrseg.metrics import SUMMARY_KEYS, SegmentationMetrics, dice_from_counts
+from cxrseg.metrics import SUMMARY_KEYS, dice_from_counts
 from cxrseg.plots import plot_pr_curve
 from cxrseg.postprocess import TripletSearch
 
@@ -64,9 +65,12 @@ def evaluate_out_of_fold(
     num_workers: int = 0,
     search: bool = False,
     device: str = "auto",
+    precision: str = "fp32",
+    compile: bool = False,
 ) -> EvaluationResult:
     """Evaluate the CV folder ``cv_folder`` out of fold on ``data_root`` (the layout it was trained on) and write
-    the outputs (module docstring) to ``out_dir`` (default ``cv_folder/evaluation/val``).
+    the outputs (module docstring) to ``out_dir`` (default ``cv_folder/evaluation/val``). device, precision,
+    compile: how each fold model runs (:func:`cxrseg.inference.load_segmenter`).
 
     metrics.json: the settings; the OOF metrics at ``prob >= 0.5`` (keys as :func:`cxrseg.evaluate.evaluate`'s);
     ``folds``: each fold's metrics (with ``fold`` and ``model``); ``fold_spread``: for dice, iou, kaggle_dice and
@@ -80,30 +84,31 @@ def evaluate_out_of_fold(
     out = Path(out_dir) if out_dir is not None else run.root / "evaluation" / "val"
     check_output_folder(out, EVALUATION, inputs=[data_root])
     mark_output(out, EVALUATION)
-    fold_metrics, fold_searches = [], []
+    fold_metrics, fold_scores, fold_searches = [], [], []
     with AtomicCsv(out / "per_image.csv", (*PER_IMAGE_COLUMNS, "fold")) as per_image:
         for fold, folder in enumerate(run.fold_dirs):
-            segmenter = load_segmenter(folder, device=device, use_postprocess=False)
-            if fold == 0:
-                first, index = segmenter, _layout_index(root, segmenter.labels)
-                accumulator = EvaluationAccumulator(first.output_names, per_image)
-            rows = _fold_rows(run, fold, segmenter, first, index, root)
-            logger.info("Fold %d: %d images by %s.", fold, len(rows), folder)
-            metrics = SegmentationMetrics(
-                THRESHOLD, num_classes=len(first.output_names), class_names=first.output_names
+            segmenter = load_segmenter(
+                folder, device=device, use_postprocess=False, precision=precision, compile=compile
             )
+            if fold == 0:
+                names, size = segmenter.output_names, segmenter.image_size
+                index = _layout_index(root, segmenter.labels)
+                accumulator = EvaluationAccumulator(names, per_image)
+            rows = _fold_rows(run, fold, segmenter, (names, size), index, root)
+            logger.info("Fold %d: %d images by %s.", fold, len(rows), folder)
+            accumulator.metrics = accumulator.metrics.empty()  # this fold's own; merged below
             searched = new_search(segmenter) if search else None
             accumulator.extra_columns = (fold,)
             loader = evaluation_loader(segmenter, rows, batch_size, num_workers)
             for batch in stream_predictions(segmenter, loader, tta):
                 scored = accumulator.add(batch)
-                metrics.update(*scored)
                 if searched is not None:
                     searched.add(*scored)
-            fold_metrics.append({"fold": fold, "model": str(folder), **metrics.compute()})
+            fold_scores.append(accumulator.metrics)
+            fold_metrics.append({"fold": fold, "model": str(folder), **accumulator.metrics.compute()})
             fold_searches.append(searched)
             del segmenter, loader  # one fold model in memory at a time
-    names, size = first.output_names, first.image_size
+    accumulator.metrics = fold_scores[0].merged(fold_scores[1:])  # the out-of-fold metrics over every fold
 
     num_images = sum(len(fold["val"]) for fold in run.folds)
     results = {
@@ -143,17 +148,18 @@ def _fold_rows(
     run: CrossValidationRun,
     fold: int,
     segmenter: Segmenter,
-    first: Segmenter,
+    first: tuple[tuple[str, ...], int],
     index: dict[str, IndexedImage],
     root: Path,
 ) -> list[IndexedImage]:
-    """The validation images of ``fold``, after checking that its model belongs with the first fold's and to the
-    fold, and that the data holds them."""
+    """The validation images of ``fold``, after checking that its model belongs with the first fold's (``first``:
+    its output names and working size) and to the fold, and that the data holds them."""
     folder = run.fold_dirs[fold]
-    if (segmenter.output_names, segmenter.image_size) != (first.output_names, first.image_size):
+    names, size = first
+    if (segmenter.output_names, segmenter.image_size) != first:
         raise DataError(
             f"{folder} predicts {list(segmenter.output_names)} at {segmenter.image_size}² but fold 0 "
-            f"{list(first.output_names)} at {first.image_size}²: the folds of {run.root} do not belong together."
+            f"{list(names)} at {size}²: the folds of {run.root} do not belong together."
         )
     val = run.folds[fold]["val"]
     if segmenter.splits is None or segmenter.splits.get("val") != val:

@@ -49,8 +49,9 @@ def run(args: argparse.Namespace) -> int:
                 f"--postprocess {args.postprocess}: out-of-fold evaluation scores each fold's own images and tunes "
                 "its rule with --search-postprocess; a given rule applies to other splits (--split test)."
             )
+        running = {"device": args.device, "precision": args.precision, "compile": args.compile}
         result = evaluate_out_of_fold(
-            args.model[0], args.data, args.out, search=args.search_postprocess, device=args.device, **run_options(args)
+            args.model[0], args.data, args.out, search=args.search_postprocess, **running, **run_options(args)
         )
         print(out_of_fold_summary(result))
     else:
