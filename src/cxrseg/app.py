@@ -22,7 +22,7 @@ from pathlib import Path
 
 from cxrseg.errors import CxrsegError, OptionalDependencyError
 from cxrseg.findings import MAX_MEGAPIXELS, Finding, ImageSegmentation, SegmenterLike, read_radiograph, segment_image
-from cxrseg.images import DICOM_SUFFIXES, write_png
+from cxrseg.images import IMAGE_SUFFIXES, write_png
 from cxrseg.plots import class_colours, overlay, probability_image
 from cxrseg.postprocess import ClassPostProcess, PostProcess
 from cxrseg.predict import mask_png_pixels
@@ -39,7 +39,6 @@ except ImportError as error:
 
 logger = logging.getLogger(__name__)
 
-INPUT_TYPES = (".png", ".jpg", ".jpeg", *DICOM_SUFFIXES)
 PACKAGED_EXAMPLES = Path(__file__).parent / "app_examples"
 """Two NIH ChestX-ray14 radiographs (attribution in the README.md beside them)."""
 MAX_UPLOAD = "200mb"
@@ -73,7 +72,7 @@ def create_app(
         with gr.Row():
             with gr.Column(scale=1):
                 upload = gr.File(
-                    label="Radiograph (PNG, JPEG or DICOM)", file_types=list(INPUT_TYPES), elem_id="upload"
+                    label="Radiograph (PNG, JPEG or DICOM)", file_types=list(IMAGE_SUFFIXES), elem_id="upload"
                 )
                 raw = gr.Checkbox(
                     label="Raw threshold (prob ≥ 0.5), not the model's postprocess.json",

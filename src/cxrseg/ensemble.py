@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from cxrseg.cross_validation import is_cv_folder, read_cross_validation
 from cxrseg.errors import ModelLoadError
-from cxrseg.inference import Preprocessor, Segmenter, load_rule, load_segmenter
+from cxrseg.inference import Preprocessor, Segmenter, find_rule, load_segmenter
 from cxrseg.labels import LabelSet
 from cxrseg.postprocess import POSTPROCESS_FILENAME, ClassPostProcess, PostProcess
 
@@ -149,14 +149,10 @@ def load_ensemble(
     else:
         ensemble = Ensemble(members, None, "+".join(Path(str(m)).name for m in models))
     if use_postprocess:
-        path = Path(postprocess_path) if postprocess_path is not None else None
-        if path is None and single_cv:
-            path = Path(models[0]) / POSTPROCESS_FILENAME
-            path = path if path.exists() else None
-        elif path is not None and not path.exists():
-            raise ModelLoadError(f"Post-processing file {path} does not exist.")
-        if path is not None:
-            ensemble.postprocess = load_rule(path, ensemble.labels, ensemble.image_size, ensemble.source)
+        default = Path(models[0]) / POSTPROCESS_FILENAME if single_cv else None
+        ensemble.postprocess = find_rule(
+            postprocess_path, default, ensemble.labels, ensemble.image_size, ensemble.source
+        )
     logger.info("Ensemble of %d models (%s) at %d².", len(members), ensemble.source, ensemble.image_size)
     return ensemble
 

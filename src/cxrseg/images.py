@@ -29,6 +29,8 @@ from cxrseg.errors import DataError
 from cxrseg.files import atomic_write_bytes
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", *DICOM_SUFFIXES)
+"""File types cxrseg reads as radiographs (case-insensitive), each by :func:`read_image`."""
 PIXEL_MODES = ("L", "LA", "RGB", "RGBA", "I;16", "I;16L", "I;16B", "I", "F")
 """Pillow modes :func:`to_gray` reads as they are; any other mode (palette, 1-bit, CMYK, ...) is expanded to RGB."""
 

@@ -117,9 +117,7 @@ class PostProcess:
     def save(self, path: str | os.PathLike) -> Path:
         """Write JSON atomically (temporary file, then rename) to ``path``, or to ``path/postprocess.json`` if
         ``path`` is a directory. Returns the file written."""
-        path = _resolve(path)
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
+        return _save(self.to_dict(), path)
 
     def to_dict(self) -> dict:
         """What :meth:`save` writes: ``{top_threshold, min_area, bottom_threshold, image_size}``."""
@@ -206,14 +204,11 @@ class ClassPostProcess:
 
     def with_image_size(self, image_size: int) -> ClassPostProcess:
         """A copy whose rules say that ``min_area`` is counted at ``image_size`` (nothing rescaled)."""
-        rules = tuple(dataclasses.replace(rule, image_size=image_size) for rule in self.rules)
-        return ClassPostProcess(self.classes, rules)
+        return ClassPostProcess(self.classes, tuple(rule.with_image_size(image_size) for rule in self.rules))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write JSON atomically (see the class docstring) to ``path`` or ``path/postprocess.json``."""
-        path = _resolve(path)
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
+        return _save(self.to_dict(), path)
 
     def to_dict(self) -> dict:
         """What :meth:`save` writes (see the class docstring)."""
@@ -222,6 +217,13 @@ class ClassPostProcess:
             for name, rule in zip(self.classes, self.rules)
         }
         return {"image_size": self.image_size, "classes": classes}
+
+
+def _save(rule: dict, path: str | os.PathLike) -> Path:
+    """Write ``rule`` as JSON atomically to ``path`` or ``path/postprocess.json``; returns the file written."""
+    path = _resolve(path)
+    atomic_write_text(path, json.dumps(rule, indent=2) + "\n")
+    return path
 
 
 def load_postprocess(path: str | os.PathLike) -> PostProcess | ClassPostProcess:

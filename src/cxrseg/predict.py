@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from cxrseg.errors import PredictError
 from cxrseg.files import PREDICTIONS, AtomicCsv, check_output_file, check_output_folder, mark_output
-from cxrseg.images import DICOM_SUFFIXES, read_image, write_png
+from cxrseg.images import IMAGE_SUFFIXES, read_image, write_png
 from cxrseg.inference import Preprocessor, Segmenter
 from cxrseg.labels import LabelSet, pack_multilabel
 from cxrseg.plots import class_colours, overlay
@@ -47,8 +47,6 @@ from cxrseg.prepare.rle import rle_encode
 
 logger = logging.getLogger(__name__)
 
-INPUT_SUFFIXES = (".png", ".jpg", ".jpeg", *DICOM_SUFFIXES)
-"""File types listed as inputs in a folder (case-insensitive); each is read by :func:`cxrseg.images.read_image`."""
 
 SUBMISSION_COLUMNS = ("ImageId", "EncodedPixels")
 """The header of the SIIM-ACR submission CSV."""
@@ -70,9 +68,9 @@ def list_inputs(path: str | os.PathLike) -> list[Path]:
     if path.is_file():
         files = [path]
     elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise PredictError(f"{path} holds no {', '.join(INPUT_SUFFIXES)} files.")
+            raise PredictError(f"{path} holds no {', '.join(IMAGE_SUFFIXES)} files.")
     else:
         raise PredictError(f"Input {path} does not exist.")
     seen: dict[str, Path] = {}
@@ -152,7 +150,7 @@ def predict(
     submission: str | os.PathLike | None = None,
     save_probabilities: bool = False,
     batch_size: int = 8,
-    num_workers: int = 2,
+    num_workers: int = 0,
 ) -> PredictionSummary:
     """Predict every input (see the module docstring for the outputs) and return a summary."""
     names = segmenter.output_names
