@@ -26,6 +26,7 @@ from cxrseg.cross_validation import (
     prepare_folds,
     read_cross_validation,
 )
+from cxrseg.data.dataset import index_training_source
 from cxrseg.data.png_layout import index_layout
 from cxrseg.errors import ModelLoadError, RecipeError
 from cxrseg.evaluate import evaluate, evaluation_loader, search_grid, stream_predictions
@@ -55,7 +56,7 @@ def untrained_cv_folder(data_dir: Path, out: Path, num_folds: int = 3) -> list[d
     """A CV folder as training leaves it (cv.json, splits.json, finished fold folders), with untrained tiny models
     (one seed per fold) instead of trained ones."""
     recipe = parse_recipe(recipe_args(data_dir, out, "--num_folds", str(num_folds)))
-    folds = prepare_folds(recipe, PNEUMOTHORAX)
+    folds = prepare_folds(recipe, PNEUMOTHORAX, index_training_source(recipe.data, PNEUMOTHORAX)[1])
     for k, fold in enumerate(folds):
         save_tiny_model(fold_dir(out, k), seed=k, splits=fold)
         mark_fold_finished(fold_dir(out, k), k, num_folds, {})
@@ -165,7 +166,7 @@ def test_multilabel_out_of_fold_metrics_and_per_class_rules_equal_brute_force(tm
     data = make_multilabel_demo_data(tmp_path / "data", num_images=8, size=64, seed=2)
     out = tmp_path / "cv"
     recipe = parse_recipe(recipe_args(data, out, "--task", "chestxdet", "--num_folds", "2", *MULTILABEL_SAMPLING))
-    folds = prepare_folds(recipe, labels)
+    folds = prepare_folds(recipe, labels, index_training_source(recipe.data, labels)[1])
     for k, fold in enumerate(folds):
         save_tiny_model(fold_dir(out, k), labels, seed=k, splits=fold)
         mark_fold_finished(fold_dir(out, k), k, 2, {})

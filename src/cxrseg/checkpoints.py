@@ -86,6 +86,12 @@ def last_complete_checkpoint(output_dir: Path) -> Path | None:
     return None
 
 
+def is_resume_last(resume_from_checkpoint: str | None) -> bool:
+    """Whether ``resume_from_checkpoint`` asks for the newest checkpoint (``last``, or ``true`` as the Trainer's
+    own ``resume_from_checkpoint=True``; any case)."""
+    return resume_from_checkpoint is not None and str(resume_from_checkpoint).lower() in RESUME_LAST
+
+
 def resume_checkpoint(resume_from_checkpoint: str | None, output_dir: Path) -> str | None:
     """The checked checkpoint folder to resume from, or None to start from scratch.
 
@@ -95,7 +101,7 @@ def resume_checkpoint(resume_from_checkpoint: str | None, output_dir: Path) -> s
     """
     if resume_from_checkpoint is None:
         return None
-    if str(resume_from_checkpoint).lower() in RESUME_LAST:
+    if is_resume_last(resume_from_checkpoint):
         checkpoint = last_complete_checkpoint(output_dir)
         if checkpoint is None:
             logger.warning("No complete checkpoint in %s to resume from: training starts from scratch.", output_dir)

@@ -32,9 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxrseg.config import Recipe
-from cxrseg.data.dataset import class_presence, index_training_source, is_saved_dataset
+from cxrseg.data.dataset import class_presence, is_saved_dataset
 from cxrseg.data.groups import patient_groups
-from cxrseg.data.splits import SPLITS_FILENAME, Split, load_or_make_folds
+from cxrseg.data.png_layout import IndexedImage
+from cxrseg.data.splits import SPLITS_FILENAME, Split, load_or_make_folds, read_splits, save_split
 from cxrseg.errors import DataError, ModelLoadError
 from cxrseg.files import TRAINING_RUN, atomic_write_text, mark_output
 from cxrseg.labels import LabelSet
@@ -63,15 +64,15 @@ def fold_is_finished(folder: str | os.PathLike) -> bool:
 # --------------------------------------------------------------------------- training side
 
 
-def prepare_folds(recipe: Recipe, labels: LabelSet) -> list[Split]:
-    """Index the recipe's data, load or make its folds (``OUTPUT_DIR/splits.json``) and write ``cv.json``.
+def prepare_folds(recipe: Recipe, labels: LabelSet, index: list[IndexedImage]) -> list[Split]:
+    """Load or make the folds of the recipe's data (``index``: :func:`~cxrseg.data.dataset.index_training_source`'s)
+    in ``OUTPUT_DIR/splits.json``, and write ``cv.json``.
 
     Strata are the rarest class present per image; groups the patients (:func:`cxrseg.data.groups.patient_groups`
     of the data folder). Under DDP every process calls it, the main one first (``main_process_first``): the
     others read the folds it saved.
     """
     data_args, output_dir = recipe.data, Path(recipe.training.output_dir)
-    _, index = index_training_source(data_args, labels)
     image_ids = [row.image_id for row in index]
     root = Path(data_args.data_dir)
     groups, described = patient_groups(root.parent if is_saved_dataset(root) else root, image_ids)
@@ -83,8 +84,6 @@ def prepare_folds(recipe: Recipe, labels: LabelSet) -> list[Split]:
             root,
             chestxdet,
         )
-    if recipe.training.should_save:
-        output_dir.mkdir(parents=True, exist_ok=True)
     folds = load_or_make_folds(
         output_dir / SPLITS_FILENAME,
         image_ids,
@@ -125,14 +124,14 @@ def write_fold_split(folder: Path, split: Split) -> None:
     """Save fold ``split`` as ``folder/splits.json``; one already there must be the same fold."""
     path = folder / SPLITS_FILENAME
     if path.exists():
-        saved = json.loads(path.read_text())
+        saved = read_splits(path)
         if saved != split:
             raise DataError(
                 f"{path} differs from its fold in {folder.parent / 'splits.json'}: the folds changed since this fold "
                 "was trained; use a new output_dir."
             )
         return
-    atomic_write_text(path, json.dumps(split, indent=1))
+    save_split(path, split)
 
 
 def mark_fold_finished(folder: Path, fold: int, num_folds: int, metrics: dict[str, float]) -> None:

@@ -28,9 +28,11 @@ from typing import BinaryIO
 
 from huggingface_hub import CommitOperationAdd, snapshot_download
 from transformers import TrainerCallback
-from transformers.trainer_utils import HubStrategy
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy
 
 from cxrseg import hub
+from cxrseg.checkpoints import CHECKPOINT_NAME
+from cxrseg.data.splits import SPLITS_FILENAME
 from cxrseg.errors import HubAccessError
 
 logger = logging.getLogger(__name__)
@@ -39,7 +41,7 @@ LAST_CHECKPOINT = "last-checkpoint"
 """The folder of the repo that holds the newest checkpoint with ``hub_strategy: checkpoint`` (the Trainer's name)."""
 MODEL_FILES = re.compile(r"config\.json|preprocessor_config\.json|model(-\d+-of-\d+)?\.safetensors(\.index\.json)?")
 """The files of a checkpoint that make the model: pushed to the repo's top level at each save."""
-RUN_FILES = ("recipe.yaml", "splits.json")
+RUN_FILES = (hub.RECIPE_FILENAME, SPLITS_FILENAME)
 """The files of the output folder that describe the run: pushed with every save."""
 NEVER_UPLOADED = ("training_args.bin",)  # a pickle of TrainingArguments: local paths, and a token if one was set
 
@@ -103,7 +105,7 @@ class HubCheckpointPush(TrainerCallback):
                 "Step %d not pushed: the previous push to %s is still running.", state.global_step, self.repo_id
             )
             return
-        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         plan = checkpoint_upload_plan(checkpoint, args.output_dir, self.repo_id, self.strategy, self.token)
         # Open the binary files now: an open file stays readable after the Trainer deletes an old checkpoint
         # (save_total_limit), and hashing and uploading them happen in the background thread.
@@ -141,7 +143,7 @@ def download_checkpoint(repo_id: str, token: str | None = None) -> Path:
     try:
         paths = hub.HfApi(token=token).list_repo_files(repo_id)
         folders = {path.split("/", 1)[0] for path in paths if "/" in path}
-        numbered = sorted((int(f.rsplit("-", 1)[1]), f) for f in folders if re.fullmatch(r"checkpoint-\d+", f))
+        numbered = sorted((int(CHECKPOINT_NAME.match(f).group(1)), f) for f in folders if CHECKPOINT_NAME.match(f))
         folder = LAST_CHECKPOINT if LAST_CHECKPOINT in folders else numbered[-1][1] if numbered else None
         if folder is not None:
             logger.info("Downloading %s/%s from the Hub to resume from it.", repo_id, folder)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -89,8 +88,8 @@ def build_image_processor(image_size: int) -> SegformerImageProcessor:
     )
 
 
-def _inline_config(model_config: str | dict[str, Any], labels: LabelSet) -> UperNetConfig:
-    spec = json.loads(model_config) if isinstance(model_config, str) else dict(model_config)
+def _inline_config(model_config: dict[str, Any], labels: LabelSet) -> UperNetConfig:
+    spec = dict(model_config)
     if "backbone_config" not in spec:
         raise RecipeError("model_config needs a 'backbone_config' mapping (e.g. model_type: swin, embed_dim: 16).")
     try:
@@ -107,7 +106,7 @@ def _inline_config(model_config: str | dict[str, Any], labels: LabelSet) -> Uper
 
 def build_model(
     model_name_or_path: str | None,
-    model_config: str | dict | None,
+    model_config: dict | None,
     labels: LabelSet,
     image_size: int,
     attention: str = DEFAULT_ATTENTION,

@@ -17,7 +17,7 @@ import transformers
 from accelerate import PartialState
 from transformers import TrainerCallback, set_seed
 
-from cxrseg.checkpoints import resume_checkpoint
+from cxrseg.checkpoints import is_resume_last, resume_checkpoint
 from cxrseg.config import DataArguments, Recipe, parse_recipe, save_recipe
 from cxrseg.cross_validation import (
     fold_dir,
@@ -27,11 +27,12 @@ from cxrseg.cross_validation import (
     prepare_folds,
     write_fold_split,
 )
-from cxrseg.data.dataset import load_training_data
+from cxrseg.data.dataset import index_training_source, load_training_data
+from cxrseg.data.png_layout import IndexedImage
 from cxrseg.data.splits import SPLITS_FILENAME, save_split
 from cxrseg.errors import CxrsegError, RecipeError, report
 from cxrseg.files import TRAINING_RUN, check_output_folder, mark_output
-from cxrseg.hub import check_hub_access, is_hub_id, push_folder, write_model_card
+from cxrseg.hub import RECIPE_FILENAME, check_hub_access, is_hub_id, push_folder, write_model_card
 from cxrseg.hub_checkpoints import HubCheckpointPush, download_checkpoint
 from cxrseg.labels import LabelSet, get_labels
 from cxrseg.losses import build_loss
@@ -45,9 +46,17 @@ from cxrseg.trainer import SegmentationTrainer, streaming_metrics
 logger = logging.getLogger("cxrseg.train")
 
 
-def train(recipe: Recipe, callbacks: Sequence[TrainerCallback] = (), *, last_run: bool = True) -> dict[str, float]:
+def train(
+    recipe: Recipe,
+    callbacks: Sequence[TrainerCallback] = (),
+    *,
+    last_run: bool = True,
+    indexed: tuple[datasets.Dataset, list[IndexedImage]] | None = None,
+) -> dict[str, float]:
     """Run one recipe; returns the final evaluation metrics (``eval_*``). ``callbacks`` join the Trainer's own.
-    last_run: False keeps the process group (and the trackers' process state) for another run in this program."""
+    last_run: False keeps the process group (and the trackers' process state) for another run in this program.
+    indexed: the recipe's data already indexed (:func:`~cxrseg.data.dataset.index_training_source`), as the folds
+    of a cross-validation share it."""
     model_args, data_args, loss_args, sampling_args, args = (
         recipe.model,
         recipe.data,
@@ -104,7 +113,12 @@ def train(recipe: Recipe, callbacks: Sequence[TrainerCallback] = (), *, last_run
             model_args.model_name_or_path, model_args.model_config, labels, data_args.image_size
         )
         data = load_training_data(
-            data_args, labels, output_dir / SPLITS_FILENAME, mean=processor.image_mean, std=processor.image_std
+            data_args,
+            labels,
+            output_dir / SPLITS_FILENAME,
+            mean=processor.image_mean,
+            std=processor.image_std,
+            indexed=indexed,
         )
 
     # ------------------------------------------------------------------ Loss and sampler
@@ -118,7 +132,7 @@ def train(recipe: Recipe, callbacks: Sequence[TrainerCallback] = (), *, last_run
     # leaves it as it was).
     if args.should_save:
         mark_output(output_dir, TRAINING_RUN)
-        save_recipe(recipe, output_dir / "recipe.yaml")
+        save_recipe(recipe, output_dir / RECIPE_FILENAME)
         if not (output_dir / SPLITS_FILENAME).exists():  # a saved split (perhaps the user's) is never rewritten
             save_split(output_dir / SPLITS_FILENAME, data.split)
 
@@ -159,10 +173,11 @@ def train(recipe: Recipe, callbacks: Sequence[TrainerCallback] = (), *, last_run
 
     # ------------------------------------------------------------------ Model card and push to the Hub
     if trainer.is_world_process_zero():
-        write_model_card(output_dir, hub_model_id)
-        if push_to_hub:
+        if push_to_hub:  # push_folder writes the card first, then uploads
             url = push_folder(output_dir, hub_model_id, private=args.hub_private_repo, token=hub_token)
             logger.info("Pushed %s to %s", output_dir.name, url)
+        else:
+            write_model_card(output_dir, hub_model_id)
     if last_run:
         trainer.end()  # finish the trackers and leave the process group (without it DDP processes can abort at exit)
     return metrics
@@ -201,10 +216,11 @@ def train_folds(recipe: Recipe, callbacks: Sequence[TrainerCallback] = ()) -> di
     check_output_folder(output_dir, TRAINING_RUN, inputs=run_inputs(recipe), may_hold=[SPLITS_FILENAME])
     with args.main_process_first(desc="demo data and folds"):
         write_demo_data_if_asked(data_args, labels)
-        folds = prepare_folds(recipe, labels)
+        indexed = index_training_source(data_args, labels)  # once for every fold
+        folds = prepare_folds(recipe, labels, indexed[1])
     if args.should_save:
-        save_recipe(recipe, output_dir / "recipe.yaml")
-    resuming = args.resume_from_checkpoint in ("last", "true", "True")
+        save_recipe(recipe, output_dir / RECIPE_FILENAME)
+    resuming = is_resume_last(args.resume_from_checkpoint)
     chosen = range(data_args.num_folds) if data_args.fold == "all" else [int(data_args.fold)]
     results = {}
     for fold in chosen:
@@ -216,7 +232,7 @@ def train_folds(recipe: Recipe, callbacks: Sequence[TrainerCallback] = ()) -> di
         if args.should_save:
             mark_output(folder, TRAINING_RUN)
             write_fold_split(folder, folds[fold])
-        results[fold] = train(fold_recipe(recipe, fold), callbacks, last_run=False)
+        results[fold] = train(fold_recipe(recipe, fold), callbacks, last_run=False, indexed=indexed)
         if args.should_save:
             mark_fold_finished(folder, fold, data_args.num_folds, results[fold])
         finish_tracking()

@@ -35,7 +35,6 @@ class TrainingData:
 
     train: AugmentedDataset
     val: datasets.Dataset
-    labels: LabelSet
     train_is_positive: list[bool]
     pixel_counts: list[int]
     num_pixels: int
@@ -196,12 +195,18 @@ def class_presence(row: IndexedImage, labels: LabelSet) -> tuple[bool, ...]:
 
 
 def load_training_data(
-    data_args: DataArguments, labels: LabelSet, split_path: str | os.PathLike, *, mean, std
+    data_args: DataArguments,
+    labels: LabelSet,
+    split_path: str | os.PathLike,
+    *,
+    mean,
+    std,
+    indexed: tuple[datasets.Dataset, list[IndexedImage]] | None = None,
 ) -> TrainingData:
-    """Index and validate ``data_args.data_dir`` (:func:`index_training_source`), split it (``split_path``), and
-    attach the transforms, which normalise with the model's ``mean`` and ``std`` (3 floats each, as the image
-    processor's)."""
-    source, index = index_training_source(data_args, labels)
+    """Index and validate ``data_args.data_dir`` (:func:`index_training_source`; ``indexed``: its result, when the
+    caller has it already), split it (``split_path``), and attach the transforms, which normalise with the model's
+    ``mean`` and ``std`` (3 floats each, as the image processor's)."""
+    source, index = indexed if indexed is not None else index_training_source(data_args, labels)
     row_of = {row.image_id: i for i, row in enumerate(index)}
     positives = [row.is_positive for row in index]
     split = load_or_make_split(split_path, list(row_of), positives, data_args.val_fraction, data_args.split_seed)
@@ -223,6 +228,4 @@ def load_training_data(
         data_args.data_dir,
     )
     presence = [class_presence(r, labels) for r in train_rows]
-    return TrainingData(
-        augmented, val, labels, [r.is_positive for r in train_rows], pixel_counts, num_pixels, split, presence
-    )
+    return TrainingData(augmented, val, [r.is_positive for r in train_rows], pixel_counts, num_pixels, split, presence)
