@@ -15,8 +15,8 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,20 +37,24 @@ EVALUATION = "evaluation"
 """The ``--out`` of ``cxrseg evaluate``."""
 
 
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
-def default_file_mode() -> int:
-    """The permissions ``open()`` would give a new file (0o666 less the umask); mkstemp's are 0o600."""
-    return 0o666 & ~_umask()
+def _unique_beside(path: Path, kind: str, create: Callable[[Path], object]) -> tuple[object, Path]:
+    """``create(candidate)`` for a new hidden name ``.NAME.KIND-PID-RANDOM`` beside ``path``, retried while the name
+    is taken; returns what it returned and the name. Files and folders made this way get ``open()``'s and
+    ``mkdir``'s permissions (the umask applied by the kernel), unlike ``tempfile``'s private 0o600/0o700, and the
+    process umask is never touched (threads write at the same time)."""
+    while True:
+        candidate = path.parent / f".{path.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            return create(candidate), candidate
+        except FileExistsError:
+            continue
 
 
 def _temporary_beside(path: Path) -> tuple[int, str]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    fd, tmp = _unique_beside(path, "tmp", lambda candidate: os.open(candidate, flags, 0o666))
+    return fd, str(tmp)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -60,7 +64,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -89,7 +92,6 @@ class AtomicCsv:
 
     def commit(self) -> None:
         self.handle.close()
-        os.chmod(self.tmp, default_file_mode())
         os.replace(self.tmp, self.path)
 
     def discard(self) -> None:
@@ -254,13 +256,12 @@ def atomic_folder(out: str | os.PathLike, kind: str) -> Iterator[Path]:
         remove_leftovers(out)
     check_output_folder(out, kind)
     out.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
+    _, building = _unique_beside(out, "partial", os.mkdir)
     try:
         yield building
         mark_output(building, kind)
-        os.chmod(building, 0o777 & ~_umask())
         if out.exists():
-            previous = Path(tempfile.mkdtemp(prefix=f".{out.name}.previous-{os.getpid()}-", dir=out.parent))
+            _, previous = _unique_beside(out, "previous", os.mkdir)
             out.rename(previous / out.name)
             try:
                 building.rename(out)
