@@ -159,9 +159,10 @@ def binarize_mask(mask: np.ndarray) -> np.ndarray:
 
 
 def pack_multilabel(planes: np.ndarray) -> np.ndarray:
-    """Binary planes ``[C, H, W]`` (C <= 16) as one uint16 ``[H, W]`` bit field: bit ``c`` set where class ``c``."""
-    if planes.shape[0] > 16:
-        raise ValueError(f"At most 16 classes fit a 16-bit mask, got {planes.shape[0]}.")
+    """Binary planes ``[C, H, W]`` (C <= :data:`MAX_MULTILABEL_CLASSES`) as one uint16 ``[H, W]`` bit field: bit
+    ``c`` set where class ``c``."""
+    if planes.shape[0] > MAX_MULTILABEL_CLASSES:
+        raise ValueError(f"At most {MAX_MULTILABEL_CLASSES} classes fit a 16-bit mask, got {planes.shape[0]}.")
     bits = (np.asarray(planes) != 0).astype(np.uint16)
     weights = (np.uint16(1) << np.arange(bits.shape[0], dtype=np.uint16))[:, None, None]
     return (bits * weights).sum(axis=0, dtype=np.uint16)

@@ -108,12 +108,16 @@ def write_layout(
         _write_csv(root / "metadata.csv", rows, source.metadata_columns)
         _write_csv(root / "problems.csv", (vars(problem) for problem in problems), PROBLEM_COLUMNS)
         source.labels.save(root)
+        # what the workers found, so that the datasets export reads no mask again ("": unlabelled)
+        positives = {
+            (row["split"], row["image_id"]): bool(row["is_positive"]) for row in rows if row["is_positive"] != ""
+        }
         if options.save_dataset:
-            save_dataset(root)
+            save_dataset(root, positives)
     summary = Summary.of(options.out, rows, problems)
     if options.push_to_hub:
         try:
-            push_dataset(options.out, options.push_to_hub)
+            push_dataset(options.out, options.push_to_hub, positives)
         except Exception as error:  # the network or the Hub failed after the check: the layout is complete
             raise HubAccessError(
                 f"Pushing {options.out} to {options.push_to_hub} failed ({type(error).__name__}: {error}). The layout "
