@@ -39,6 +39,8 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_step import MODELS, PHASES, VARIANTS, TrainingStep, sync, versions  # noqa: E402
 
+from cxrseg.model import ATTENTION_IMPLEMENTATIONS, DEFAULT_ATTENTION  # noqa: E402
+
 FAMILIES = (
     "attention (matmuls + softmax)",
     "linear layers",
@@ -147,7 +149,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="+compile")
-    parser.add_argument("--attention", choices=("sdpa", "eager"), help="override the variant's attention")
+    parser.add_argument("--attention", choices=ATTENTION_IMPLEMENTATIONS, help="override the variant's attention")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast (CPUs without bf16 units)")
     parser.add_argument("--steps", type=int, default=3, help="profiled steps (after the warm-up)")
     parser.add_argument("--warmup", type=int, default=2, help="unprofiled steps first (compiled: 2 more)")
@@ -200,7 +202,7 @@ def main() -> None:
             "batch_size": step.batch_size,
             "variant": args.variant,
             "precision": precision,
-            "attention": spec.get("attention", "sdpa"),
+            "attention": spec.get("attention", DEFAULT_ATTENTION),
             "step_ms": step_ms,
             "families_ms": table,
             "top_ops": top,

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # the library, and tests/ for the one tiny model config
 from cxrseg.labels import PNEUMOTHORAX  # noqa: E402
 from cxrseg.losses import DiceCELoss  # noqa: E402
-from cxrseg.model import AuxiliaryLogits, build_model  # noqa: E402
+from cxrseg.model import DEFAULT_ATTENTION, AuxiliaryLogits, build_model  # noqa: E402
 from tests.conftest import TINY_MODEL_CONFIG  # noqa: E402
 
 MODELS = {
@@ -141,7 +141,8 @@ class TrainingStep:
         torch.manual_seed(0)
         self.spec = spec
         self.batch_size = 4 if spec.get("reference") else batch_size
-        model, _ = build_model(None, MODELS[model_name], PNEUMOTHORAX, image_size, spec.get("attention", "sdpa"))
+        attention = spec.get("attention", DEFAULT_ATTENTION)
+        model, _ = build_model(None, MODELS[model_name], PNEUMOTHORAX, image_size, attention)
         model.to(device).train()
         if spec.get("checkpointing"):
             enable = getattr(model.backbone, "activation_checkpointing_enable", None)
@@ -212,7 +213,7 @@ def run_variant(name, spec, args, device, flops_per_image):
     return {
         "variant": name,
         "batch_size": batch,
-        "attention": spec.get("attention", "sdpa"),
+        "attention": spec.get("attention", DEFAULT_ATTENTION),
         "images_per_s": images_per_s,
         "peak_memory_gib": peak / 2**30,
         "tflops": images_per_s * flops_per_image / 1e12,
