@@ -80,7 +80,7 @@ def resolve_model(model: str | os.PathLike) -> tuple[Path, bool]:
 @functools.lru_cache(maxsize=8)
 def _resize_pipeline(size: int):
     """The deterministic resize to ``size`` (:func:`build_transforms` ``"none"``), built once per size: building it
-    costs ~1.4 ms, ten times applying it."""
+    took 0.43 ms, four times applying it to a 1024² image (0.11 ms)."""
     return build_transforms("none", size)
 
 
