@@ -14,7 +14,7 @@ except ImportError:  # a Space runs this file in a clone of the repository, wher
 from cxrseg.errors import CxrsegError, UsageError, report
 
 try:
-    from cxrseg.app import launch, load_app
+    from cxrseg.app.web import launch, load_app
 
     if "CXRSEG_MODEL" not in os.environ:
         raise UsageError("set CXRSEG_MODEL to the model to serve: a Hub id (you/cxrseg-pneumothorax) or a folder.")

@@ -11,7 +11,7 @@ the YAML, which overrides the defaults.
 
 import sys
 
-from cxrseg.train import main
+from cxrseg.training.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

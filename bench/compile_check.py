@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_step import MODELS  # noqa: E402
 
 from cxrseg.labels import PNEUMOTHORAX  # noqa: E402
-from cxrseg.losses import DiceCELoss  # noqa: E402
 from cxrseg.model import AuxiliaryLogits, build_model  # noqa: E402
+from cxrseg.training.losses import DiceCELoss  # noqa: E402
 
 
 def loss_of(forward, hook, loss_fn, pixels, labels):

@@ -35,7 +35,7 @@ TINY_MODEL_CONFIG = MODELS["tiny"]
 def child(args: argparse.Namespace) -> None:
     """Run one evaluation in this process and print its peak RSS (MiB) as JSON on the last line."""
     if args.keep_probabilities:
-        from cxrseg.inference import Segmenter
+        from cxrseg.inference.segmenter import Segmenter
 
         kept, probabilities = [], Segmenter.probabilities
 
@@ -45,8 +45,8 @@ def child(args: argparse.Namespace) -> None:
             return probs
 
         Segmenter.probabilities = keeping
-    from cxrseg.evaluate import evaluate
-    from cxrseg.inference import load_segmenter
+    from cxrseg.evaluation.evaluate import evaluate
+    from cxrseg.inference.segmenter import load_segmenter
 
     start = time.perf_counter()  # what `cxrseg evaluate --search-postprocess --num-workers 0` runs
     result = evaluate(

@@ -27,7 +27,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 else
   echo "WARNING: no .whl/ (run bench/fetch_pinned.sh first); measuring with the machine's own packages."
 fi
-PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" $PY -c "import cxrseg.inference, cxrseg.evaluate, cxrseg.losses" \
+PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" $PY -c "import cxrseg.inference.segmenter, cxrseg.evaluation.evaluate, cxrseg.training.losses" \
   || echo "WARNING: cxrseg does not import with these packages (see the error above); the stages below will fail."
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \

@@ -11,9 +11,9 @@ The same N synthetic radiographs, stored as PNG at the model's working size (``-
 * **pipeline**: the plain loop a user writes, ``pipe = pipeline("image-segmentation", model=folder)``, then
   ``pipe(path)`` per image and the foreground label's mask saved as PNG;
 * **pipeline + Dice**: the same loop, also reading each ground-truth mask and computing the image's Dice;
-* **predict (variant)**: :func:`cxrseg.predict.predict` (batches, DataLoader workers reading, outputs written by
+* **predict (variant)**: :func:`cxrseg.inference.predict.predict` (batches, DataLoader workers reading, outputs written by
   threads; it writes overlays too), for each ``--variants`` entry (:data:`VARIANTS`);
-* **evaluate (variant)**: :func:`cxrseg.evaluate.evaluate` over the same images as a PNG layout (metrics, per-image
+* **evaluate (variant)**: :func:`cxrseg.evaluation.evaluate.evaluate` over the same images as a PNG layout (metrics, per-image
   CSV, PR curve).
 
 Model loading is outside the timings; every path is warmed up first on one batch. Rates and ratios are given for the
@@ -52,13 +52,13 @@ from PIL import Image  # noqa: E402
 from train_step import MODELS, versions  # noqa: E402
 from transformers import pipeline  # noqa: E402
 
-from cxrseg.evaluate import evaluate  # noqa: E402
-from cxrseg.images import read_image  # noqa: E402
-from cxrseg.inference import Segmenter, load_segmenter, main_logits  # noqa: E402
+from cxrseg.evaluation.evaluate import evaluate  # noqa: E402
+from cxrseg.evaluation.metrics import dice_score  # noqa: E402
+from cxrseg.imageio.images import read_image  # noqa: E402
+from cxrseg.inference.predict import predict  # noqa: E402
+from cxrseg.inference.segmenter import Segmenter, load_segmenter, main_logits  # noqa: E402
 from cxrseg.labels import PNEUMOTHORAX  # noqa: E402
-from cxrseg.metrics import dice_score  # noqa: E402
 from cxrseg.model import build_model, set_attention  # noqa: E402
-from cxrseg.predict import predict  # noqa: E402
 from cxrseg.synthetic import make_demo_data, synthetic_radiograph  # noqa: E402
 
 VARIANTS = ("fp32", "fp32+eager", "bf16", "bf16+compile", "fp32+compile")

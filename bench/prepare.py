@@ -27,7 +27,7 @@ import numpy as np
 import pydicom
 from PIL import Image
 
-from cxrseg.prepare.dicom import write_dicom
+from cxrseg.imageio.dicom import write_dicom
 from cxrseg.prepare.rle import rle_encode
 from cxrseg.prepare.siim import prepare_siim
 from cxrseg.prepare.writer import PrepareOptions

@@ -31,8 +31,8 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # the library, and tests/ for the one tiny model config
 from cxrseg.labels import PNEUMOTHORAX  # noqa: E402
-from cxrseg.losses import DiceCELoss  # noqa: E402
 from cxrseg.model import DEFAULT_ATTENTION, AuxiliaryLogits, build_model  # noqa: E402
+from cxrseg.training.losses import DiceCELoss  # noqa: E402
 from tests.conftest import TINY_MODEL_CONFIG  # noqa: E402
 
 MODELS = {

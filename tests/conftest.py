@@ -60,11 +60,11 @@ def hub(tmp_path, monkeypatch):
     """The replaced ``HfApi`` (:class:`tests.hub_server.FakeHub`): pushes become git commits in tmp_path/mirrors."""
     from huggingface_hub import constants
 
-    import cxrseg.hub
+    import cxrseg.hub.access
     from tests.hub_server import FakeHub
 
     fake = FakeHub(tmp_path / "mirrors")
-    monkeypatch.setattr(cxrseg.hub, "HfApi", fake)
+    monkeypatch.setattr(cxrseg.hub.access, "HfApi", fake)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # set to 1 above for every other test
     return fake
 

@@ -8,7 +8,7 @@
   ``from_pretrained``, ``hf_hub_download`` and ``snapshot_download`` download what the FakeHub committed.
 
 Where plain olah differs from the Hub, :func:`hub_answers` (a middleware, the whole workaround) answers as the Hub
-does. Both cases are checked against huggingface_hub's documented behaviour in tests/test_hub_http.py:
+does. Both cases are checked against huggingface_hub's documented behaviour in tests/hub/test_hub_http.py:
 
 - A file missing from a mirror: olah answers HEAD with ``401 RepoNotFound`` and GET with a 500; the Hub answers
   ``404`` with ``X-Error-Code: EntryNotFound``, which huggingface_hub raises as ``EntryNotFoundError``
@@ -57,7 +57,7 @@ def git(folder: Path, *args: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- the upload API
 class FakeHub:
-    """Stands in for the ``HfApi`` class (``monkeypatch.setattr(cxrseg.hub, "HfApi", hub)``).
+    """Stands in for the ``HfApi`` class (``monkeypatch.setattr(cxrseg.hub.access, "HfApi", hub)``).
 
     ``hub(token=...)`` returns a real ``HfApi`` whose ``whoami`` answers :data:`ME` (or raises ``error``) and whose
     ``create_repo``/``create_commit`` record a call in ``calls`` and write git repositories under ``mirrors``.

@@ -16,18 +16,17 @@ from transformers import TrainingArguments, default_data_collator
 
 from cxrseg.cli import main as cxrseg_main
 from cxrseg.config import DataArguments, LossArguments, SamplingArguments
-from cxrseg.data.dataset import load_training_data
+from cxrseg.data.dataset import build_sampler, load_training_data
 from cxrseg.data.png_layout import read_layout_labels
-from cxrseg.inference import load_segmenter
+from cxrseg.inference.predict import predict
+from cxrseg.inference.segmenter import load_segmenter
 from cxrseg.labels import CHESTXDET, CHESTXDET_CLASSES, unpack_multilabel
-from cxrseg.losses import build_loss
 from cxrseg.model import IMAGENET_MEAN, IMAGENET_STD, build_model
-from cxrseg.predict import predict
 from cxrseg.prepare.chestxdet import prepare_chestxdet
 from cxrseg.prepare.writer import PrepareOptions
-from cxrseg.sampling import build_sampler
 from cxrseg.synthetic import MULTILABEL_DEMO_CLASSES, synthetic_multilabel_radiograph
-from cxrseg.trainer import SegmentationTrainer, streaming_metrics
+from cxrseg.training.losses import build_loss
+from cxrseg.training.trainer import SegmentationTrainer, streaming_metrics
 from tests.conftest import TINY_MODEL_CONFIG
 
 SIZE = 64

@@ -25,8 +25,8 @@ def run_notebook(folder: Path, mirrors: Path) -> list[dict]:
     replaces HfApi's upload API (the one part of the Hub no local server implements) with the tests' FakeHub."""
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     replace_upload_api = (
-        "from pathlib import Path\n\nimport cxrseg.hub\nfrom tests.hub_server import FakeHub\n\n"
-        f"cxrseg.hub.HfApi = FakeHub(Path({str(mirrors)!r}))"
+        "from pathlib import Path\n\nimport cxrseg.hub.access\nfrom tests.hub_server import FakeHub\n\n"
+        f"cxrseg.hub.access.HfApi = FakeHub(Path({str(mirrors)!r}))"
     )
     notebook.cells.insert(0, nbformat.v4.new_code_cell(replace_upload_api))
     folder.mkdir()

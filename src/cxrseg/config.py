@@ -21,10 +21,11 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.hf_argparser import string_to_bool
 
-from cxrseg.data.transforms import AUGMENTATIONS
 from cxrseg.errors import RecipeError
 from cxrseg.files import atomic_write_text
 from cxrseg.labels import TASKS, get_labels
+
+AUGMENTATIONS = ("none", "standard", "aggressive")  # the recipe's `augmentation` (cxrseg.data.transforms)
 
 
 @dataclass

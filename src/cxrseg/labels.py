@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrseg.constants import LABELS_FILENAME
 from cxrseg.errors import DataError
 from cxrseg.files import atomic_write_text
 
-LABELS_FILENAME = "labels.json"
 """The file naming a folder's classes (PNG layout, ``cxrseg predict`` output): :meth:`LabelSet.save` /
 :meth:`LabelSet.load`."""
 

@@ -27,7 +27,7 @@ ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
 DEFAULT_ATTENTION = "sdpa"
 """How Swin computes its window attention. "sdpa": ``torch.nn.functional.scaled_dot_product_attention`` with the
 relative position bias (plus the shifted-window mask) as its additive ``attn_mask``, which lets PyTorch pick a fused
-kernel; "eager": the explicit matmul, softmax, matmul. Same weights, same outputs (``tests/test_attention.py``);
+kernel; "eager": the explicit matmul, softmax, matmul. Same weights, same outputs (``tests/inference/test_attention.py``);
 ``BENCHMARKS.md`` has the speeds. The choice is not saved in ``config.json``: a plain
 ``UperNetForSemanticSegmentation.from_pretrained`` loads every model cxrseg writes."""
 
@@ -151,7 +151,7 @@ class AuxiliaryLogits:
     """Captures the auxiliary head's output during the model's own forward pass (a forward hook), so the main and
     auxiliary logits come from one forward without the built-in loss; it also works under ``torch.compile``
     (``bench/compile_check.py``). Under DDP the logits must also leave the forward as an output, or DDP takes the
-    auxiliary head for unused: :class:`cxrseg.trainer.SegmentationTrainer` does that."""
+    auxiliary head for unused: :class:`cxrseg.training.trainer.SegmentationTrainer` does that."""
 
     def __init__(self, model: UperNetForSemanticSegmentation) -> None:
         self.value: torch.Tensor | None = None

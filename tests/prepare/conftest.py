@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from cxrseg.prepare.dicom import write_dicom
+from cxrseg.imageio.dicom import write_dicom
 from cxrseg.prepare.rle import rle_encode
 
 

@@ -7,7 +7,7 @@ import datasets
 import numpy as np
 import pytest
 
-import cxrseg.hub
+import cxrseg.hub.access
 from cxrseg.prepare.export import layout_to_datasetdict
 from cxrseg.prepare.siim import prepare_siim
 from cxrseg.prepare.writer import PrepareOptions
@@ -41,7 +41,7 @@ def test_push_to_hub_is_private(siim_raw, tmp_path, monkeypatch):
         calls.append((repo_id, args, kwargs, {split: self[split].num_rows for split in self}))
 
     monkeypatch.setattr(datasets.DatasetDict, "push_to_hub", fake_push)
-    monkeypatch.setattr(cxrseg.hub, "check_hub_access", lambda repo_id: repo_id)  # no Hub here
+    monkeypatch.setattr(cxrseg.hub.access, "check_hub_access", lambda repo_id: repo_id)  # no Hub here
     prepare_siim(
         siim_raw.dicom_dir, siim_raw.csv, PrepareOptions(tmp_path / "out", image_size=32, push_to_hub="me/siim-png")
     )

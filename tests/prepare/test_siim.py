@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cxrseg.errors import PrepareError, RLEError
-from cxrseg.prepare.dicom import read_dicom
+from cxrseg.imageio.dicom import read_dicom
 from cxrseg.prepare.siim import prepare_siim
 from cxrseg.prepare.writer import PrepareOptions
 from tests.prepare.conftest import read_png, run_prepare

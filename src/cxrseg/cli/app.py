@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from cxrseg.app.findings import MAX_MEGAPIXELS
 from cxrseg.cli.model_options import add_model_arguments
 from cxrseg.errors import UsageError
-from cxrseg.findings import MAX_MEGAPIXELS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if not args.max_megapixels > 0:
         raise UsageError(f"--max-megapixels must be a positive number, got {args.max_megapixels:g}.")
-    from cxrseg.app import launch, load_app  # Gradio is checked before the model is loaded
+    from cxrseg.app.web import launch, load_app  # Gradio is checked before the model is loaded
 
     options = {"device": args.device, "tta": args.tta, "precision": args.precision, "compile": args.compile}
     launch(load_app(args.model, max_megapixels=args.max_megapixels, **options), args.host, args.port)

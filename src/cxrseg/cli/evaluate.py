@@ -39,10 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxrseg.cross_validation import is_cv_folder
+    # deferred for start-up time: torch and datasets load only when this runs
+    from cxrseg.inference.cv_folder import is_cv_folder
 
     if len(args.model) == 1 and is_cv_folder(args.model[0]) and args.split == "val":
-        from cxrseg.out_of_fold import evaluate_out_of_fold, out_of_fold_summary
+        # deferred for start-up time: torch and datasets load only when this runs
+        from cxrseg.evaluation.out_of_fold import evaluate_out_of_fold, out_of_fold_summary
 
         if args.postprocess:
             raise UsageError(
@@ -55,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
         )
         print(out_of_fold_summary(result))
     else:
-        from cxrseg.evaluate import evaluate, summary_table
+        # deferred for start-up time: torch and datasets load only when this runs
+        from cxrseg.evaluation.evaluate import evaluate, summary_table
 
         result = evaluate(
             load_model(args), args.data, args.split, args.out, search=args.search_postprocess, **run_options(args)

@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxrseg.predict import predict
+    # deferred for start-up time: torch and datasets load only when this runs
+    from cxrseg.inference.predict import predict
 
     summary = predict(
         load_model(args),

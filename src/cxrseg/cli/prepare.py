@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from cxrseg.cli import int_at_least
 from cxrseg.errors import EXIT_INPUTS_SKIPPED, EXIT_OK
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only (start-up time: the prepare modules load when a command runs)
     from cxrseg.prepare.problems import Summary
     from cxrseg.prepare.writer import PrepareOptions
 
@@ -97,6 +97,7 @@ def _add_common(parser: argparse.ArgumentParser, default_size: int | None) -> No
 
 def _options(args: argparse.Namespace) -> PrepareOptions:
     """The common flags (:func:`_add_common`, named like the fields) as the options every prepare source takes."""
+    # deferred for start-up time: torch and datasets load only when this runs
     from cxrseg.prepare.writer import PrepareOptions
 
     return PrepareOptions(**{field.name: getattr(args, field.name) for field in dataclasses.fields(PrepareOptions)})
@@ -108,18 +109,21 @@ def _report(summary: Summary) -> int:
 
 
 def _run_siim(args: argparse.Namespace) -> int:
+    # deferred for start-up time: torch and datasets load only when this runs
     from cxrseg.prepare.siim import prepare_siim
 
     return _report(prepare_siim(args.dicom_dir, args.rle_csv, _options(args), test_dicom_dir=args.test_dicom_dir))
 
 
 def _run_chestxdet(args: argparse.Namespace) -> int:
+    # deferred for start-up time: torch and datasets load only when this runs
     from cxrseg.prepare.chestxdet import prepare_chestxdet
 
     return _report(prepare_chestxdet(args.images, args.annotations, _options(args), patient_ids=args.patient_ids))
 
 
 def _run_folder(args: argparse.Namespace) -> int:
+    # deferred for start-up time: torch and datasets load only when this runs
     from cxrseg.prepare.folder import prepare_folder
 
     options = _options(args)

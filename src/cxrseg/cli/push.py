@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from cxrseg.hub import check_hub_access, check_model_folder, push_folder
+from cxrseg.hub.access import check_hub_access
+from cxrseg.hub.push import check_model_folder, push_folder
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

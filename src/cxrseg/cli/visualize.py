@@ -10,7 +10,7 @@ from cxrseg.cli import int_at_least
 from cxrseg.cli.model_options import add_model_arguments, load_model, run_options
 from cxrseg.errors import DataError
 from cxrseg.files import check_output_file
-from cxrseg.inference import load_segmenter
+from cxrseg.inference.segmenter import load_segmenter
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,7 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_predictions(args: argparse.Namespace) -> int:
-    from cxrseg.example_selection import prediction_examples
+    # deferred for start-up time: torch and datasets load only when this runs
+    from cxrseg.evaluation.examples import prediction_examples
     from cxrseg.plots import is_cxrseg_figure, plot_prediction_grid
 
     segmenter = load_model(args)
@@ -69,8 +70,9 @@ def run_predictions(args: argparse.Namespace) -> int:
 
 
 def run_features(args: argparse.Namespace) -> int:
-    from cxrseg.images import read_image
-    from cxrseg.inference import feature_maps
+    # deferred for start-up time: torch and datasets load only when this runs
+    from cxrseg.imageio.images import read_image
+    from cxrseg.inference.segmenter import feature_maps
     from cxrseg.plots import is_cxrseg_figure, plot_feature_maps
 
     out = Path(args.out) if args.out else Path(f"feature_maps_{Path(args.image).stem}.png")
@@ -92,6 +94,7 @@ def run_features(args: argparse.Namespace) -> int:
 
 
 def run_curves(args: argparse.Namespace) -> int:
+    # deferred for start-up time: torch and datasets load only when this runs
     from cxrseg.plots import is_cxrseg_figure, plot_training_curves
 
     state_path = Path(args.model) / "trainer_state.json"

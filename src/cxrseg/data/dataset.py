@@ -14,14 +14,15 @@ import datasets
 import numpy as np
 import torch
 
-from cxrseg.config import DataArguments
+from cxrseg.config import DataArguments, SamplingArguments
+from cxrseg.constants import LABELS_FILENAME
 from cxrseg.data.features import LAYOUT_FEATURES
 from cxrseg.data.png_layout import DataError, IndexedImage, index_layout, mask_pixel_counts, read_layout_labels
+from cxrseg.data.sampling import BalancedSampler, ClassBalancedSampler, EpochSampler, SampleKey, ShuffledSampler
 from cxrseg.data.splits import load_or_make_split
 from cxrseg.data.transforms import ToModelInputs, build_transforms
-from cxrseg.images import to_gray
-from cxrseg.labels import LABELS_FILENAME, LabelSet, binarize_mask, unpack_multilabel
-from cxrseg.sampling import SampleKey
+from cxrseg.imageio.pixels import to_gray
+from cxrseg.labels import LabelSet, binarize_mask, unpack_multilabel
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def make_transform(
 
 
 class AugmentedDataset(torch.utils.data.Dataset):
-    """The training split as the Trainer reads it: items are looked up by :class:`~cxrseg.sampling.SampleKey`
+    """The training split as the Trainer reads it: items are looked up by :class:`~cxrseg.data.sampling.SampleKey`
     (what the samplers yield) and augmented with the key's seed, so an item is a pure function of
     ``(row, seed, epoch, position)`` whatever the prefetching, data-loader workers, sharding or resumption. An int
     ``i`` reads row ``i`` as the key ``(i, seed 0, epoch 0, position i)``.
@@ -229,3 +230,20 @@ def load_training_data(
     )
     presence = [class_presence(r, labels) for r in train_rows]
     return TrainingData(augmented, val, [r.is_positive for r in train_rows], pixel_counts, num_pixels, split, presence)
+
+
+def build_sampler(sampling_args: SamplingArguments, labels: LabelSet, data: TrainingData, seed: int) -> EpochSampler:
+    """The recipe's training sampler over ``data.train``'s rows: :class:`ShuffledSampler` unless
+    ``balanced_sampling``; then :class:`ClassBalancedSampler` for multi-label tasks, else :class:`BalancedSampler`."""
+    if not sampling_args.balanced_sampling:
+        return ShuffledSampler(len(data.train), seed=seed)
+    if labels.multilabel:
+        return ClassBalancedSampler(
+            data.train_class_presence,
+            sampling_args.class_balance_power,
+            sampling_args.empty_image_weight,
+            seed=seed,
+        )
+    return BalancedSampler(
+        data.train_is_positive, sampling_args.negative_keep_ratio, sampling_args.positive_weight, seed=seed
+    )

@@ -19,12 +19,12 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from cxrseg.constants import METADATA_FILENAME
 from cxrseg.errors import DataError
 
 PATIENT_COLUMN = "PatientID"
 """The patient column of ``metadata.csv`` and of a ``--patient-ids`` CSV (with ``image_id``)."""
 
-METADATA_FILENAME = "metadata.csv"
 NIH_FILE_NAME = re.compile(r"^(\d{8})_\d{3}$")
 """NIH ChestX-ray14 image ids: 8-digit patient, underscore, 3-digit follow-up number."""
 

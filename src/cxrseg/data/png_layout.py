@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cxrseg.constants import LABELS_FILENAME
 from cxrseg.errors import DataError
 from cxrseg.files import atomic_write_text
-from cxrseg.labels import LABELS_FILENAME, PNEUMOTHORAX, LabelSet
+from cxrseg.labels import PNEUMOTHORAX, LabelSet
 from cxrseg.parallel import parallel_map
 
 logger = logging.getLogger(__name__)

@@ -24,7 +24,6 @@ from cxrseg.files import atomic_write_text
 
 Split = dict[str, list[str]]
 """{"train": image ids, "val": image ids}."""
-SPLITS_FILENAME = "splits.json"
 """The file in a training output folder that holds its split (or its list of folds)."""
 
 

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import torch
 
-AUGMENTATIONS = ("none", "standard", "aggressive")
+from cxrseg.config import AUGMENTATIONS
 
 
 def build_transforms(augmentation: str, image_size: int, seed: int | None = None) -> A.Compose:

@@ -29,7 +29,7 @@ import numpy as np
 
 from cxrseg.data.groups import PATIENT_COLUMN, read_patient_ids
 from cxrseg.errors import DataError, PrepareError
-from cxrseg.images import read_image, write_png
+from cxrseg.imageio.images import read_image, write_png
 from cxrseg.labels import CHESTXDET, CHESTXDET_CLASSES, pack_multilabel
 from cxrseg.prepare.problems import IMAGE_SKIPPED, ItemResult, Problem, Summary, check_image_id
 from cxrseg.prepare.resize import resize_image, resize_mask

@@ -27,6 +27,7 @@ def layout_to_datasetdict(root: str | os.PathLike, positives: Mapping[tuple[str,
     """
     import datasets
 
+    # deferred for start-up time: torch and datasets load only when this runs
     from cxrseg.data.features import LAYOUT_FEATURES
 
     root = Path(root)

@@ -27,7 +27,7 @@ import numpy as np
 
 from cxrseg.data.groups import PATIENT_COLUMN, read_patient_ids
 from cxrseg.errors import DataError, PrepareError
-from cxrseg.images import read_image, write_png
+from cxrseg.imageio.images import read_image, write_png
 from cxrseg.labels import PNEUMOTHORAX, LabelSet, pack_multilabel, unpack_multilabel
 from cxrseg.prepare.problems import IMAGE_SKIPPED, ItemResult, Problem, Summary, check_image_id
 from cxrseg.prepare.resize import resize_class_indices, resize_image, resize_mask

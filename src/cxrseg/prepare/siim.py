@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from cxrseg.errors import PrepareError
-from cxrseg.images import write_png
+from cxrseg.imageio.dicom import METADATA_FIELDS, DicomError, read_dicom_with_metadata
+from cxrseg.imageio.images import write_png
 from cxrseg.labels import PNEUMOTHORAX
-from cxrseg.prepare.dicom import METADATA_FIELDS, DicomError, read_dicom_with_metadata
 from cxrseg.prepare.problems import IMAGE_SKIPPED, ItemResult, Problem, Summary, check_image_id
 from cxrseg.prepare.resize import resize_image, resize_mask
 from cxrseg.prepare.rle import RLEError, read_rle_csv, rle_decode_union

@@ -132,7 +132,8 @@ def _check_out(options: PrepareOptions, inputs: Sequence[str | Path | None]) -> 
     if check_output_folder(options.out, DATASET, inputs) and not options.overwrite:
         raise OutputError(f"{options.out} holds a dataset that cxrseg wrote earlier; pass --overwrite to replace it.")
     if options.push_to_hub:
-        from cxrseg.hub import check_hub_access  # imports torch (seconds): only for a push
+        # deferred for start-up time: torch and datasets load only when this runs
+        from cxrseg.hub.access import check_hub_access  # imports torch (seconds): only for a push
 
         check_hub_access(options.push_to_hub)
 

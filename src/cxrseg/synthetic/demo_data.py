@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from cxrseg.errors import OutputError, UsageError
 from cxrseg.files import DATASET, atomic_folder
-from cxrseg.images import write_png
+from cxrseg.imageio.images import write_png
 from cxrseg.labels import TASKS, pack_multilabel
 from cxrseg.synthetic.radiographs import synthetic_multilabel_radiograph, synthetic_radiograph
 
@@ -79,7 +79,7 @@ def write_example_radiographs(folder: str | os.PathLike, multilabel: bool = Fals
     ``synthetic.png``, and another as ``synthetic_spacing_0.8mm.dcm`` with ``PixelSpacing`` =
     :data:`EXAMPLE_PIXEL_SPACING_MM`, so that areas are shown in cm². multilabel: ChestX-Det-like images with at
     least two findings each, else pneumothorax. Returns the two paths."""
-    from cxrseg.prepare.dicom import write_dicom  # pydicom is imported only here
+    from cxrseg.imageio.dicom import write_dicom  # pydicom is imported only here
 
     def draw(seed: int) -> np.ndarray:
         if not multilabel:

@@ -1,0 +1,270 @@
+"""Out-of-fold (OOF) evaluation of a CV folder, and post-processing tuned honestly on it.
+
+Every image of the folds (``OUTPUT_DIR/splits.json``) is scored once, by the one fold model that never trained on
+it: one streaming pass per fold (:func:`cxrseg.evaluation.evaluate.stream_predictions`) feeds
+
+* one :class:`~cxrseg.evaluation.evaluate.EvaluationAccumulator` over all folds (``per_image.csv`` with a ``fold`` column), whose
+  :class:`~cxrseg.evaluation.metrics.SegmentationMetrics` is renewed for each fold: each fold's own figures and their spread;
+  merged (:meth:`~cxrseg.evaluation.metrics.SegmentationMetrics.merged`), the OOF metrics (the same definitions as ``cxrseg
+  evaluate``, computed over the images of all folds pooled);
+* with ``search``, one :class:`~cxrseg.postprocessing.rules.TripletSearch` per fold (one triplet per class for multi-output
+  models). **Tuned on OOF**: the rule that is best over all folds' images, saved as ``OUTPUT_DIR/postprocess.json``
+  (the ensemble's rule); its score is optimistic, since it is tuned on the images it is scored on.
+  **Cross-validated**: for each fold k, the rule best on the other folds' images, scored on fold k's; pooled over
+  the folds (per-image Dice summed over every image, dataset Dice from pooled pixel counts), an estimate of what the
+  tuned rule gives on new images.
+
+Outputs (default ``OUTPUT_DIR/evaluation/val/``): ``metrics.json``, ``per_image.csv``, ``pr_curve.png``, and with
+``search`` ``postprocess_search.csv`` (the grid over all OOF images).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cxrseg.data.png_layout import DataError, IndexedImage, index_layout, read_layout_labels
+from cxrseg.evaluation.evaluate import (
+    PER_IMAGE_COLUMNS,
+    THRESHOLD,
+    EvaluationAccumulator,
+    EvaluationResult,
+    evaluation_loader,
+    fmt,
+    headline_lines,
+    json_safe,
+    new_search,
+    save_search,
+    search_results,
+    search_table,
+    stream_predictions,
+)
+from cxrseg.evaluation.metrics import SUMMARY_KEYS, dice_from_counts
+from cxrseg.evaluation.rule_search import TripletSearch
+from cxrseg.files import EVALUATION, AtomicCsv, atomic_write_text, check_output_folder, mark_output
+from cxrseg.inference.cv_folder import CrossValidationRun, read_cross_validation
+from cxrseg.inference.segmenter import Segmenter, load_segmenter
+from cxrseg.labels import LabelSet
+from cxrseg.plots import plot_pr_curve
+
+logger = logging.getLogger(__name__)
+
+
+def evaluate_out_of_fold(
+    cv_folder: str | os.PathLike,
+    data_root: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    tta: str = "none",
+    batch_size: int = 8,
+    num_workers: int = 0,
+    search: bool = False,
+    device: str = "auto",
+    precision: str = "fp32",
+    compile: bool = False,
+) -> EvaluationResult:
+    """Evaluate the CV folder ``cv_folder`` out of fold on ``data_root`` (the layout it was trained on) and write
+    the outputs (module docstring) to ``out_dir`` (default ``cv_folder/evaluation/val``). device, precision,
+    compile: how each fold model runs (:func:`cxrseg.inference.segmenter.load_segmenter`).
+
+    metrics.json: the settings; the OOF metrics at ``prob >= 0.5`` (keys as :func:`cxrseg.evaluation.evaluate.evaluate`'s);
+    ``folds``: each fold's metrics (with ``fold`` and ``model``); ``fold_spread``: for dice, iou, kaggle_dice and
+    ap, the mean, sample standard deviation (ddof 1), min and max over folds; with ``search``, ``search`` holds
+    ``tuned_on_oof`` (:func:`~cxrseg.evaluation.evaluate.search_results` plus ``saved_to``) and ``cross_validated``
+    (``kaggle_dice``, ``dice``, per class under ``classes`` for several outputs, and per fold the rule tuned
+    without it and its scores on it).
+    """
+    run = read_cross_validation(cv_folder)
+    root = Path(data_root)
+    out = Path(out_dir) if out_dir is not None else run.root / "evaluation" / "val"
+    check_output_folder(out, EVALUATION, inputs=[data_root])
+    mark_output(out, EVALUATION)
+    fold_metrics, fold_scores, fold_searches = [], [], []
+    with AtomicCsv(out / "per_image.csv", (*PER_IMAGE_COLUMNS, "fold")) as per_image:
+        for fold, folder in enumerate(run.fold_dirs):
+            segmenter = load_segmenter(
+                folder, device=device, use_postprocess=False, precision=precision, compile=compile
+            )
+            if fold == 0:
+                names, size = segmenter.output_names, segmenter.image_size
+                index = _layout_index(root, segmenter.labels)
+                accumulator = EvaluationAccumulator(names, per_image)
+            rows = _fold_rows(run, fold, segmenter, (names, size), index, root)
+            logger.info("Fold %d: %d images by %s.", fold, len(rows), folder)
+            accumulator.metrics = accumulator.metrics.empty()  # this fold's own; merged below
+            searched = new_search(segmenter) if search else None
+            accumulator.extra_columns = (fold,)
+            loader = evaluation_loader(segmenter, rows, batch_size, num_workers)
+            for batch in stream_predictions(segmenter, loader, tta):
+                scored = accumulator.add(batch)
+                if searched is not None:
+                    searched.add(*scored)
+            fold_scores.append(accumulator.metrics)
+            fold_metrics.append({"fold": fold, "model": str(folder), **accumulator.metrics.compute()})
+            fold_searches.append(searched)
+            del segmenter, loader  # one fold model in memory at a time
+    accumulator.metrics = fold_scores[0].merged(fold_scores[1:])  # the out-of-fold metrics over every fold
+
+    num_images = sum(len(fold["val"]) for fold in run.folds)
+    results = {
+        "model": str(run.root),
+        "data": str(root),
+        "split": "val",
+        "images": f"out of fold: each of the {num_images} images of {run.root}/splits.json by the one of its "
+        f"{run.num_folds} fold models that never trained on it",
+        "image_size": size,
+        "tta": tta,
+        "threshold": THRESHOLD,
+        **accumulator.results(None),
+        "folds": fold_metrics,
+        "fold_spread": _spread(fold_metrics),
+    }
+    evaluation = EvaluationResult(results, out)
+    if search:
+        merged = fold_searches[0].merged(fold_searches[1:])
+        evaluation.best_postprocess = merged.best_rule(names)
+        evaluation.search_table = search_table(merged, names)
+        evaluation.postprocess_path = save_search(run.root, out, evaluation.best_postprocess, evaluation.search_table)
+        results["search"] = {
+            "tuned_on_oof": {**search_results(merged, names), "saved_to": str(evaluation.postprocess_path)},
+            "cross_validated": cross_validated_search(fold_searches, names),
+        }
+    plot_pr_curve(
+        accumulator.pr_curves(),
+        out / "pr_curve.png",
+        title=f"{run.root.name}: out of fold, {num_images} images at {size}x{size}",
+    )
+    atomic_write_text(out / "metrics.json", json.dumps(json_safe(results), indent=2) + "\n")
+    logger.info("Wrote %s, %s and %s.", out / "metrics.json", out / "per_image.csv", out / "pr_curve.png")
+    return evaluation
+
+
+def _fold_rows(
+    run: CrossValidationRun,
+    fold: int,
+    segmenter: Segmenter,
+    first: tuple[tuple[str, ...], int],
+    index: dict[str, IndexedImage],
+    root: Path,
+) -> list[IndexedImage]:
+    """The validation images of ``fold``, after checking that its model belongs with the first fold's (``first``:
+    its output names and working size) and to the fold, and that the data holds them."""
+    folder = run.fold_dirs[fold]
+    names, size = first
+    if (segmenter.output_names, segmenter.image_size) != first:
+        raise DataError(
+            f"{folder} predicts {list(segmenter.output_names)} at {segmenter.image_size}² but fold 0 "
+            f"{list(names)} at {size}²: the folds of {run.root} do not belong together."
+        )
+    val = run.folds[fold]["val"]
+    if segmenter.splits is None or segmenter.splits.get("val") != val:
+        raise DataError(f"{folder}/splits.json is not fold {fold} of {run.root}/splits.json.")
+    missing = [image_id for image_id in val if image_id not in index]
+    if missing:
+        raise DataError(
+            f"{len(missing)} of fold {fold}'s {len(val)} validation images are not in {root}/images/train "
+            f"(first: {missing[0]!r}); is this the data the folds were trained on?"
+        )
+    return [index[image_id] for image_id in val]
+
+
+def _layout_index(root: Path, labels: LabelSet) -> dict[str, IndexedImage]:
+    """The validated training images of the layout at ``root`` by image id, after checking its classes."""
+    if not root.is_dir():
+        raise DataError(f"Data folder {root} does not exist (expected the PNG layout the folds were trained on).")
+    declared = read_layout_labels(root)
+    if declared.names != labels.names:
+        raise DataError(
+            f"{root} holds {declared.task} data with classes {list(declared.names)} but the folds predict "
+            f"{list(labels.names)}."
+        )
+    return {row.image_id: row for row in index_layout(root, "train", labels)}
+
+
+def _spread(fold_metrics: list[dict]) -> dict:
+    """For each summary metric, its mean, sample standard deviation (ddof 1), min and max over the folds."""
+    spread = {}
+    for key in SUMMARY_KEYS:
+        values = np.array([m[key] for m in fold_metrics], dtype=np.float64)
+        spread[key] = {
+            "mean": float(values.mean()),
+            "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            "min": float(values.min()),
+            "max": float(values.max()),
+        }
+    return spread
+
+
+def cross_validated_search(fold_searches: list[TripletSearch], names: Sequence[str]) -> dict:
+    """The cross-validated estimate of tuned post-processing (module docstring): per fold, the rule best on the
+    other folds' images and its Kaggle mean Dice and dataset Dice on this fold's; pooled over folds, per class and
+    as means over classes."""
+    num_classes = len(names)
+    dice_sum = np.zeros(num_classes)
+    pixels = np.zeros((3, num_classes), dtype=np.int64)  # intersection, predicted, truth
+    folds = []
+    for k, held_out in enumerate(fold_searches):
+        others = [s for j, s in enumerate(fold_searches) if j != k]
+        best = others[0].merged(others[1:]).best()
+        kaggle, dice = held_out.kaggle_dice(), held_out.dataset_dice()
+        for c, (t, a, b) in enumerate(best):
+            dice_sum[c] += held_out.dice_sums[c, t, a, b]
+            pixels[:, c] += (held_out.intersection[c, t, a, b], held_out.predicted[c, t, a, b], held_out.truth[c])
+        folds.append(
+            {
+                "fold": k,
+                "postprocess": held_out.rule_at(best, names).to_dict(),
+                "kaggle_dice": float(np.mean([kaggle[c][best[c]] for c in range(num_classes)])),
+                "dice": float(np.mean([dice[c][best[c]] for c in range(num_classes)])),
+            }
+        )
+    num_images = sum(s.num_images for s in fold_searches)
+    kaggle_pooled = dice_sum / num_images
+    dice_pooled = dice_from_counts(*pixels)
+    result = {"kaggle_dice": float(kaggle_pooled.mean()), "dice": float(dice_pooled.mean()), "folds": folds}
+    if num_classes > 1:
+        result["classes"] = {
+            name: {"kaggle_dice": float(kaggle_pooled[c]), "dice": float(dice_pooled[c])}
+            for c, name in enumerate(names)
+        }
+    return result
+
+
+def out_of_fold_summary(evaluation: EvaluationResult) -> str:
+    """The OOF headline metrics, the per-fold figures, and with a search the before / tuned-on-OOF /
+    cross-validated Kaggle mean Dice (per class for several outputs)."""
+    m = evaluation.metrics
+    lines = ["Out of fold " + headline_lines(m)[0], *headline_lines(m)[1:], "Per fold:"]
+    lines.append(f"  {'fold':<6}{'images':>8}{'Dice':>10}{'Kaggle':>10}{'AP':>10}")
+    for fold in m["folds"]:
+        lines.append(
+            f"  {fold['fold']:<6}{int(fold['num_images']):>8}{fmt(fold['dice']):>10}{fmt(fold['kaggle_dice']):>10}"
+            f"{fmt(fold['ap']):>10}"
+        )
+    spread = m["fold_spread"]
+    lines.append(
+        "  mean ± std " + ", ".join(f"{key} {fmt(spread[key]['mean'])} ± {fmt(spread[key]['std'])}" for key in spread)
+    )
+    if "search" in m:
+        tuned, crossed = m["search"]["tuned_on_oof"], m["search"]["cross_validated"]
+        lines += [
+            "Post-processing (Kaggle mean Dice / dataset Dice, out of fold):",
+            f"  {'threshold 0.5':<52}{fmt(m['kaggle_dice'])} / {fmt(m['dice'])}",
+            f"  {'tuned on all OOF images (optimistic)':<52}{fmt(tuned['kaggle_dice'])} / {fmt(tuned['dice'])}",
+            f"  {'cross-validated (tuned on the other folds)':<52}{fmt(crossed['kaggle_dice'])} / "
+            f"{fmt(crossed['dice'])}",
+        ]
+        if "classes" in tuned:
+            lines.append(f"  {'class':<22}{'Dice 0.5':>10}{'tuned':>10}{'CV':>10}")
+            for name, values in tuned["classes"].items():
+                lines.append(
+                    f"  {name[:21]:<22}{fmt(m[f'dice/{name}']):>10}{fmt(values['dice']):>10}"
+                    f"{fmt(crossed['classes'][name]['dice']):>10}"
+                )
+        lines.append(f"  saved (tuned on all OOF images) to {evaluation.postprocess_path}")
+    return "\n".join(lines)

@@ -1,0 +1,189 @@
+"""The model card: the Jinja template ``templates/model_card.md`` of this package, rendered by
+``huggingface_hub.ModelCard.from_template`` with the values :func:`card_values` reads from an output folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from huggingface_hub import ModelCard, ModelCardData
+
+from cxrseg.constants import CARD_FILENAME, POSTPROCESS_FILENAME, RECIPE_FILENAME
+from cxrseg.errors import ModelLoadError
+from cxrseg.files import atomic_write_text
+from cxrseg.hub.access import is_hub_id
+from cxrseg.hub.redaction import shareable_recipe
+from cxrseg.labels import labels_from_config
+
+logger = logging.getLogger(__name__)
+
+
+CARD_TEMPLATE = "templates/model_card.md"  # Jinja, inside the cxrseg.hub package; rendered by ModelCard.from_template
+CARD_TAGS = ("medical-imaging", "chest-x-ray", "semantic-segmentation", "upernet", "swin", "cxrseg")
+METRIC_DEFINITIONS = {  # eval_<name> in all_results.json → what the card says it is, in the card's order
+    "dice": "Dice of all validation pixels pooled, 2TP / (2TP + FP + FN)",
+    "kaggle_dice": "mean per-image Dice, 1 when truth and prediction are both empty (SIIM-ACR rule)",
+    "iou": "pooled IoU, TP / (TP + FP + FN)",
+    "ap": "pixel average precision (sklearn's step sum)",
+    "best_f1": "best pixel F1 over thresholds",
+    "best_threshold": "probability threshold that gives best_f1",
+    "num_images": "validation images",
+}
+CLASS_METRICS = ("dice", "kaggle_dice", "ap")  # the per-class table of multi-label models: eval_<metric>/<class>
+SIIM_CITATION = """@misc{siim-acr-pneumothorax-2019,
+  title = {{SIIM-ACR} Pneumothorax Segmentation},
+  author = {{Society for Imaging Informatics in Medicine} and {American College of Radiology}},
+  year = {2019},
+  howpublished = {\\url{https://www.kaggle.com/competitions/siim-acr-pneumothorax-segmentation}}
+}"""
+CHESTXDET_CITATION = """@article{lian2021sarnet,
+  title = {A Structure-Aware Relation Network for Thoracic Diseases Detection and Segmentation},
+  author = {Lian, Jie and Liu, Jingyu and Zhang, Shu and Gao, Kai and Liu, Xiaoqing and Zhang, Dingwen and Yu, Yizhou},
+  journal = {IEEE Transactions on Medical Imaging},
+  volume = {40},
+  number = {8},
+  pages = {2042--2052},
+  year = {2021},
+  eprint = {2104.10326},
+  archivePrefix = {arXiv}
+}"""
+NIH_CITATION = """@inproceedings{wang2017chestxray,
+  title = {{ChestX-ray8}: Hospital-scale Chest X-ray Database and Benchmarks on Weakly-Supervised Classification and
+           Localization of Common Thorax Diseases},
+  author = {Wang, Xiaosong and Peng, Yifan and Lu, Le and Lu, Zhiyong and Bagheri, Mohammadhadi and Summers, Ronald M.},
+  booktitle = {IEEE Conference on Computer Vision and Pattern Recognition (CVPR)},
+  pages = {3462--3471},
+  year = {2017}
+}"""
+DATASETS = {  # task → (dataset name, its page, what to cite); other tasks: "custom data"
+    "pneumothorax": (
+        "SIIM-ACR Pneumothorax Segmentation",
+        "https://www.kaggle.com/competitions/siim-acr-pneumothorax-segmentation",
+        (SIIM_CITATION, NIH_CITATION),
+    ),
+    "chestxdet": (
+        "ChestX-Det",
+        "https://github.com/Deepwise-AILab/ChestX-Det-Dataset",
+        (CHESTXDET_CITATION, NIH_CITATION),
+    ),
+}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; empty when the file does not exist."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _format(value: Any, count: bool = False) -> str:
+    """A metric with 4 decimals ("n/a" for NaN); a count (``num_*``) as an integer."""
+    if isinstance(value, float) and math.isnan(value):
+        return "n/a"
+    return str(int(value)) if count else f"{value:.4f}"
+
+
+def _metric_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(name, formatted value, definition) of each :data:`METRIC_DEFINITIONS` metric (``eval_<name>``) in results."""
+    return [
+        (name, _format(results[f"eval_{name}"], count=name.startswith("num_")), definition)
+        for name, definition in METRIC_DEFINITIONS.items()
+        if f"eval_{name}" in results
+    ]
+
+
+def _class_rows(results: dict[str, Any], classes: tuple[str, ...]) -> list[tuple[str, list[str]]]:
+    """(class, formatted values of :data:`CLASS_METRICS`) for each class; "n/a" where ``results`` lacks one."""
+    return [
+        (name, [_format(results.get(f"eval_{metric}/{name}", float("nan"))) for metric in CLASS_METRICS])
+        for name in classes
+    ]
+
+
+def card_values(
+    folder: str | os.PathLike, repo_id: str | None = None, checkpoint: str | os.PathLike | None = None
+) -> dict[str, Any]:
+    """What the card template shows, read from an output folder (see :data:`CARD_TEMPLATE` for how it is shown).
+
+    Reads ``config.json`` (labels), ``recipe.yaml`` (shared as by :func:`shareable_recipe`), ``all_results.json``
+    (or ``eval_results.json``) and ``postprocess.json`` when present. Metrics are strings, already formatted:
+    ``metrics`` holds (name, value, definition) for each result present, ``class_metrics`` (class, [values of
+    :data:`CLASS_METRICS`]) for every foreground class. ``repo_id`` is the card's title and the id in its loading
+    code (a placeholder when None). With ``checkpoint`` (a ``checkpoint-N`` folder, during training), the model's
+    ``config.json`` and the metrics (the last evaluation in its ``trainer_state.json``) come from there, and
+    ``checkpoint_step`` is N.
+    """
+    folder = Path(folder)
+    model_folder = Path(checkpoint) if checkpoint is not None else folder
+    config = _read_json(model_folder / "config.json")
+    if "id2label" not in config:
+        raise ModelLoadError(
+            f"{model_folder / 'config.json'} with id2label is missing: is {model_folder} an output folder?"
+        )
+    labels = labels_from_config(config["id2label"])
+    recipe_path = folder / RECIPE_FILENAME
+    resolved = yaml.safe_load(recipe_path.read_text()) if recipe_path.is_file() else None
+    recipe, _ = shareable_recipe(resolved or {})
+    state = _read_json(model_folder / "trainer_state.json") if checkpoint is not None else {}
+    if checkpoint is not None:
+        evaluations = [entry for entry in state.get("log_history", []) if "eval_loss" in entry]
+        results = evaluations[-1] if evaluations else {}
+    else:
+        results = _read_json(folder / "all_results.json") or _read_json(folder / "eval_results.json")
+    dataset_name, dataset_url, citations = DATASETS.get(labels.task, ("custom data", None, ()))
+    base_model = recipe.get("model_name_or_path")
+    return {
+        "title": repo_id.split("/")[-1] if repo_id else f"cxrseg {labels.task} model",
+        "model_id": repo_id or "path/to/this/folder",
+        "task": labels.task,
+        "multilabel": labels.multilabel,
+        "id2label": labels.id2label,
+        "synthetic": bool(recipe.get("generate_demo_data")),
+        "dataset_name": dataset_name,
+        "dataset_url": dataset_url,
+        "citations": citations,
+        "image_size": recipe.get("image_size") or config.get("backbone_config", {}).get("image_size"),
+        "hub_base_model": base_model if is_hub_id(base_model) else None,
+        "from_scratch": base_model is None,
+        "checkpoint_step": state.get("global_step"),
+        "metrics": _metric_rows(results),
+        "class_metrics": _class_rows(results, labels.foreground),
+        "postprocess": _read_json(folder / POSTPROCESS_FILENAME),
+        "postprocess_filename": POSTPROCESS_FILENAME,
+        "recipe_filename": RECIPE_FILENAME,
+        "recipe_yaml": yaml.safe_dump(recipe, sort_keys=False).rstrip(),
+    }
+
+
+def model_card(
+    folder: str | os.PathLike, repo_id: str | None = None, checkpoint: str | os.PathLike | None = None
+) -> str:
+    """The model card (``README.md``) of an output folder (or of its ``checkpoint``, see :func:`card_values`):
+    :data:`CARD_TEMPLATE` filled with :func:`card_values`.
+
+    Its metadata: library transformers, pipeline image-segmentation, :data:`CARD_TAGS` and the task, and the base
+    model when it is a Hub id.
+    """
+    values = card_values(folder, repo_id, checkpoint)
+    metadata = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-segmentation",
+        tags=[*CARD_TAGS, values["task"]],
+        base_model=values["hub_base_model"],
+    )
+    return str(ModelCard.from_template(metadata, template_str=card_template(), **values))
+
+
+def card_template() -> str:
+    """The text of :data:`CARD_TEMPLATE`, through importlib.resources so that it also loads from a wheel or zip."""
+    return resources.files("cxrseg.hub").joinpath(CARD_TEMPLATE).read_text(encoding="utf-8")
+
+
+def write_model_card(folder: str | os.PathLike, repo_id: str | None = None) -> Path:
+    """Write :func:`model_card` to ``folder/README.md`` (atomically); returns its path."""
+    path = Path(folder) / CARD_FILENAME
+    return atomic_write_text(path, model_card(folder, repo_id))

@@ -1,0 +1,182 @@
+"""Ensembles: several models' probabilities averaged, as the SIIM-ACR winners and nnU-Net do with their folds.
+
+An :class:`Ensemble` has what ``cxrseg evaluate``, ``predict`` and ``visualize predictions`` use of a
+:class:`~cxrseg.inference.segmenter.Segmenter` (``probabilities``, ``masks``, ``preprocessor``, ``output_names``, ...), so
+they take either. How it predicts:
+
+* its input is prepared at its working size, the largest member's, by that member's image processor;
+* each member predicts at its own working size (a smaller member gets the input resized with area interpolation,
+  ``F.interpolate(mode="area")``, and normalised with its own mean and std), with its own hflip TTA when asked;
+* each member's probabilities are resized (bilinear) to the ensemble's working size and averaged (their sum over
+  members divided by their number: an ensemble of one model equals that model exactly);
+* masks follow the ensemble's rule: a CV folder's ``postprocess.json`` (tuned on its out-of-fold predictions,
+  :mod:`cxrseg.evaluation.out_of_fold`) or a file given with ``--postprocess``; else ``prob >= 0.5``. Members' own
+  ``postprocess.json`` files are not used.
+
+Members must predict the same classes, in the same order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cxrseg.constants import POSTPROCESS_FILENAME
+from cxrseg.errors import ModelLoadError
+from cxrseg.inference.cv_folder import is_cv_folder, read_cross_validation
+from cxrseg.inference.segmenter import Preprocessor, Segmenter, find_rule, load_segmenter
+from cxrseg.labels import LabelSet
+from cxrseg.postprocessing.rules import ClassPostProcess, PostProcess
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Ensemble:
+    """Members' averaged probabilities (module docstring). source: what the user named (a CV folder, or the
+    members joined by ``+``); model_dir / is_local: the CV folder (its ``evaluation/`` holds the results), else
+    None / False. postprocess: the mask rule at the ensemble's working size, None for ``prob >= 0.5``."""
+
+    members: list[Segmenter]
+    postprocess: PostProcess | ClassPostProcess | None
+    source: str
+    model_dir: Path | None = None
+    is_local: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            raise ModelLoadError("An ensemble needs at least one model.")
+        first = self.members[0]
+        for member in self.members[1:]:
+            if member.labels.names != first.labels.names or member.labels.multilabel != first.labels.multilabel:
+                raise ModelLoadError(
+                    f"Ensemble members must predict the same classes: {member.source} predicts "
+                    f"{list(member.labels.names)} but {first.source} predicts {list(first.labels.names)}."
+                )
+        self._reference = max(self.members, key=lambda member: member.image_size)
+
+    @property
+    def labels(self) -> LabelSet:
+        return self.members[0].labels
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return self.labels.foreground
+
+    @property
+    def preprocessor(self) -> Preprocessor:
+        """The input pipeline: the largest member's."""
+        return self._reference.preprocessor
+
+    @property
+    def image_size(self) -> int:
+        return self.preprocessor.size[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.members[0].device
+
+    @property
+    def splits(self) -> None:
+        """No split is held out from every member (each fold trained on the others' validation images)."""
+        return None
+
+    @property
+    def rule(self) -> PostProcess | ClassPostProcess:
+        """The mask rule in effect (``PostProcess()`` = ``prob >= 0.5`` without one)."""
+        return self.postprocess if self.postprocess is not None else PostProcess()
+
+    @torch.inference_mode()
+    def probabilities(self, pixel_values: torch.Tensor, tta: str = "none") -> torch.Tensor:
+        """pixel_values float32 [B, 3, S, S] (:attr:`preprocessor`'s) → the members' mean probabilities float32
+        [B, K, S, S] in [0, 1], on the CPU."""
+        total = None
+        for member in self.members:
+            probs = member.probabilities(self._member_inputs(member, pixel_values), tta)
+            probs = Segmenter.resize_probabilities(probs, pixel_values.shape[-2:])
+            total = probs if total is None else total + probs
+        return total / len(self.members)
+
+    def _member_inputs(self, member: Segmenter, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The ensemble's inputs as ``member`` expects them: its size (area interpolation), its mean and std."""
+        mine, theirs = self.preprocessor, member.preprocessor
+        if (theirs.size, theirs.mean, theirs.std) == (mine.size, mine.mean, mine.std):
+            return pixel_values
+        mean, std = (torch.tensor(v, dtype=pixel_values.dtype).view(1, 3, 1, 1) for v in (mine.mean, mine.std))
+        images = pixel_values * std + mean
+        if tuple(images.shape[-2:]) != tuple(theirs.size):
+            images = F.interpolate(images, size=tuple(theirs.size), mode="area")
+        mean, std = (torch.tensor(v, dtype=pixel_values.dtype).view(1, 3, 1, 1) for v in (theirs.mean, theirs.std))
+        return (images - mean) / std
+
+    resize_probabilities = staticmethod(Segmenter.resize_probabilities)
+
+    def masks(self, probs: torch.Tensor, probs_at_size: torch.Tensor | None = None) -> np.ndarray:
+        """Binary masks uint8 0/1 [K, H, W] of one image's probabilities (as :meth:`Segmenter.masks`)."""
+        return self.rule.masks(probs, probs_at_size)
+
+
+def load_ensemble(
+    models: Sequence[str | os.PathLike],
+    *,
+    device: str = "auto",
+    use_postprocess: bool = True,
+    postprocess_path: str | os.PathLike | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
+) -> Ensemble:
+    """The ensemble of ``models``: model folders, Hub ids or CV folders (each standing for its K fold models).
+
+    Its rule: ``postprocess_path`` if given, else the ``postprocess.json`` of a single CV folder when it has one;
+    none with ``use_postprocess=False``. precision, compile: each member's (:func:`cxrseg.inference.segmenter.load_segmenter`).
+    Raises :class:`ModelLoadError` for unfinished folds or members that predict different classes (naming the
+    member).
+    """
+    folders: list[str | os.PathLike] = []
+    for model in models:
+        folders += read_cross_validation(model).fold_dirs if is_cv_folder(model) else [model]
+    running = {"device": device, "precision": precision, "compile": compile}
+    members = [load_segmenter(folder, use_postprocess=False, **running) for folder in folders]
+    single_cv = len(models) == 1 and is_cv_folder(models[0])
+    if single_cv:
+        ensemble = Ensemble(members, None, str(models[0]), Path(models[0]), True)
+    else:
+        ensemble = Ensemble(members, None, "+".join(Path(str(m)).name for m in models))
+    if use_postprocess:
+        default = Path(models[0]) / POSTPROCESS_FILENAME if single_cv else None
+        ensemble.postprocess = find_rule(
+            postprocess_path, default, ensemble.labels, ensemble.image_size, ensemble.source
+        )
+    logger.info("Ensemble of %d models (%s) at %d².", len(members), ensemble.source, ensemble.image_size)
+    return ensemble
+
+
+def load_models(
+    models: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    device: str = "auto",
+    use_postprocess: bool = True,
+    postprocess_path: str | os.PathLike | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
+) -> Segmenter | Ensemble:
+    """What a ``--model`` option names: one model folder or Hub id → its :class:`~cxrseg.inference.segmenter.Segmenter`; a CV
+    folder or several models → their :class:`Ensemble` (:func:`load_ensemble`)."""
+    models = [models] if isinstance(models, (str, os.PathLike)) else list(models)
+    options = {
+        "device": device,
+        "use_postprocess": use_postprocess,
+        "postprocess_path": postprocess_path,
+        "precision": precision,
+        "compile": compile,
+    }
+    if len(models) == 1 and not is_cv_folder(models[0]):
+        return load_segmenter(models[0], **options)
+    return load_ensemble(models, **options)

@@ -1,0 +1,272 @@
+"""Predict masks for PNG, JPEG or DICOM files of any size, batched, with reading overlapped with inference.
+
+Outputs in ``OUT`` (each file written atomically: temporary file, then rename):
+
+* ``masks/<id>.png`` at the input's original size. Single-label: 8-bit 0/255. Multi-label: one 16-bit PNG bit
+  field per image (bit c = class c, :func:`cxrseg.labels.pack_multilabel`, the PNG layout's mask format), with
+  ``OUT/labels.json`` naming the classes in bit order.
+* ``overlays/<id>.png``: the image with each mask filled translucent and outlined (multi-label: a legend of the
+  classes present).
+* with ``save_probabilities``: ``probabilities/<id>.png`` (single-label) or ``probabilities/<id>/<class>.png``
+  (multi-label, spaces in names → ``_``), 8-bit ``round(255 * p)`` at the original size.
+* with ``submission``: the SIIM Kaggle CSV ``ImageId,EncodedPixels``, one row per image in input order, ``-1`` when
+  empty, RLE (:func:`cxrseg.prepare.rle.rle_encode`) of the mask at 1024x1024 — an input of another size has its mask
+  resized there with nearest neighbour. Single-foreground models only.
+* ``problems.csv`` (``path,error``) when an input could not be read; it is skipped and the others complete.
+
+``OUT`` must be new, empty or an earlier ``predict`` output (:func:`cxrseg.files.check_output_folder`), apart from the
+inputs; an existing ``submission`` file is replaced only if it is a submission CSV.
+
+``<id>`` is the file name without its suffix (SIIM's ImageId for its DICOMs). Masks follow the model's
+``postprocess.json`` unless ``use_postprocess`` is off (see :meth:`cxrseg.inference.segmenter.Segmenter.masks`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from cxrseg.errors import PredictError
+from cxrseg.files import PREDICTIONS, AtomicCsv, check_output_file, check_output_folder, mark_output
+from cxrseg.imageio.images import IMAGE_SUFFIXES, read_image, write_png
+from cxrseg.inference.segmenter import Preprocessor, Segmenter
+from cxrseg.labels import LabelSet, pack_multilabel
+from cxrseg.plots import class_colours, overlay
+from cxrseg.prepare.rle import rle_encode
+
+logger = logging.getLogger(__name__)
+
+
+SUBMISSION_COLUMNS = ("ImageId", "EncodedPixels")
+"""The header of the SIIM-ACR submission CSV."""
+OUTPUT_WRITERS = min(8, os.cpu_count() or 1)
+"""Threads writing masks, overlays and probabilities while the model runs: a GPU outruns one writer (see
+``bench/inference.py``)."""
+
+SUBMISSION_SIZE = 1024
+"""Side of the masks the SIIM-ACR submission RLE encodes (the competition's images are 1024x1024)."""
+
+
+def list_inputs(path: str | os.PathLike) -> list[Path]:
+    """The files to predict: ``path`` itself, or every PNG/JPEG/DICOM under the folder (recursive, sorted).
+
+    Raises :class:`PredictError` for a missing path, an empty folder, or two files with the same id (name
+    without suffix), naming both.
+    """
+    path = Path(path)
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise PredictError(f"{path} holds no {', '.join(IMAGE_SUFFIXES)} files.")
+    else:
+        raise PredictError(f"Input {path} does not exist.")
+    seen: dict[str, Path] = {}
+    for file in files:
+        if file.stem in seen:
+            raise PredictError(f"Two inputs have the id {file.stem!r}: {seen[file.stem]} and {file}; rename one.")
+        seen[file.stem] = file
+    return files
+
+
+def is_submission(path: Path) -> bool:
+    """Whether the file at ``path`` is a submission CSV (its first line is the header cxrseg writes)."""
+    with path.open("rb") as handle:
+        return handle.readline().rstrip(b"\r\n") == b",".join(name.encode() for name in SUBMISSION_COLUMNS)
+
+
+class InputImages(Dataset):
+    """Reads and preprocesses one input per item (in DataLoader workers). An unreadable file gives an item with
+    ``error`` set instead of raising, so one bad file does not stop the run."""
+
+    def __init__(self, files: Sequence[Path], preprocessor: Preprocessor) -> None:
+        self.files = list(files)
+        self.preprocessor = preprocessor
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict:
+        path = self.files[index]
+        try:
+            image = read_image(path)
+            return {"index": index, "image": image, "pixel_values": self.preprocessor(image), "error": None}
+        except Exception as error:  # any failure to read one input is reported, not fatal
+            logger.debug("Cannot read %s", path, exc_info=True)
+            message = str(error) if str(path) in str(error) else f"{path}: {type(error).__name__}: {error}"
+            return {"index": index, "image": None, "pixel_values": None, "error": message}
+
+
+def _collate_items(items: list[dict]) -> list[dict]:
+    return items
+
+
+@dataclass
+class PredictionSummary:
+    """What a run did: counts, skipped inputs as (path, error), and the files written."""
+
+    num_inputs: int
+    num_predicted: int = 0
+    num_positive: int = 0
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    out_dir: Path | None = None
+    submission: Path | None = None
+
+    def lines(self) -> list[str]:
+        lines = [
+            f"Predicted {self.num_predicted} of {self.num_inputs} images ({self.num_positive} with a finding) "
+            f"→ {self.out_dir}"
+        ]
+        if self.submission is not None:
+            lines.append(f"Submission: {self.submission} ({self.num_predicted} rows)")
+        if self.problems:
+            lines.append(f"Skipped {len(self.problems)} unreadable input(s), listed in {self.out_dir}/problems.csv:")
+            lines += [f"  {error}" for _, error in self.problems]  # each error names its file
+        return lines
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def predict(
+    segmenter: Segmenter,
+    inputs: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    tta: str = "none",
+    submission: str | os.PathLike | None = None,
+    save_probabilities: bool = False,
+    batch_size: int = 8,
+    num_workers: int = 0,
+) -> PredictionSummary:
+    """Predict every input (see the module docstring for the outputs) and return a summary."""
+    names = segmenter.output_names
+    multilabel = len(names) > 1
+    if submission is not None and multilabel:
+        raise PredictError(
+            f"--submission writes the SIIM pneumothorax CSV; {segmenter.source} predicts {len(names)} classes."
+        )
+    files = list_inputs(inputs)
+    out = Path(out_dir)
+    check_output_folder(out, PREDICTIONS, inputs=[inputs])
+    if submission is not None:
+        check_output_file(submission, is_submission, inputs=[inputs])
+    mark_output(out, PREDICTIONS)
+    if multilabel:  # the masks are bit fields over the foreground outputs, whatever the model's own label set
+        LabelSet(segmenter.labels.task, names, multilabel=True).save(out)
+    colours = class_colours(len(names))
+    loader = DataLoader(
+        InputImages(files, segmenter.preprocessor),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate_items,
+    )
+    summary = PredictionSummary(len(files), out_dir=out)
+    csv_writer = AtomicCsv(Path(submission), SUBMISSION_COLUMNS) if submission is not None else None
+    writing: deque[tuple[str, Future]] = deque()  # (image id, its _write_outputs), in input order
+
+    def finish_one() -> None:
+        image_id, future = writing.popleft()
+        masks = future.result()
+        summary.num_predicted += 1
+        summary.num_positive += bool(masks.any())
+        if csv_writer is not None:
+            csv_writer.writerow((image_id, rle_encode(_at_submission_size(masks[0]))))
+
+    try:
+        # Outputs are written by threads while the model works on the next batch (OpenCV's resizing and PNG
+        # encoding release the GIL); at most two batches wait, which bounds memory.
+        with (
+            tqdm(total=len(files), desc="predicting", unit="img") as progress,
+            ThreadPoolExecutor(OUTPUT_WRITERS) as writers,
+        ):
+            for items in loader:
+                good = [item for item in items if item["error"] is None]
+                for item in items:
+                    if item["error"] is not None:
+                        logger.warning("Skipping an unreadable input: %s", item["error"])
+                        summary.problems.append((str(files[item["index"]]), item["error"]))
+                if good:
+                    probs = segmenter.probabilities(torch.stack([item["pixel_values"] for item in good]), tta)
+                    for item, image_probs in zip(good, probs):
+                        image_id = files[item["index"]].stem
+                        args = (segmenter, out, image_id, item["image"], image_probs, colours, save_probabilities)
+                        writing.append((image_id, writers.submit(_write_outputs, *args)))
+                while len(writing) > 2 * batch_size:
+                    finish_one()
+                progress.update(len(items))
+            while writing:
+                finish_one()
+        if csv_writer is not None:
+            csv_writer.commit()
+            summary.submission = Path(submission)
+    except BaseException:
+        if csv_writer is not None:
+            csv_writer.discard()
+        raise
+    problems_path = out / "problems.csv"
+    if summary.problems:
+        with AtomicCsv(problems_path, ("path", "error")) as problems:
+            for row in summary.problems:
+                problems.writerow(row)
+    elif problems_path.exists():
+        problems_path.unlink()  # from an earlier run into the same folder: it would describe other inputs
+    if summary.problems and csv_writer is not None:
+        logger.warning(
+            "The submission lacks the %d skipped image(s); Kaggle needs a row for every image.", len(summary.problems)
+        )
+    return summary
+
+
+def _write_outputs(
+    segmenter: Segmenter,
+    out: Path,
+    image_id: str,
+    image: np.ndarray,
+    probs: torch.Tensor,
+    colours: np.ndarray,
+    save_probabilities: bool,
+) -> np.ndarray:
+    """Write one image's mask, overlay and (optionally) probabilities at its original size; returns masks
+    uint8 0/1 [K, H, W]."""
+    names = segmenter.output_names
+    probs_at_size = segmenter.resize_probabilities(probs, image.shape[:2])
+    masks = segmenter.masks(probs, probs_at_size)
+    write_png(out / "masks" / f"{image_id}.png", mask_png_pixels(masks))
+    write_png(
+        out / "overlays" / f"{image_id}.png", overlay(image, masks, colours, names=names if len(names) > 1 else None)
+    )
+    if save_probabilities:
+        levels = (probs_at_size.numpy() * 255).round().astype(np.uint8)
+        if len(names) == 1:
+            write_png(out / "probabilities" / f"{image_id}.png", levels[0])
+        else:
+            for name, plane in zip(names, levels):
+                write_png(out / "probabilities" / image_id / f"{_safe_name(name)}.png", plane)
+    return masks
+
+
+def mask_png_pixels(masks: np.ndarray) -> np.ndarray:
+    """The pixels of a mask PNG from masks uint8 0/1 [K, H, W]: one class → uint8 0/255 [H, W]; several → the
+    uint16 bit field [H, W] of :func:`cxrseg.labels.pack_multilabel` (bit c = class c)."""
+    return masks[0] * np.uint8(255) if masks.shape[0] == 1 else pack_multilabel(masks)
+
+
+def _at_submission_size(mask: np.ndarray) -> np.ndarray:
+    """A mask [H, W] at 1024x1024 (nearest neighbour when resized), as the SIIM RLE expects."""
+    if mask.shape == (SUBMISSION_SIZE, SUBMISSION_SIZE):
+        return mask
+    return cv2.resize(mask, (SUBMISSION_SIZE, SUBMISSION_SIZE), interpolation=cv2.INTER_NEAREST)

@@ -1,0 +1,257 @@
+"""The training pipeline, top to bottom: seed → logging → start-up checks → last checkpoint → data → model → loss
+and sampler → trainer → train and save → evaluate → model card and push. Each stage is a call into the library;
+``run_train.py`` calls :func:`main`, which runs :func:`train` once, or :func:`train_folds` for a recipe with
+``num_folds`` (cross-validation, :mod:`cxrseg.training.cross_validation`)."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import datasets
+import torch
+import transformers
+from accelerate import PartialState
+from transformers import TrainerCallback, set_seed
+
+from cxrseg.config import DataArguments, Recipe, parse_recipe, save_recipe
+from cxrseg.constants import RECIPE_FILENAME, SPLITS_FILENAME
+from cxrseg.data.dataset import build_sampler, index_training_source, load_training_data
+from cxrseg.data.png_layout import IndexedImage
+from cxrseg.data.splits import save_split
+from cxrseg.errors import CxrsegError, RecipeError, report
+from cxrseg.files import TRAINING_RUN, check_output_folder, mark_output
+from cxrseg.hub.access import check_hub_access, is_hub_id
+from cxrseg.hub.card import write_model_card
+from cxrseg.hub.checkpoints import HubCheckpointPush, download_checkpoint
+from cxrseg.hub.push import push_folder
+from cxrseg.inference.cv_folder import fold_dir, fold_is_finished
+from cxrseg.labels import LabelSet, get_labels
+from cxrseg.model import build_model
+from cxrseg.plots import plot_training_curves
+from cxrseg.synthetic import DEMO_DATA_MAKERS
+from cxrseg.training.checkpoints import is_resume_last, resume_checkpoint
+from cxrseg.training.cross_validation import fold_recipe, mark_fold_finished, prepare_folds, write_fold_split
+from cxrseg.training.losses import build_loss
+from cxrseg.training.tracking import check_tracking, finish_tracking
+from cxrseg.training.trainer import SegmentationTrainer, streaming_metrics
+
+logger = logging.getLogger("cxrseg.training.train")
+
+
+def train(
+    recipe: Recipe,
+    callbacks: Sequence[TrainerCallback] = (),
+    *,
+    last_run: bool = True,
+    indexed: tuple[datasets.Dataset, list[IndexedImage]] | None = None,
+) -> dict[str, float]:
+    """Run one recipe; returns the final evaluation metrics (``eval_*``). ``callbacks`` join the Trainer's own.
+    last_run: False keeps the process group (and the trackers' process state) for another run in this program.
+    indexed: the recipe's data already indexed (:func:`~cxrseg.data.dataset.index_training_source`), as the folds
+    of a cross-validation share it."""
+    model_args, data_args, loss_args, sampling_args, args = (
+        recipe.model,
+        recipe.data,
+        recipe.loss,
+        recipe.sampling,
+        recipe.training,
+    )
+    # ------------------------------------------------------------------ Seed and logging
+    set_seed(args.seed)
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=[logging.StreamHandler(sys.stdout)]
+    )
+    log_level = args.get_process_log_level()
+    for name in ("cxrseg", "transformers", "datasets"):
+        logging.getLogger(name).setLevel(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    output_dir = Path(args.output_dir)
+
+    # ------------------------------------------------------------------ Start-up checks (output folder, tracking, Hub)
+    # Fail now rather than after training. The Trainer's own push is off: HubCheckpointPush pushes the saves as
+    # hub_strategy says, and push_folder makes the final commit (our model card, redacted copies). The Hub token is
+    # recipe.hub_token, never in TrainingArguments, which every checkpoint pickles (training_args.bin).
+    check_output_folder(output_dir, TRAINING_RUN, inputs=run_inputs(recipe), may_hold=[SPLITS_FILENAME])
+    push_to_hub, args.push_to_hub = args.push_to_hub, False
+    hub_token = recipe.hub_token
+    hub_model_id = args.hub_model_id
+    if args.process_index == 0:
+        check_tracking(args.report_to)
+        if push_to_hub:
+            hub_model_id = check_hub_access(args.hub_model_id or output_dir.name, hub_token)
+            push = HubCheckpointPush(
+                hub_model_id,
+                args.hub_strategy,
+                token=hub_token,
+                private=args.hub_private_repo,
+                always_push=args.hub_always_push,
+            )
+            callbacks = [*callbacks, push]
+    if is_hub_id(args.resume_from_checkpoint):  # a Hub repo: continue from its pushed checkpoint
+        with args.main_process_first(desc="checkpoint download"):
+            args.resume_from_checkpoint = str(download_checkpoint(args.resume_from_checkpoint, hub_token))
+
+    # ------------------------------------------------------------------ Last checkpoint
+    # resume_from_checkpoint: a checkpoint folder, or "last" for the newest complete checkpoint-N in output_dir
+    # (incomplete ones skipped with a warning; none: a warning, then from scratch). A corrupt one stops the run here.
+    last_checkpoint = resume_checkpoint(args.resume_from_checkpoint, output_dir)
+
+    # ------------------------------------------------------------------ Data and model
+    labels = get_labels(model_args.task)
+    with args.main_process_first(desc="demo data and mask index"):
+        write_demo_data_if_asked(data_args, labels)
+        model, processor = build_model(
+            model_args.model_name_or_path, model_args.model_config, labels, data_args.image_size
+        )
+        data = load_training_data(
+            data_args,
+            labels,
+            output_dir / SPLITS_FILENAME,
+            mean=processor.image_mean,
+            std=processor.image_std,
+            indexed=indexed,
+        )
+
+    # ------------------------------------------------------------------ Loss and sampler
+    loss_fn = build_loss(loss_args, labels, data.pixel_counts, data.num_pixels)
+    if loss_fn.class_weights is not None:
+        logger.info("Class weights: %s", dict(zip(labels.names, [round(w, 4) for w in loss_fn.class_weights.tolist()])))
+    sampler = build_sampler(sampling_args, labels, data, seed=args.seed)
+
+    # ------------------------------------------------------------------ Output folder
+    # Everything the run needs is checked: only now is output_dir created or changed (a run that fails earlier
+    # leaves it as it was).
+    if args.should_save:
+        mark_output(output_dir, TRAINING_RUN)
+        save_recipe(recipe, output_dir / RECIPE_FILENAME)
+        if not (output_dir / SPLITS_FILENAME).exists():  # a saved split (perhaps the user's) is never rewritten
+            save_split(output_dir / SPLITS_FILENAME, data.split)
+
+    # ------------------------------------------------------------------ Trainer
+    compute_metrics, preprocess_logits = streaming_metrics(labels.multilabel, list(labels.foreground))
+    trainer = SegmentationTrainer(
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.val,
+        processing_class=processor,
+        compute_metrics=compute_metrics,
+        preprocess_logits_for_metrics=preprocess_logits,
+        loss_fn=loss_fn,
+        auxiliary_loss_weight=loss_args.auxiliary_loss_weight,
+        train_sampler=sampler,
+        callbacks=list(callbacks),
+    )
+
+    # ------------------------------------------------------------------ Train and save
+    result = trainer.train(resume_from_checkpoint=last_checkpoint)
+    trainer.save_model()
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+
+    # ------------------------------------------------------------------ Evaluate (the best model, on validation)
+    metrics = trainer.evaluate()
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    if trainer.is_world_process_zero():
+        plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png", title=output_dir.name)
+        logger.info(
+            "Model saved to %s: load it with UperNetForSemanticSegmentation.from_pretrained(%r)",
+            output_dir,
+            str(output_dir),
+        )
+
+    # ------------------------------------------------------------------ Model card and push to the Hub
+    if trainer.is_world_process_zero():
+        if push_to_hub:  # push_folder writes the card first, then uploads
+            url = push_folder(output_dir, hub_model_id, private=args.hub_private_repo, token=hub_token)
+            logger.info("Pushed %s to %s", output_dir.name, url)
+        else:
+            write_model_card(output_dir, hub_model_id)
+    if last_run:
+        trainer.end()  # finish the trackers and leave the process group (without it DDP processes can abort at exit)
+    return metrics
+
+
+def write_demo_data_if_asked(data_args: DataArguments, labels: LabelSet) -> None:
+    """With ``generate_demo_data``, write the synthetic demo dataset to a missing ``data_dir``."""
+    if data_args.generate_demo_data and not Path(data_args.data_dir).exists():
+        logger.info("Writing the synthetic demo dataset to %s", data_args.data_dir)
+        DEMO_DATA_MAKERS[labels.task](data_args.data_dir, num_images=data_args.demo_num_images, seed=0)
+
+
+def run_inputs(recipe: Recipe) -> list[str | None]:
+    """What a run reads, which its output_dir must not be, hold or lie inside: the data, and a local model folder."""
+    model = recipe.model.model_name_or_path
+    return [recipe.data.data_dir, model if Path(model or "").is_dir() else None]
+
+
+def train_folds(recipe: Recipe, callbacks: Sequence[TrainerCallback] = ()) -> dict[int, dict[str, float]]:
+    """Cross-validation: train the recipe's folds (``fold: all`` or one index) one after the other in this program;
+    returns each trained fold's final evaluation metrics. Layout and resumption: :mod:`cxrseg.training.cross_validation`.
+
+    Each fold is a full :func:`train` run of :func:`~cxrseg.training.cross_validation.fold_recipe` (so multi-GPU, seeds and
+    checkpoints work as for one run), as the Trainer's own hyper-parameter search trains trial after trial. Between
+    folds: the process group stays up (set up once by the launcher, left at the very end), the trackers' runs are
+    finished (one W&B run per fold), and the fold's model, optimizer and compiled graphs are released.
+    """
+    args, data_args = recipe.training, recipe.data
+    if args.push_to_hub:
+        raise RecipeError(
+            "push_to_hub with num_folds: push a fold's folder after training (`cxrseg push --model OUTPUT_DIR/fold_0 "
+            "...`)."
+        )
+    labels = get_labels(recipe.model.task)
+    output_dir = Path(args.output_dir)
+    check_output_folder(output_dir, TRAINING_RUN, inputs=run_inputs(recipe), may_hold=[SPLITS_FILENAME])
+    with args.main_process_first(desc="demo data and folds"):
+        write_demo_data_if_asked(data_args, labels)
+        indexed = index_training_source(data_args, labels)  # once for every fold
+        folds = prepare_folds(recipe, labels, indexed[1])
+    if args.should_save:
+        save_recipe(recipe, output_dir / RECIPE_FILENAME)
+    resuming = is_resume_last(args.resume_from_checkpoint)
+    chosen = range(data_args.num_folds) if data_args.fold == "all" else [int(data_args.fold)]
+    results = {}
+    for fold in chosen:
+        folder = fold_dir(output_dir, fold)
+        if resuming and fold_is_finished(folder):
+            logger.info("Fold %d has finished (%s); skipping it.", fold, folder)
+            continue
+        logger.info("Fold %d of %d: training in %s.", fold, data_args.num_folds, folder)
+        if args.should_save:
+            mark_output(folder, TRAINING_RUN)
+            write_fold_split(folder, folds[fold])
+        results[fold] = train(fold_recipe(recipe, fold), callbacks, last_run=False, indexed=indexed)
+        if args.should_save:
+            mark_fold_finished(folder, fold, data_args.num_folds, results[fold])
+        finish_tracking()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        torch._dynamo.reset()  # a new model per fold: without it torch.compile recompiles into a full cache
+    for fold, metrics in results.items():
+        logger.info("Fold %d: %s", fold, {k: round(v, 4) for k, v in metrics.items() if k in CV_LOG_KEYS})
+    PartialState().destroy_process_group()
+    return results
+
+
+CV_LOG_KEYS = ("eval_dice", "eval_kaggle_dice", "eval_ap", "eval_loss")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        recipe = parse_recipe(argv)
+        if recipe.data.num_folds is None:
+            train(recipe)
+        else:
+            train_folds(recipe)
+    except CxrsegError as error:  # a user error: one line, its exit status; anything else is a bug (traceback)
+        return report(error)
+    return 0

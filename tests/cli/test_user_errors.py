@@ -1,0 +1,274 @@
+"""Every user error, through the real entry points (``cxrseg.training.train.main`` as run_train.py calls it, ``cxrseg.cli.main``
+and, for a few, a subprocess): exit status 2, one line ``error: ...`` naming the file, key or option, no traceback
+and no usage text, and every file in the workspace byte-identical afterwards (inputs, a finished training run, a
+user's own folder and files)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import huggingface_hub
+import numpy as np
+import pytest
+import yaml
+
+from cxrseg.cli import main as cli_main
+from cxrseg.data.png_layout import index_layout
+from cxrseg.files import TRAINING_RUN, mark_output
+from cxrseg.labels import PNEUMOTHORAX, TASKS
+from cxrseg.training.train import main as train_main
+from tests.conftest import TINY_MODEL_CONFIG, save_tiny_model
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """No Hub here, and no waiting for it: offline mode, as HF_HUB_OFFLINE=1 gives when set before the import."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, demo_root) -> Path:
+    """A workspace holding what a user has: data (indexed once, so its mask cache exists), broken copies of it, the
+    raw folders of a prepare, a trained model, a finished training run, a recipe, and folders and files of their own."""
+    ws = tmp_path_factory.mktemp("workspace")
+    shutil.copytree(demo_root, ws / "data")
+    for name in ("bad_mask", "negative"):
+        shutil.copytree(demo_root, ws / name)
+    first_mask = sorted((ws / "bad_mask/masks/train").iterdir())[0]
+    cv2.imwrite(str(first_mask), np.full((64, 64), 7, np.uint8))
+    for mask in (ws / "negative/masks/train").iterdir():
+        cv2.imwrite(str(mask), np.zeros((64, 64), np.uint8))
+    for name in ("data", "negative"):
+        index_layout(ws / name, "train", PNEUMOTHORAX)
+    for sub in ("images/train", "masks/train"):
+        (ws / "empty" / sub).mkdir(parents=True)
+    shutil.copytree(ws / "data/images/train", ws / "raw/images")
+    shutil.copytree(ws / "data/masks/train", ws / "raw/masks")
+    save_tiny_model(ws / "model")
+    save_tiny_model(ws / "multilabel_model", labels=TASKS["chestxdet"])
+    ids = sorted(p.stem for p in (ws / "data/images/train").iterdir())
+    run = mark_output(save_tiny_model(ws / "run", splits={"train": ids[:16], "val": ids[16:]}), TRAINING_RUN)
+    (run / "recipe.yaml").write_text("# Resolved recipe (from recipe.yaml + overrides)\nlearning_rate: 0.001\n")
+    (run / "trainer_state.json").write_text(json.dumps({"log_history": [{"step": 1, "loss": 0.5}]}))
+    (ws / "user").mkdir()
+    (ws / "user/README.md").write_text("my notes\n")
+    (ws / "user.png").write_bytes(cv2.imencode(".png", np.zeros((8, 8), np.uint8))[1].tobytes())
+    (ws / "user.csv").write_text("patient,age\n1,40\n")
+    (ws / "bad.json").write_text("{\n")
+    recipe = {
+        "model_name_or_path": None,
+        "model_config": TINY_MODEL_CONFIG,
+        "data_dir": str(ws / "data"),
+        "image_size": 64,
+        "augmentation": "none",
+        "val_fraction": 0.25,
+        "num_train_epochs": 1,
+        "use_cpu": True,
+        "mixed_precision": "no",
+        "report_to": "none",
+    }
+    (ws / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    (ws / "syntax.yaml").write_text("task: [pneumothorax\n")
+    (ws / "wrong_type.yaml").write_text(yaml.safe_dump({**recipe, "num_train_epochs": "three"}))
+    return ws
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every file (its bytes) and folder (None) under ``root``."""
+    return {str(p.relative_to(root)): None if p.is_dir() else p.read_bytes() for p in sorted(root.rglob("*"))}
+
+
+def train(ws: Path, *extra: str) -> list[str]:
+    return ["--config", str(ws / "recipe.yaml"), "--output_dir", str(ws / "new_run"), *extra]
+
+
+def predict(ws: Path, *extra: str) -> list[str]:
+    base = ["predict", "--model", str(ws / "model"), "--input", str(ws / "data/images/train"), "--num-workers", "0"]
+    return [*base, *(extra or ("--out", str(ws / "predictions")))]
+
+
+def prepare(ws: Path, *extra: str) -> list[str]:
+    return ["prepare", "folder", "--images", str(ws / "raw/images"), "--masks", str(ws / "raw/masks"), *extra]
+
+
+# (id, entry point, argv from the workspace, the message: a regular expression)
+CASES = [
+    # run_train.py: the recipe
+    ("yaml-syntax", "train", lambda ws: ["--config", str(ws / "syntax.yaml")],
+     r"syntax\.yaml is not valid YAML: .*line 2"),
+    ("recipe-missing", "train", lambda ws: ["--config", str(ws / "nothere.yaml")], r"nothere\.yaml does not exist"),
+    ("recipe-is-folder", "train", lambda ws: ["--config", str(ws / "data")], r"data is a folder"),
+    ("wrong-type-yaml", "train", lambda ws: ["--config", str(ws / "wrong_type.yaml")],
+     r"^num_train_epochs in .*wrong_type\.yaml: 'three' is not a valid number"),
+    ("wrong-type-cli", "train", lambda ws: train(ws, "--learning_rate", "fast"),
+     r"^--learning_rate on the command line: invalid float value: 'fast'"),
+    ("wrong-bool-cli", "train", lambda ws: train(ws, "--balanced_sampling", "maybe"),
+     r"^--balanced_sampling on the command line: Truthy value expected"),
+    ("missing-value", "train", lambda ws: train(ws, "--image_size"),
+     r"^--image_size on the command line: expected one"),
+    ("bad-class-weights", "train", lambda ws: train(ws, "--class_weights", "1,x"), r"^class_weights must be"),
+    ("bad-model-config", "train", lambda ws: train(ws, "--model_config", "{oops"), r"^model_config is neither JSON"),
+    ("unknown-model-type", "train", lambda ws: train(ws, "--model_config", '{"backbone_config": {"model_type": "x"}}'),
+     r"^model_config is not a valid UperNet config"),
+    ("settings-clash", "train", lambda ws: train(ws, "--eval_strategy", "no"), r"load_best_model_at_end requires"),
+    ("no-eval-rows", "train", lambda ws: train(ws, "--max_eval_samples", "0"), r"^max_eval_samples must be at least 1"),
+    # run_train.py: data, split, loss, model
+    ("bad-mask", "train", lambda ws: train(ws, "--data_dir", str(ws / "bad_mask")),
+     r"demo_00000\.png has values \[7\]"),
+    ("empty-folder", "train", lambda ws: train(ws, "--data_dir", str(ws / "empty")), r"holds no PNG images"),
+    ("no-data", "train", lambda ws: train(ws, "--data_dir", str(ws / "nothere")), r"nothere does not exist"),
+    ("no-validation-image", "train", lambda ws: train(ws, "--val_fraction", "0.01"),
+     r"val_fraction=0.01 of 24 images cannot make a training and a validation split"),
+    ("no-training-image", "train", lambda ws: train(ws, "--val_fraction", "0.99"), r"val_fraction=0.99 of 24 images"),
+    ("auto-weights-without-positives", "train",
+     lambda ws: train(ws, "--data_dir", str(ws / "negative"), "--class_weights", "auto"), r"no pixels"),
+    ("offline-model-id", "train", lambda ws: train(ws, "--model_name_or_path", "nobody/no-such-model"),
+     r"^model_name_or_path 'nobody/no-such-model' cannot be loaded"),
+    ("missing-resume-path", "train", lambda ws: train(ws, "--resume_from_checkpoint", str(ws / "nothere")),
+     r"^Checkpoint .*nothere does not exist"),
+    # run_train.py: cross-validation
+    ("fold-out-of-range", "train", lambda ws: train(ws, "--num_folds", "3", "--fold", "3"),
+     r"^fold must be 'all' or an index 0\.\.2"),
+    ("cv-with-push", "train", lambda ws: train(ws, "--num_folds", "2", "--push_to_hub", "true"),
+     r"^push_to_hub with num_folds"),
+    # run_train.py: the output folder
+    ("output-is-a-file", "train", lambda ws: train(ws, "--output_dir", str(ws / "user.csv")), r"user\.csv is a file"),
+    ("output-is-the-data", "train", lambda ws: train(ws, "--output_dir", str(ws / "data")), r"is also an input"),
+    ("output-is-the-model", "train",
+     lambda ws: train(ws, "--model_name_or_path", str(ws / "run"), "--output_dir", str(ws / "run")),
+     r"is also an input"),
+    ("output-is-a-users-folder", "train", lambda ws: train(ws, "--output_dir", str(ws / "user")),
+     r"cxrseg did not write"),
+    # a finished run, then a rerun into it that fails on its data: the run stays as it was (recipe.yaml included)
+    ("rerun-fails-on-data", "train", lambda ws: train(ws, "--output_dir", str(ws / "run"), "--data_dir",
+                                                      str(ws / "bad_mask")), r"has values \[7\]"),
+    ("rerun-fails-on-weights", "train",
+     lambda ws: train(ws, "--output_dir", str(ws / "run"), "--data_dir", str(ws / "negative"), "--class_weights",
+                      "auto"), r"no pixels"),
+    # cxrseg: command lines
+    ("no-command", "cli", lambda ws: [], r"^cxrseg: the following arguments are required: COMMAND"),
+    ("bad-int", "cli", lambda ws: predict(ws, "--out", str(ws / "p"), "--batch-size", "x"),
+     r"^cxrseg predict: argument --batch-size: invalid int value: 'x'"),
+    ("zero-batch", "cli", lambda ws: predict(ws, "--out", str(ws / "p"), "--batch-size", "0"), r"must be at least 1"),
+    ("bad-choice", "cli", lambda ws: ["env", "--device", "tpu"], r"^cxrseg env: argument --device: invalid choice"),
+    # cxrseg predict
+    ("predict-out-is-a-file", "cli", lambda ws: predict(ws, "--out", str(ws / "user.csv")), r"user\.csv is a file"),
+    ("predict-out-in-input", "cli", lambda ws: predict(ws, "--out", str(ws / "data/images/train/out")),
+     r"lies inside the input"),
+    ("predict-out-users-folder", "cli", lambda ws: predict(ws, "--out", str(ws / "user")), r"cxrseg did not write"),
+    ("predict-submission-users-file", "cli",
+     lambda ws: predict(ws, "--out", str(ws / "p"), "--submission", str(ws / "user.csv")),
+     r"user\.csv exists and cxrseg did not write it"),
+    ("predict-submission-folder", "cli",
+     lambda ws: predict(ws, "--out", str(ws / "p"), "--submission", str(ws / "user")), r"user is a folder"),
+    ("predict-bad-postprocess", "cli",
+     lambda ws: predict(ws, "--out", str(ws / "p"), "--postprocess", str(ws / "bad.json")),
+     r"bad\.json: not valid JSON"),
+    ("predict-bad-device", "cli", lambda ws: predict(ws, "--out", str(ws / "p"), "--device", "toaster"),
+     r"--device 'toaster' is not a device"),
+    ("predict-missing-gpu", "cli", lambda ws: predict(ws, "--out", str(ws / "p"), "--device", "cuda:99"),
+     r"--device cuda:99: this machine has"),
+    ("predict-ensemble-other-labels", "cli",
+     lambda ws: predict(ws, "--model", str(ws / "multilabel_model"), "--out", str(ws / "p")),
+     r"^Ensemble members must predict the same classes: .*multilabel_model predicts"),
+    ("predict-missing-postprocess", "cli",
+     lambda ws: predict(ws, "--out", str(ws / "p"), "--postprocess", str(ws / "nothere.json")),
+     r"^Post-processing file .*nothere\.json does not exist"),
+    ("predict-bad-precision", "cli", lambda ws: predict(ws, "--out", str(ws / "p"), "--precision", "fp8"),
+     r"^cxrseg predict: argument --precision: invalid choice"),
+    ("predict-no-model", "cli", lambda ws: ["predict", "--model", str(ws / "nothere"), "--input", str(ws / "data"),
+                                            "--out", str(ws / "p")], r"nothere' is neither a local model folder"),
+    # cxrseg evaluate, visualize, push, make-demo-data
+    ("evaluate-bad-postprocess", "cli",
+     lambda ws: ["evaluate", "--model", str(ws / "model"), "--data", str(ws / "data"), "--num-workers", "0",
+                 "--postprocess", str(ws / "bad.json"), "--out", str(ws / "e")], r"bad\.json.*Fix it or remove it"),
+    ("evaluate-out-is-data", "cli", lambda ws: ["evaluate", "--model", str(ws / "model"), "--data", str(ws / "data"),
+                                                "--split", "train", "--out", str(ws / "data")], r"is also an input"),
+    ("evaluate-out-users-folder", "cli",
+     lambda ws: ["evaluate", "--model", str(ws / "model"), "--data", str(ws / "data"), "--split", "train", "--out",
+                 str(ws / "user")], r"cxrseg did not write"),
+    ("visualize-over-users-picture", "cli",
+     lambda ws: ["visualize", "curves", "--model", str(ws / "run"), "--out", str(ws / "user.png")],
+     r"user\.png exists and cxrseg did not write it"),
+    ("visualize-over-its-input", "cli",
+     lambda ws: ["visualize", "features", "--model", str(ws / "model"), "--image",
+                 str(ws / "data/images/train/demo_00001.png"), "--out", str(ws / "data/images/train/demo_00001.png")],
+     r"is also an input"),
+    ("visualize-into-a-folder", "cli",
+     lambda ws: ["visualize", "predictions", "--model", str(ws / "model"), "--data", str(ws / "data"), "--split",
+                 "train", "--out", str(ws / "user")], r"user is a folder"),
+    ("visualize-zero-images", "cli",
+     lambda ws: ["visualize", "predictions", "--model", str(ws / "model"), "--data", str(ws / "data"), "--n", "0"],
+     r"--n: must be at least 1"),
+    ("push-not-a-model", "cli", lambda ws: ["push", "--model", str(ws / "user"), "--repo-id", "me/x"],
+     r"not a saved model folder"),
+    ("demo-data-exists", "cli", lambda ws: ["make-demo-data", "--out", str(ws / "user")], r"user already exists"),
+    ("demo-data-none", "cli", lambda ws: ["make-demo-data", "--out", str(ws / "d"), "--num-images", "0"],
+     r"at least 1, got 0"),
+    # cxrseg prepare: never into, over or around its inputs, never over a user's folder
+    ("prepare-out-is-input", "cli", lambda ws: prepare(ws, "--out", str(ws / "raw/images"), "--overwrite"),
+     r"is also an input"),
+    ("prepare-out-holds-input", "cli", lambda ws: prepare(ws, "--out", str(ws / "raw"), "--overwrite"),
+     r"holds the input"),
+    ("prepare-out-in-input", "cli", lambda ws: prepare(ws, "--out", str(ws / "raw/images/prepared")),
+     r"lies inside the input"),
+    ("prepare-over-users-folder", "cli", lambda ws: prepare(ws, "--out", str(ws / "user"), "--overwrite"),
+     r"cxrseg did not write"),
+    ("prepare-nothing-to-write", "cli",
+     lambda ws: ["prepare", "folder", "--images", str(ws / "empty/images"), "--masks", str(ws / "raw/masks"), "--out",
+                 str(ws / "p")], r"No image could be written: 24 problems \(missing_image: 24\)"),
+    ("prepare-bad-patient-ids", "cli",
+     lambda ws: prepare(ws, "--out", str(ws / "p"), "--patient-ids", str(ws / "user.csv")),
+     r"user\.csv: needs the columns image_id and PatientID"),
+    ("app-bad-limit", "cli", lambda ws: ["app", "--model", str(ws / "model"), "--max-megapixels", "0"],
+     r"^--max-megapixels must be a positive number"),
+    ("app-missing-model", "cli", lambda ws: ["app", "--model", str(ws / "nothere")], r"nothere"),
+    ("prepare-chestxdet-bad-json", "cli",
+     lambda ws: ["prepare", "chestxdet", "--images", str(ws / "raw/images"), "--annotations", str(ws / "bad.json"),
+                 "--out", str(ws / "p")], r"bad\.json: cannot read the annotation JSON"),
+    ("prepare-missing-csv", "cli",
+     lambda ws: ["prepare", "siim", "--dicom-dir", str(ws / "empty"), "--rle-csv", str(ws / "nothere.csv"), "--out",
+                 str(ws / "p")], r"nothere\.csv: cannot read the RLE CSV"),
+    ("prepare-zero-processes", "cli", lambda ws: prepare(ws, "--out", str(ws / "p"), "--num-proc", "0"),
+     r"--num-proc: must be at least 1"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("entry, argv, message", [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+def test_user_error_is_one_line_exit_2_and_changes_nothing(ws, entry, argv, message, capsys):
+    before = snapshot(ws)
+    status = (train_main if entry == "train" else cli_main)(argv(ws))
+    err = capsys.readouterr().err
+    lines = [line for line in err.split("\n") if line and "\r" not in line]  # progress bars redraw with \r
+    assert status == 2, err
+    # one message: its line, then at most some indented detail (e.g. the first problems of a prepare run)
+    assert lines[0].startswith("error: ") and all(line.startswith("  ") for line in lines[1:]), err
+    assert "Traceback" not in err and "usage:" not in err
+    assert re.search(message, lines[0].removeprefix("error: ")), err
+    assert snapshot(ws) == before
+
+
+def run(*argv: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=600, env={**os.environ, **env})
+
+
+@pytest.mark.slow
+def test_real_entry_points_print_one_line_and_cxrseg_debug_shows_the_traceback(ws):
+    """As a user sees it: run_train.py and `python -m cxrseg` in subprocesses."""
+    result = run(sys.executable, "run_train.py", "--config", str(ws / "wrong_type.yaml"))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: num_train_epochs in {ws / 'wrong_type.yaml'}: 'three' is not a valid number (could not convert string "
+        "to float: 'three')."
+    ]
+    result = run(sys.executable, "-m", "cxrseg", "make-demo-data", "--out", str(ws / "user"), CXRSEG_DEBUG="1")
+    assert result.returncode == 2
+    assert "Traceback" in result.stderr and "OutputError" in result.stderr
+    assert result.stderr.splitlines()[-1] == f"error: {ws / 'user'} already exists; remove it or choose another --out."
