@@ -36,7 +36,7 @@ from cxrseg.model import IMAGENET_MEAN, IMAGENET_STD
 from cxrseg.plots import class_colours
 from cxrseg.postprocessing.rules import PostProcess
 from tests.conftest import save_tiny_model
-from tests.test_evaluate import IntensityModel
+from tests.evaluation.test_evaluate import IntensityModel
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (.ci/run installs it); Playwright's own browsers are not used

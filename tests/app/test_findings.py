@@ -19,7 +19,7 @@ from cxrseg.postprocessing.rules import PostProcess
 from cxrseg.synthetic import synthetic_multilabel_radiograph, synthetic_radiograph
 from cxrseg.synthetic.demo_data import EXAMPLE_PIXEL_SPACING_MM, write_example_radiographs
 from tests.conftest import save_tiny_model
-from tests.test_evaluate import intensity_segmenter
+from tests.evaluation.test_evaluate import intensity_segmenter
 
 
 def test_area_in_cm2_is_pixels_times_the_pixel_area():

@@ -11,7 +11,7 @@ from cxrseg.evaluation.evaluate import ImageResult
 from cxrseg.evaluation.examples import prediction_examples, select_examples
 from cxrseg.evaluation.metrics import dice_score
 from cxrseg.postprocessing.rules import PostProcess
-from tests.test_evaluate import intensity_segmenter, triplet_dataset
+from tests.evaluation.test_evaluate import intensity_segmenter, triplet_dataset
 
 
 def test_select_examples_takes_each_category_in_turn():

@@ -32,7 +32,7 @@ from cxrseg.synthetic import synthetic_radiograph
 from cxrseg.training.train import main as train_main
 from cxrseg.training.train import train
 from tests.conftest import TINY_MODEL_CONFIG, save_tiny_model
-from tests.test_hub import TOKEN, output_folder, xray_image  # noqa: F401 (output_folder is a fixture)
+from tests.hub.test_hub import TOKEN, output_folder, xray_image  # noqa: F401 (output_folder is a fixture)
 
 
 def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:

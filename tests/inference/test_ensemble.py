@@ -19,7 +19,7 @@ from cxrseg.inference.segmenter import load_segmenter
 from cxrseg.labels import LabelSet
 from cxrseg.postprocessing.rules import PostProcess
 from tests.conftest import save_tiny_model
-from tests.test_cross_validation import untrained_cv_folder
+from tests.training.test_cross_validation import untrained_cv_folder
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ from cxrseg.training.cross_validation import mark_fold_finished, prepare_folds
 from cxrseg.training.train import main as train_main
 from cxrseg.training.train import train_folds
 from tests.conftest import TINY_MODEL_CONFIG, save_tiny_model
-from tests.test_ddp import ROOT, free_port
+from tests.training.test_ddp import ROOT, free_port
 
 
 def recipe_args(data_dir: Path, out: Path, *extra: str) -> list[str]:

@@ -27,7 +27,7 @@ from cxrseg.training.checkpoints import STAGING_DIR
 from cxrseg.training.losses import DiceCELoss
 from cxrseg.training.trainer import SegmentationTrainer, streaming_metrics
 from tests.conftest import TINY_MODEL_CONFIG
-from tests.test_resume import FAULT_SEED, assert_checkpoints_complete, assert_same_run, hooks_site, run_killed
+from tests.training.test_resume import FAULT_SEED, assert_checkpoints_complete, assert_same_run, hooks_site, run_killed
 
 ROOT = Path(__file__).resolve().parents[2]
 BATCH = 2  # per process
@@ -60,7 +60,7 @@ import sys
 
 from cxrseg.config import parse_recipe
 from cxrseg.training.train import train
-from tests.test_ddp import RecordRows
+from tests.training.test_ddp import RecordRows
 
 train(parse_recipe(sys.argv[1:]), callbacks=[RecordRows({rows!r})])
 """
