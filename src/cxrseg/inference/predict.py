@@ -18,7 +18,7 @@ Outputs in ``OUT`` (each file written atomically: temporary file, then rename):
 inputs; an existing ``submission`` file is replaced only if it is a submission CSV.
 
 ``<id>`` is the file name without its suffix (SIIM's ImageId for its DICOMs). Masks follow the model's
-``postprocess.json`` unless ``use_postprocess`` is off (see :meth:`cxrseg.inference.segmenter.Segmenter.masks`).
+``postprocess.json`` unless ``use_postprocess`` is off (see :meth:`cxrseg.inference.predictor.Predictor.masks`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ from tqdm.auto import tqdm
 from cxrseg.errors import PredictError
 from cxrseg.files import PREDICTIONS, AtomicCsv, check_output_file, check_output_folder, mark_output
 from cxrseg.imageio.images import IMAGE_SUFFIXES, read_image, write_png
-from cxrseg.inference.segmenter import Preprocessor, Segmenter
+from cxrseg.inference.predictor import Predictor
+from cxrseg.inference.preprocessor import Preprocessor
 from cxrseg.labels import LabelSet, pack_multilabel
 from cxrseg.plots import class_colours, overlay
 from cxrseg.prepare.rle import rle_encode
@@ -142,7 +143,7 @@ def _safe_name(name: str) -> str:
 
 
 def predict(
-    segmenter: Segmenter,
+    segmenter: Predictor,
     inputs: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
@@ -232,7 +233,7 @@ def predict(
 
 
 def _write_outputs(
-    segmenter: Segmenter,
+    segmenter: Predictor,
     out: Path,
     image_id: str,
     image: np.ndarray,
