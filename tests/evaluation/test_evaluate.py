@@ -19,8 +19,10 @@ from cxrseg.cli import main
 from cxrseg.data.png_layout import index_layout
 from cxrseg.data.splits import make_split
 from cxrseg.errors import DataError
-from cxrseg.evaluation.evaluate import evaluate, search_grid, split_rows
+from cxrseg.evaluation.evaluate import evaluate
 from cxrseg.evaluation.metrics import SegmentationMetrics, dice_score
+from cxrseg.evaluation.rule_search import search_grid
+from cxrseg.evaluation.stream import split_rows
 from cxrseg.inference.preprocessor import Preprocessor
 from cxrseg.inference.segmenter import Segmenter, load_segmenter
 from cxrseg.labels import PNEUMOTHORAX, LabelSet, pack_multilabel
