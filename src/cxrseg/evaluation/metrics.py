@@ -73,13 +73,13 @@ CHUNK_PIXELS = 1 << 20
 
 def count_true(mask: torch.Tensor) -> torch.Tensor:
     """Per-row count of True in a bool [K, P] mask, int64 [K]."""
-    # Summing the uint8 view into int32 is ~2x faster on CPU than bool.sum(); P < 2**31 pixels per plane.
+    # Summing the uint8 view into int32 is faster on CPU than bool.sum(); P < 2**31 pixels per plane.
     return mask.view(torch.uint8).sum(1, dtype=torch.int32).long()
 
 
 def _quantise(probs: torch.Tensor, num_bins: int) -> torch.Tensor:
     """Bin index int32 of float32 probs in [0, 1]: ``floor(prob * num_bins)``, 1.0 clamped into the last bin."""
-    # int32 indices keep torch.bincount ~20x faster than int64 on CPU.
+    # int32 indices keep torch.bincount faster than int64 on CPU.
     return (probs * num_bins).to(torch.int32).clamp_(max=num_bins - 1)
 
 

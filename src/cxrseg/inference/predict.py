@@ -218,18 +218,23 @@ def predict(
         if csv_writer is not None:
             csv_writer.discard()
         raise
+    _write_problems(out, summary.problems, submission=csv_writer is not None)
+    return summary
+
+
+def _write_problems(out: Path, problems: list[tuple[str, str]], submission: bool) -> None:
+    """``out/problems.csv`` (path, error) of the skipped inputs; none (an earlier run's removed) without any."""
     problems_path = out / "problems.csv"
-    if summary.problems:
-        with AtomicCsv(problems_path, ("path", "error")) as problems:
-            for row in summary.problems:
-                problems.writerow(row)
+    if problems:
+        with AtomicCsv(problems_path, ("path", "error")) as problems_csv:
+            for row in problems:
+                problems_csv.writerow(row)
     elif problems_path.exists():
         problems_path.unlink()  # from an earlier run into the same folder: it would describe other inputs
-    if summary.problems and csv_writer is not None:
+    if problems and submission:
         logger.warning(
-            "The submission lacks the %d skipped image(s); Kaggle needs a row for every image.", len(summary.problems)
+            "The submission lacks the %d skipped image(s); Kaggle needs a row for every image.", len(problems)
         )
-    return summary
 
 
 def _write_outputs(
