@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from cxrseg.evaluation.evaluate import fmt
+from cxrseg.evaluation.report import fmt
 
 
 def read_metrics(path: Path) -> dict:

@@ -2,9 +2,9 @@
 the model computes; bad inputs give a message in the page and the app serves the next one; `cxrseg app` and the
 Space's app.py serve the same app from a real model folder.
 
-The browser test's model is a stand-in whose probability is the gray level (tests/evaluation/test_evaluate.py), so the page's
-numbers can be checked against values written by hand. CXRSEG_APP_SCREENSHOT=docs/app.png makes it also write the
-README's screenshot there.
+The browser test's model is a stand-in whose probability is the gray level (tests/evaluation/test_evaluate.py), so
+the page's numbers can be checked against values written by hand. CXRSEG_APP_SCREENSHOT=docs/app.png makes it also
+write the README's screenshot there.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from cxrseg.cli import main
 from cxrseg.imageio.dicom import write_dicom
 from cxrseg.imageio.images import read_image
 from cxrseg.inference.ensemble import load_models
-from cxrseg.inference.segmenter import Preprocessor, Segmenter
+from cxrseg.inference.preprocessor import Preprocessor
+from cxrseg.inference.segmenter import Segmenter
 from cxrseg.labels import PNEUMOTHORAX, TASKS, pack_multilabel
 from cxrseg.model import IMAGENET_MEAN, IMAGENET_STD
 from cxrseg.plots import class_colours

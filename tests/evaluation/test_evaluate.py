@@ -19,9 +19,12 @@ from cxrseg.cli import main
 from cxrseg.data.png_layout import index_layout
 from cxrseg.data.splits import make_split
 from cxrseg.errors import DataError
-from cxrseg.evaluation.evaluate import evaluate, search_grid, split_rows
+from cxrseg.evaluation.evaluate import evaluate
 from cxrseg.evaluation.metrics import SegmentationMetrics, dice_score
-from cxrseg.inference.segmenter import Preprocessor, Segmenter, load_segmenter
+from cxrseg.evaluation.rule_search import search_grid
+from cxrseg.evaluation.stream import split_rows
+from cxrseg.inference.preprocessor import Preprocessor
+from cxrseg.inference.segmenter import Segmenter, load_segmenter
 from cxrseg.labels import PNEUMOTHORAX, LabelSet, pack_multilabel
 from cxrseg.model import IMAGENET_MEAN, IMAGENET_STD
 from cxrseg.postprocessing.rules import ClassPostProcess, PostProcess
@@ -36,8 +39,8 @@ class PassThroughBackbone(nn.Module):
 class IntensityModel(nn.Module):
     """A stand-in network whose foreground probability is the input's gray level / 255, so a test decides the
     probability maps by writing images (logits [0, logit(p)]: the softmax gives p back). It has the two parts of
-    UperNet that inference calls (:func:`cxrseg.inference.segmenter.main_logits`): a backbone (here the input itself) and the
-    decode head."""
+    UperNet that inference calls (:func:`cxrseg.inference.segmenter.main_logits`): a backbone (here the input itself)
+    and the decode head."""
 
     def __init__(self) -> None:
         super().__init__()

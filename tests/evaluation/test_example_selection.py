@@ -7,9 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-from cxrseg.evaluation.evaluate import ImageResult
 from cxrseg.evaluation.examples import prediction_examples, select_examples
 from cxrseg.evaluation.metrics import dice_score
+from cxrseg.evaluation.stream import ImageResult
 from cxrseg.postprocessing.rules import PostProcess
 from tests.evaluation.test_evaluate import intensity_segmenter, triplet_dataset
 

@@ -273,24 +273,22 @@ def test_result_keys_and_their_order():
     ]
 
 
-def test_chunked_update_equals_whole(monkeypatch):
+def test_chunked_update_equals_whole():
     """update() walks the (image, class) planes in chunks; chunk borders must not change any count."""
     rng = np.random.default_rng(8)
     probs, target = random_batch(rng, shape=(3, 5, 16, 16))
     target[0, 1, :3] = IGNORE_INDEX
     whole = SegmentationMetrics(num_classes=5)
     whole.update(probs, target)
-    monkeypatch.setattr("cxrseg.evaluation.metrics.CHUNK_PIXELS", 2 * 16 * 16)  # 2 planes per chunk, across class borders
-    chunked = SegmentationMetrics(num_classes=5)
+    chunked = SegmentationMetrics(num_classes=5, chunk_pixels=2 * 16 * 16)  # 2 planes per chunk, across class borders
     chunked.update(probs, target)
     assert chunked.compute() == whole.compute()
 
 
-def test_failed_update_changes_nothing(monkeypatch):
-    monkeypatch.setattr("cxrseg.evaluation.metrics.CHUNK_PIXELS", 16 * 16)  # one plane per chunk
+def test_failed_update_changes_nothing():
     rng = np.random.default_rng(9)
     probs, target = random_batch(rng, shape=(3, 16, 16))
-    metrics = SegmentationMetrics()
+    metrics = SegmentationMetrics(chunk_pixels=16 * 16)  # one plane per chunk
     metrics.update(probs, target)
     before = metrics.compute()
     bad = target.copy()

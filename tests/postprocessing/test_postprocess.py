@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from cxrseg.constants import POSTPROCESS_FILENAME
-from cxrseg.evaluation.metrics import SegmentationMetrics, dice_score
-from cxrseg.evaluation.rule_search import TripletSearch, search_postprocess
+from cxrseg.evaluation.metrics import CHUNK_PIXELS, SegmentationMetrics, dice_score
+from cxrseg.evaluation.rule_search import TripletSearch
 from cxrseg.labels import IGNORE_INDEX
 from cxrseg.postprocessing.rules import ClassPostProcess, PostProcess, load_postprocess
 
@@ -118,13 +118,21 @@ def lesion_dataset(rng: np.random.Generator, size: int = 48):
     return probs, target
 
 
+def search_rule(batches, top_thresholds, min_areas, bottom_thresholds, chunk_pixels=CHUNK_PIXELS):
+    """(winning rule, table) of the one-class :class:`TripletSearch` over ``batches`` of (probs, target)."""
+    search = TripletSearch(top_thresholds, min_areas, bottom_thresholds, chunk_pixels=chunk_pixels)
+    for probs, target in batches:
+        search.update(probs, target)
+    return search.compute(), search.table()
+
+
 GRID = {"top_thresholds": [0.5, 0.7, 0.85], "min_areas": [0, 50, 200], "bottom_thresholds": [0.3, 0.5, 0.7]}
 
 
 def test_search_finds_known_triplet():
     probs, target = lesion_dataset(np.random.default_rng(1))
     batches = [(probs[:4], target[:4]), (torch.from_numpy(probs[4:]), torch.from_numpy(target[4:]))]
-    best, table = search_postprocess(batches, **GRID)
+    best, table = search_rule(batches, **GRID)
     assert best == PostProcess(0.85, 50, 0.3, image_size=48)
     assert table[0]["kaggle_dice"] == pytest.approx(1.0)
     assert len(table) == 27 and all(row["kaggle_dice"] < 1.0 for row in table[1:])
@@ -140,11 +148,11 @@ def brute_force(probs, target, top, area, bottom) -> float:
 
 
 @pytest.mark.parametrize("chunk_images", [None, 2])
-def test_streaming_search_equals_brute_force(monkeypatch, chunk_images):
+def test_streaming_search_equals_brute_force(chunk_images):
     rng = np.random.default_rng(2)
     num_images, size = 10, 24
-    if chunk_images:  # images are counted a few at a time inside a batch; chunk borders must not matter
-        monkeypatch.setattr("cxrseg.evaluation.rule_search.CHUNK_PIXELS", chunk_images * size * size)
+    # with chunk_images, images are counted a few at a time inside a batch; chunk borders must not matter
+    chunk_pixels = chunk_images * size * size if chunk_images else CHUNK_PIXELS
     target = np.zeros((num_images, size, size), np.int64)
     probs = (0.5 * rng.random((num_images, size, size))).astype(np.float32)
     for i in range(0, num_images, 2):  # half the images have a lesion of random size and confidence
@@ -156,7 +164,7 @@ def test_streaming_search_equals_brute_force(monkeypatch, chunk_images):
     target[2, :1] = IGNORE_INDEX
     grid = {"top_thresholds": [0.4, 0.6, 0.8], "min_areas": [0, 5, 20, 60], "bottom_thresholds": [0.2, 0.45, 0.7]}
     batches = [(probs[i : i + 3], target[i : i + 3]) for i in range(0, num_images, 3)] + [(probs[:0], target[:0])]
-    best, table = search_postprocess(iter(batches), **grid)
+    best, table = search_rule(iter(batches), **grid, chunk_pixels=chunk_pixels)
     assert best.image_size == size
     scores = {(r["top_threshold"], r["min_area"], r["bottom_threshold"]): r["kaggle_dice"] for r in table}
     for triplet in itertools.product(*grid.values()):
@@ -173,13 +181,13 @@ def test_search_bad_input():
     probs = np.zeros((1, 8, 8), np.float32)
     target = np.zeros((1, 8, 8), np.int64)
     with pytest.raises(ValueError, match="no images"):
-        search_postprocess([], [0.5], [0], [0.5])
+        search_rule([], [0.5], [0], [0.5])
     with pytest.raises(ValueError, match="at least one value"):
-        search_postprocess([(probs, target)], [], [0], [0.5])
-    with pytest.raises(ValueError, match="Batch 1: image size"):
-        search_postprocess([(probs, target), (np.zeros((1, 4, 4), np.float32), np.zeros((1, 4, 4)))], [0.5], [0], [0.5])
-    with pytest.raises(ValueError, match="Batch 0"):
-        search_postprocess([(probs, target[0])], [0.5], [0], [0.5])
+        search_rule([(probs, target)], [], [0], [0.5])
+    with pytest.raises(ValueError, match="image size"):
+        search_rule([(probs, target), (np.zeros((1, 4, 4), np.float32), np.zeros((1, 4, 4)))], [0.5], [0], [0.5])
+    with pytest.raises(ValueError, match="must both be"):
+        search_rule([(probs, target[0])], [0.5], [0], [0.5])
 
 
 # ---------------------------------------------------------------- per class (multi-output models)
@@ -226,15 +234,15 @@ def test_searches_over_parts_merge_into_the_search_over_all():
     probs = rng.random((9, 2, 12, 12)).astype(np.float32)
     target = (rng.random((9, 2, 12, 12)) < 0.3).astype(np.uint8)
     grid = ((0.5, 0.7), (0, 20), (0.3, 0.5))
-    whole = TripletSearch(*grid, num_classes=2)
-    whole.add(probs, target)
-    parts = [TripletSearch(*grid, num_classes=2) for _ in range(3)]
+    whole = TripletSearch(*grid, num_classes=2, class_names=["a", "b"])
+    whole.update(probs, target)
+    parts = [TripletSearch(*grid, num_classes=2, class_names=["a", "b"]) for _ in range(3)]
     for part, chunk in zip(parts, range(0, 9, 3)):
-        part.add(probs[chunk : chunk + 3], target[chunk : chunk + 3])
+        part.update(probs[chunk : chunk + 3], target[chunk : chunk + 3])
     merged = parts[0].merged(parts[1:])
     np.testing.assert_allclose(merged.kaggle_dice(), whole.kaggle_dice(), atol=1e-12)
     np.testing.assert_array_equal(merged.dataset_dice(), whole.dataset_dice())
     for k in range(2):  # each class is the one-class search of its plane
-        best, table = search_postprocess([(probs[:, k], target[:, k])], *grid)
+        best, table = search_rule([(probs[:, k], target[:, k])], *grid)
         assert whole.table(k)[0]["kaggle_dice"] == pytest.approx(table[0]["kaggle_dice"], abs=1e-12)
-        assert whole.best_rule(["a", "b"]).rules[k] == best
+        assert whole.compute().rules[k] == best

@@ -22,10 +22,12 @@ from cxrseg.constants import CV_FILENAME, FOLD_RESULT_FILENAME
 from cxrseg.data.dataset import index_training_source
 from cxrseg.data.png_layout import index_layout
 from cxrseg.errors import ModelLoadError, RecipeError
-from cxrseg.evaluation.evaluate import evaluate, evaluation_loader, search_grid, stream_predictions
+from cxrseg.evaluation.engine import EvaluationOptions
+from cxrseg.evaluation.evaluate import evaluate
 from cxrseg.evaluation.metrics import SegmentationMetrics, dice_score
 from cxrseg.evaluation.out_of_fold import evaluate_out_of_fold
-from cxrseg.evaluation.rule_search import search_postprocess
+from cxrseg.evaluation.rule_search import TripletSearch, search_grid
+from cxrseg.evaluation.stream import evaluation_loader, stream_predictions
 from cxrseg.inference.cv_folder import fold_dir, read_cross_validation
 from cxrseg.inference.segmenter import load_segmenter
 from cxrseg.labels import PNEUMOTHORAX, get_labels
@@ -106,9 +108,18 @@ def test_cv_folder_contract(cv, demo_root):
     assert run.fold_dirs == [out / f"fold_{k}" for k in range(3)] and run.folds == folds
 
 
+def search_rule(probs, target, grid):
+    """(winning rule, table) of the one-class :class:`TripletSearch` of ``grid`` over (probs, target)."""
+    search = TripletSearch(*grid)
+    search.update(probs, target)
+    return search.compute(), search.table()
+
+
 def test_out_of_fold_metrics_equal_the_metrics_of_the_pooled_fold_predictions(cv, demo_root, tmp_path):
     out, folds = cv
-    result = evaluate_out_of_fold(out, demo_root, tmp_path / "oof", batch_size=5, search=True, device="cpu")
+    result = evaluate_out_of_fold(
+        out, demo_root, tmp_path / "oof", EvaluationOptions(batch_size=5, search=True), device="cpu"
+    )
     metrics = result.metrics
 
     index = {row.image_id: row for row in index_layout(demo_root, "train", PNEUMOTHORAX)}
@@ -140,14 +151,14 @@ def test_out_of_fold_metrics_equal_the_metrics_of_the_pooled_fold_predictions(cv
 
     # Tuned on OOF: the search over all pooled OOF predictions, saved as the CV folder's postprocess.json.
     grid = search_grid(64)
-    tuned, table = search_postprocess([(probs, target)], *grid)
+    tuned, table = search_rule(probs, target, grid)
     assert result.best_postprocess == tuned == PostProcess.load(out / "postprocess.json")
     assert metrics["search"]["tuned_on_oof"]["kaggle_dice"] == pytest.approx(table[0]["kaggle_dice"], abs=1e-12)
     # Cross-validated: each fold's images under the rule tuned on the other folds' images.
     per_image = []
     for k in range(3):
         others = fold_of != k
-        rule, _ = search_postprocess([(probs[others], target[others])], *grid)
+        rule, _ = search_rule(probs[others], target[others], grid)
         masks = rule.apply(probs[~others])
         per_image += [dice_score(m, t) for m, t in zip(masks, target[~others].numpy())]
         assert metrics["search"]["cross_validated"]["folds"][k]["postprocess"] == rule.to_dict()
@@ -166,7 +177,9 @@ def test_multilabel_out_of_fold_metrics_and_per_class_rules_equal_brute_force(tm
     for k, fold in enumerate(folds):
         save_tiny_model(fold_dir(out, k), labels, seed=k, splits=fold)
         mark_fold_finished(fold_dir(out, k), k, 2, {})
-    result = evaluate_out_of_fold(out, data, tmp_path / "oof", batch_size=4, search=True, device="cpu")
+    result = evaluate_out_of_fold(
+        out, data, tmp_path / "oof", EvaluationOptions(batch_size=4, search=True), device="cpu"
+    )
     metrics, names = result.metrics, labels.foreground
 
     index = {row.image_id: row for row in index_layout(data, "train", labels)}
@@ -189,12 +202,12 @@ def test_multilabel_out_of_fold_metrics_and_per_class_rules_equal_brute_force(tm
     grid = search_grid(64, len(names))
     tuned, cross_validated = metrics["search"]["tuned_on_oof"], metrics["search"]["cross_validated"]
     for c, name in enumerate(names):
-        best, _ = search_postprocess([(probs[:, c], target[:, c])], *grid)
+        best, _ = search_rule(probs[:, c], target[:, c], grid)
         assert result.best_postprocess.rules[c] == best, name
         per_image = []
         for k in range(2):
             others = fold_of != k
-            rule, _ = search_postprocess([(probs[others, c], target[others, c])], *grid)
+            rule, _ = search_rule(probs[others, c], target[others, c], grid)
             masks = rule.apply(probs[~others, c])
             per_image += [dice_score(m, t) for m, t in zip(masks, target[~others, c].numpy())]
         assert cross_validated["classes"][name]["kaggle_dice"] == pytest.approx(np.mean(per_image), abs=1e-12), name

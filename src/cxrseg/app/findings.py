@@ -6,7 +6,7 @@ Definitions, per output class (the model's ``output_names``):
 * **score**: the peak probability, ``max`` over the pixels of the class's probability at the model's working size
   (the model's own output, before resizing); in [0, 1].
 * **present**: the class's mask is not empty. The mask follows the model's rule
-  (:meth:`cxrseg.inference.segmenter.Segmenter.masks`: its ``postprocess.json``, else ``prob >= 0.5``); with
+  (:meth:`cxrseg.inference.predictor.Predictor.masks`: its ``postprocess.json``, else ``prob >= 0.5``); with
   ``raw_threshold`` it is ``prob >= 0.5`` at the image's size, whatever the model's post-processing.
 * **area**: pixels of the mask at the image's original size; in cm² = pixels × row spacing × column spacing (mm²)
   / 100 when the pixel spacing is known (DICOM ``PixelSpacing``), else None.
@@ -15,41 +15,21 @@ Definitions, per output class (the model's ``output_names``):
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
-import torch
 
 from cxrseg.errors import DataError
 from cxrseg.imageio.images import read_image, read_image_geometry
-from cxrseg.postprocessing.rules import ClassPostProcess, PostProcess
+from cxrseg.inference.predictor import Predictor
+from cxrseg.postprocessing.rules import PostProcess
 
 MAX_MEGAPIXELS = 25.0
 """Largest image (height × width / 10⁶) :func:`read_radiograph` accepts by default: every chest radiograph
 (detectors reach about 4300 × 4300 = 18.5 MP) fits, and the probabilities at the image's size stay below about
 100 MB per class."""
-
-
-class SegmenterLike(Protocol):
-    """What :func:`segment_image` (and the web app) use of a model: :class:`cxrseg.inference.segmenter.Segmenter` and
-    :class:`cxrseg.inference.ensemble.Ensemble` have it."""
-
-    source: str
-    postprocess: PostProcess | ClassPostProcess | None
-
-    preprocessor: Callable[[np.ndarray], torch.Tensor]  # uint8 gray [H, W] → pixel_values float32 [3, S, S]
-
-    @property
-    def output_names(self) -> tuple[str, ...]: ...
-
-    def probabilities(self, pixel_values: torch.Tensor, tta: str = "none") -> torch.Tensor: ...
-
-    def resize_probabilities(self, probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor: ...
-
-    def masks(self, probs: torch.Tensor, probs_at_size: torch.Tensor | None = None) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -122,7 +102,7 @@ def summarise_findings(
 
 
 def segment_image(
-    segmenter: SegmenterLike,
+    segmenter: Predictor,
     radiograph: Radiograph,
     *,
     tta: str = "none",

@@ -24,13 +24,13 @@ from cxrseg.app.findings import (
     MAX_MEGAPIXELS,
     Finding,
     ImageSegmentation,
-    SegmenterLike,
     read_radiograph,
     segment_image,
 )
 from cxrseg.errors import CxrsegError, OptionalDependencyError
 from cxrseg.imageio.images import IMAGE_SUFFIXES, write_png
 from cxrseg.inference.predict import mask_png_pixels
+from cxrseg.inference.predictor import Predictor
 from cxrseg.plots import class_colours, overlay, probability_image
 from cxrseg.postprocessing.rules import ClassPostProcess, PostProcess
 
@@ -57,12 +57,12 @@ CACHE_LIFETIME_S = 3600
 
 
 def create_app(
-    segmenter: SegmenterLike,
+    segmenter: Predictor,
     examples: Sequence[str | os.PathLike] = (),
     tta: str = "none",
     max_megapixels: float = MAX_MEGAPIXELS,
 ) -> gr.Blocks:
-    """The page for ``segmenter`` (a :class:`cxrseg.inference.segmenter.Segmenter` or anything with its interface)."""
+    """The page for ``segmenter`` (a :class:`~cxrseg.inference.predictor.Predictor`: one model or an ensemble)."""
     names = segmenter.output_names
     colours = class_colours(len(names))
     has_rule = segmenter.postprocess is not None
@@ -175,7 +175,7 @@ def example_inputs(folder: str | os.PathLike, multilabel: bool = False) -> list[
     return [*write_example_radiographs(folder, multilabel=multilabel), *sorted(PACKAGED_EXAMPLES.glob("*.png"))]
 
 
-def _rule_text(segmenter: SegmenterLike, raw_threshold: bool) -> str:
+def _rule_text(segmenter: Predictor, raw_threshold: bool) -> str:
     rule = segmenter.postprocess
     if rule is None or raw_threshold:
         return "prob ≥ 0.5" + (" (raw threshold; postprocess.json off)" if rule is not None else "")

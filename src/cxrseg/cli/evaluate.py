@@ -44,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
 
     if len(args.model) == 1 and is_cv_folder(args.model[0]) and args.split == "val":
         # deferred for start-up time: torch and datasets load only when this runs
-        from cxrseg.evaluation.out_of_fold import evaluate_out_of_fold, out_of_fold_summary
+        from cxrseg.evaluation.engine import EvaluationOptions
+        from cxrseg.evaluation.out_of_fold import evaluate_out_of_fold
+        from cxrseg.evaluation.report import out_of_fold_summary
 
         if args.postprocess:
             raise UsageError(
@@ -52,13 +54,13 @@ def run(args: argparse.Namespace) -> int:
                 "its rule with --search-postprocess; a given rule applies to other splits (--split test)."
             )
         running = {"device": args.device, "precision": args.precision, "compile": args.compile}
-        result = evaluate_out_of_fold(
-            args.model[0], args.data, args.out, search=args.search_postprocess, **running, **run_options(args)
-        )
+        options = EvaluationOptions(search=args.search_postprocess, **run_options(args))
+        result = evaluate_out_of_fold(args.model[0], args.data, args.out, options, **running)
         print(out_of_fold_summary(result))
     else:
         # deferred for start-up time: torch and datasets load only when this runs
-        from cxrseg.evaluation.evaluate import evaluate, summary_table
+        from cxrseg.evaluation.evaluate import evaluate
+        from cxrseg.evaluation.report import summary_table
 
         result = evaluate(
             load_model(args), args.data, args.split, args.out, search=args.search_postprocess, **run_options(args)

@@ -6,8 +6,9 @@ import argparse
 from typing import Any
 
 from cxrseg.cli import int_at_least
-from cxrseg.inference.ensemble import Ensemble, load_models
-from cxrseg.inference.segmenter import PRECISIONS, TTA_MODES, Segmenter, pick_device
+from cxrseg.inference.ensemble import load_models
+from cxrseg.inference.predictor import Predictor
+from cxrseg.inference.segmenter import PRECISIONS, TTA_MODES, pick_device
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, postprocess: bool = True, batching: bool = True) -> None:
@@ -56,9 +57,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, postprocess: bool = Tru
         )
 
 
-def load_model(args: argparse.Namespace) -> Segmenter | Ensemble:
-    """The model that :func:`add_model_arguments`' options name (:func:`cxrseg.inference.ensemble.load_models`), with its
-    post-processing (``--postprocess``, else its own) unless turned off."""
+def load_model(args: argparse.Namespace) -> Predictor:
+    """The model that :func:`add_model_arguments`' options name (:func:`cxrseg.inference.ensemble.load_models`),
+    with its post-processing (``--postprocess``, else its own) unless turned off."""
     return load_models(
         args.model,
         device=args.device,

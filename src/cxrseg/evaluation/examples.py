@@ -1,8 +1,8 @@
 """Choosing the images of ``cxrseg visualize predictions``: true positives, misses, false positives and true negatives
 taken in turn, then predicted again for their pictures.
 
-One streaming pass over the split (:func:`cxrseg.evaluation.evaluate.stream_predictions`) keeps only per-image pixel counts,
-so choosing costs no more memory than evaluating; only the chosen images' probabilities are held.
+One streaming pass over the split (:func:`cxrseg.evaluation.stream.stream_predictions`) keeps only per-image pixel
+counts, so choosing costs no more memory than evaluating; only the chosen images' probabilities are held.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from cxrseg.data.png_layout import IndexedImage
-from cxrseg.evaluation.evaluate import (
+from cxrseg.evaluation.stream import (
     ImageResult,
     evaluation_loader,
     image_results,
@@ -24,7 +24,7 @@ from cxrseg.evaluation.evaluate import (
     target_planes,
 )
 from cxrseg.imageio.images import read_image
-from cxrseg.inference.segmenter import Segmenter
+from cxrseg.inference.predictor import Predictor
 from cxrseg.labels import binarize_mask, unpack_multilabel
 from cxrseg.plots import PredictionExample
 
@@ -60,7 +60,7 @@ def select_examples(results: Sequence[ImageResult], n: int) -> list[tuple[ImageR
 
 
 def prediction_examples(
-    segmenter: Segmenter,
+    segmenter: Predictor,
     data_root: str | os.PathLike,
     split: str = "val",
     n: int = 16,
@@ -97,7 +97,7 @@ def prediction_examples(
     return examples
 
 
-def _read_pair(segmenter: Segmenter, row: IndexedImage) -> tuple[np.ndarray, np.ndarray]:
+def _read_pair(segmenter: Predictor, row: IndexedImage) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 gray image, mask as class indices [H, W] or planes [H, W, C]) of a layout row, as training reads it."""
     image = read_image(row.image_path)
     with Image.open(row.mask_path) as mask_image:

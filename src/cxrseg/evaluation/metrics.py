@@ -67,18 +67,19 @@ def dice_score(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 CHUNK_PIXELS = 1 << 20
-"""Pixels per step of :meth:`SegmentationMetrics.update` (4 MB of float32)."""
+"""Default pixels per step of :meth:`SegmentationMetrics.update` and
+:meth:`~cxrseg.evaluation.rule_search.TripletSearch.update` (4 MB of float32)."""
 
 
 def count_true(mask: torch.Tensor) -> torch.Tensor:
     """Per-row count of True in a bool [K, P] mask, int64 [K]."""
-    # Summing the uint8 view into int32 is ~2x faster on CPU than bool.sum(); P < 2**31 pixels per plane.
+    # Summing the uint8 view into int32 is faster on CPU than bool.sum(); P < 2**31 pixels per plane.
     return mask.view(torch.uint8).sum(1, dtype=torch.int32).long()
 
 
 def _quantise(probs: torch.Tensor, num_bins: int) -> torch.Tensor:
     """Bin index int32 of float32 probs in [0, 1]: ``floor(prob * num_bins)``, 1.0 clamped into the last bin."""
-    # int32 indices keep torch.bincount ~20x faster than int64 on CPU.
+    # int32 indices keep torch.bincount faster than int64 on CPU.
     return (probs * num_bins).to(torch.int32).clamp_(max=num_bins - 1)
 
 
@@ -184,17 +185,23 @@ def name_metrics(scores: ClassScores, num_images: int, class_names: Sequence[str
 
 
 def _histogram_and_counts(
-    probs: torch.Tensor, target: torch.Tensor, num_classes: int, num_bins: int, threshold: float
+    probs: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    num_bins: int,
+    threshold: float,
+    chunk_pixels: int = CHUNK_PIXELS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Histogram int64 [C, 2, N] and per-plane (intersection, predicted area, truth area) int64 [P, 3] at
     ``threshold`` of planes ``probs`` float [P, pixels] against 0/1/IGNORE_INDEX ``target`` [P, pixels], where plane
-    p is of class ``p % num_classes``. Raises before returning anything on a bad value."""
+    p is of class ``p % num_classes``, taken about ``chunk_pixels`` pixels (whole planes) at a time. Raises before
+    returning anything on a bad value."""
     c, n = num_classes, num_bins
     # A few planes at a time: temporaries stay ~4 MB, which the allocator reuses, instead of fresh batch-sized
     # buffers (page faults dominated the CPU time).
     hist = torch.zeros(2 * c * n + 1, dtype=torch.int64, device=probs.device)
     counts = []
-    step = max(1, CHUNK_PIXELS // max(probs.shape[1], 1))
+    step = max(1, chunk_pixels // max(probs.shape[1], 1))
     for start in range(0, probs.shape[0], step):
         chunk = check_probs(probs[start : start + step])
         positive, valid = split_target(target[start : start + step])
@@ -217,6 +224,9 @@ class SegmentationMetrics:
     num_bins: probabilities are quantised into ``num_bins`` equal-width bins ``[k/N, (k+1)/N)`` (1.0 falls in the
         last bin) for AP, best F1 and the PR curve; 10,000 bins keep AP within ~1e-3 of sklearn's exact value.
     class_names: one name per class for the multi-label keys (default ``class_<i>``).
+    chunk_pixels: pixels (whole planes) counted per step of :meth:`update`; any value gives the same counts.
+
+    An :class:`~cxrseg.evaluation.accumulator.Accumulator`: :meth:`update` per batch, :meth:`compute`, :meth:`reset`.
 
     Metric definitions (all pixels of all images pooled unless said otherwise; ignored pixels excluded):
 
@@ -242,6 +252,7 @@ class SegmentationMetrics:
         num_classes: int = 1,
         num_bins: int = 10_000,
         class_names: Sequence[str] | None = None,
+        chunk_pixels: int = CHUNK_PIXELS,
     ) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}.")
@@ -257,6 +268,7 @@ class SegmentationMetrics:
         self.class_names = (
             tuple(class_names) if class_names is not None else tuple(f"class_{i}" for i in range(num_classes))
         )
+        self.chunk_pixels = chunk_pixels
         self.bin_edges = _lower_bin_edges(num_bins)
         self.reset()
 
@@ -273,7 +285,7 @@ class SegmentationMetrics:
 
     def empty(self) -> SegmentationMetrics:
         """A new object with this one's settings and no images."""
-        return SegmentationMetrics(self.threshold, self.num_classes, self.num_bins, self.class_names)
+        return SegmentationMetrics(self.threshold, self.num_classes, self.num_bins, self.class_names, self.chunk_pixels)
 
     def merged(self, others: Iterable[SegmentationMetrics]) -> SegmentationMetrics:
         """Metrics over this one's images and those of ``others`` (same threshold, classes and bins): the sums of
@@ -312,6 +324,7 @@ class SegmentationMetrics:
             c,
             self.num_bins,
             self.threshold,
+            self.chunk_pixels,
         )
         intersection, pred_area, truth_area = counts.view(batch, c, 3).cpu().unbind(2)  # [B, C]
 

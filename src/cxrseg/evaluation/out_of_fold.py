@@ -1,18 +1,18 @@
-"""Out-of-fold (OOF) evaluation of a CV folder, and post-processing tuned honestly on it.
+"""Out-of-fold (OOF) evaluation of a CV folder, and the mask rule tuned honestly on it: the out-of-fold driver of the
+evaluation engine (:mod:`cxrseg.evaluation.engine`), one source per fold, merged.
 
 Every image of the folds (``OUTPUT_DIR/splits.json``) is scored once, by the one fold model that never trained on
-it: one streaming pass per fold (:func:`cxrseg.evaluation.evaluate.stream_predictions`) feeds
+it: one streaming pass per fold feeds
 
-* one :class:`~cxrseg.evaluation.evaluate.EvaluationAccumulator` over all folds (``per_image.csv`` with a ``fold`` column), whose
-  :class:`~cxrseg.evaluation.metrics.SegmentationMetrics` is renewed for each fold: each fold's own figures and their spread;
-  merged (:meth:`~cxrseg.evaluation.metrics.SegmentationMetrics.merged`), the OOF metrics (the same definitions as ``cxrseg
-  evaluate``, computed over the images of all folds pooled);
-* with ``search``, one :class:`~cxrseg.postprocessing.rules.TripletSearch` per fold (one triplet per class for multi-output
-  models). **Tuned on OOF**: the rule that is best over all folds' images, saved as ``OUTPUT_DIR/postprocess.json``
-  (the ensemble's rule); its score is optimistic, since it is tuned on the images it is scored on.
-  **Cross-validated**: for each fold k, the rule best on the other folds' images, scored on fold k's; pooled over
-  the folds (per-image Dice summed over every image, dataset Dice from pooled pixel counts), an estimate of what the
-  tuned rule gives on new images.
+* per fold, :class:`~cxrseg.evaluation.metrics.SegmentationMetrics`: each fold's own figures and their spread;
+  merged (:meth:`~cxrseg.evaluation.metrics.SegmentationMetrics.merged`), the OOF metrics (the same definitions as
+  ``cxrseg evaluate``, computed over the images of all folds pooled), and ``per_image.csv`` with a ``fold`` column;
+* with ``search``, one :class:`~cxrseg.evaluation.rule_search.TripletSearch` per fold (one triplet per class for
+  multi-output models). **Tuned on OOF**: the rule that is best over all folds' images, saved as
+  ``OUTPUT_DIR/postprocess.json`` (the ensemble's rule); its score is optimistic, since it is tuned on the images it
+  is scored on. **Cross-validated**: for each fold k, the rule best on the other folds' images, scored on fold k's;
+  pooled over the folds (per-image Dice summed over every image, dataset Dice from pooled pixel counts), an
+  estimate of what the tuned rule gives on new images.
 
 Outputs (default ``OUTPUT_DIR/evaluation/val/``): ``metrics.json``, ``per_image.csv``, ``pr_curve.png``, and with
 ``search`` ``postprocess_search.csv`` (the grid over all OOF images).
@@ -20,37 +20,30 @@ Outputs (default ``OUTPUT_DIR/evaluation/val/``): ``metrics.json``, ``per_image.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from cxrseg.data.png_layout import DataError, IndexedImage, index_layout, read_layout_labels
-from cxrseg.evaluation.evaluate import (
-    PER_IMAGE_COLUMNS,
+from cxrseg.evaluation.engine import (
     THRESHOLD,
-    EvaluationAccumulator,
-    EvaluationResult,
-    evaluation_loader,
-    fmt,
-    headline_lines,
-    json_safe,
-    new_search,
-    save_search,
-    search_results,
-    search_table,
-    stream_predictions,
+    EvaluationOptions,
+    Source,
+    run_sources,
+    save_tuned_rule,
+    write_outputs,
 )
 from cxrseg.evaluation.metrics import SUMMARY_KEYS, dice_from_counts
+from cxrseg.evaluation.report import EvaluationResult
 from cxrseg.evaluation.rule_search import TripletSearch
-from cxrseg.files import EVALUATION, AtomicCsv, atomic_write_text, check_output_folder, mark_output
+from cxrseg.files import EVALUATION, check_output_folder, mark_output
 from cxrseg.inference.cv_folder import CrossValidationRun, read_cross_validation
-from cxrseg.inference.segmenter import Segmenter, load_segmenter
+from cxrseg.inference.predictor import Predictor
+from cxrseg.inference.segmenter import load_segmenter
 from cxrseg.labels import LabelSet
-from cxrseg.plots import plot_pr_curve
 
 logger = logging.getLogger(__name__)
 
@@ -59,58 +52,38 @@ def evaluate_out_of_fold(
     cv_folder: str | os.PathLike,
     data_root: str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
+    options: EvaluationOptions | None = None,
     *,
-    tta: str = "none",
-    batch_size: int = 8,
-    num_workers: int = 0,
-    search: bool = False,
     device: str = "auto",
     precision: str = "fp32",
     compile: bool = False,
 ) -> EvaluationResult:
     """Evaluate the CV folder ``cv_folder`` out of fold on ``data_root`` (the layout it was trained on) and write
-    the outputs (module docstring) to ``out_dir`` (default ``cv_folder/evaluation/val``). device, precision,
-    compile: how each fold model runs (:func:`cxrseg.inference.segmenter.load_segmenter`).
+    the outputs (module docstring) to ``out_dir`` (default ``cv_folder/evaluation/val``). options: how the folds
+    are run and whether to search (default :class:`~cxrseg.evaluation.engine.EvaluationOptions`). device,
+    precision, compile: how each fold model runs (:func:`cxrseg.inference.segmenter.load_segmenter`).
 
-    metrics.json: the settings; the OOF metrics at ``prob >= 0.5`` (keys as :func:`cxrseg.evaluation.evaluate.evaluate`'s);
-    ``folds``: each fold's metrics (with ``fold`` and ``model``); ``fold_spread``: for dice, iou, kaggle_dice and
-    ap, the mean, sample standard deviation (ddof 1), min and max over folds; with ``search``, ``search`` holds
-    ``tuned_on_oof`` (:func:`~cxrseg.evaluation.evaluate.search_results` plus ``saved_to``) and ``cross_validated``
-    (``kaggle_dice``, ``dice``, per class under ``classes`` for several outputs, and per fold the rule tuned
-    without it and its scores on it).
+    metrics.json: the settings; the OOF metrics at ``prob >= 0.5`` (keys as
+    :func:`cxrseg.evaluation.evaluate.evaluate`'s); ``folds``: each fold's metrics (with ``fold`` and ``model``);
+    ``fold_spread``: for dice, iou, kaggle_dice and ap, the mean, sample standard deviation (ddof 1), min and max
+    over folds; with ``search``, ``search`` holds ``tuned_on_oof`` (:func:`~cxrseg.evaluation.report.search_results`
+    plus ``saved_to``) and ``cross_validated`` (``kaggle_dice``, ``dice``, per class under ``classes`` for several
+    outputs, and per fold the rule tuned without it and its scores on it).
     """
+    options = options or EvaluationOptions()
     run = read_cross_validation(cv_folder)
     root = Path(data_root)
     out = Path(out_dir) if out_dir is not None else run.root / "evaluation" / "val"
     check_output_folder(out, EVALUATION, inputs=[data_root])
     mark_output(out, EVALUATION)
-    fold_metrics, fold_scores, fold_searches = [], [], []
-    with AtomicCsv(out / "per_image.csv", (*PER_IMAGE_COLUMNS, "fold")) as per_image:
-        for fold, folder in enumerate(run.fold_dirs):
-            segmenter = load_segmenter(
-                folder, device=device, use_postprocess=False, precision=precision, compile=compile
-            )
-            if fold == 0:
-                names, size = segmenter.output_names, segmenter.image_size
-                index = _layout_index(root, segmenter.labels)
-                accumulator = EvaluationAccumulator(names, per_image)
-            rows = _fold_rows(run, fold, segmenter, (names, size), index, root)
-            logger.info("Fold %d: %d images by %s.", fold, len(rows), folder)
-            accumulator.metrics = accumulator.metrics.empty()  # this fold's own; merged below
-            searched = new_search(segmenter) if search else None
-            accumulator.extra_columns = (fold,)
-            loader = evaluation_loader(segmenter, rows, batch_size, num_workers)
-            for batch in stream_predictions(segmenter, loader, tta):
-                scored = accumulator.add(batch)
-                if searched is not None:
-                    searched.add(*scored)
-            fold_scores.append(accumulator.metrics)
-            fold_metrics.append({"fold": fold, "model": str(folder), **accumulator.metrics.compute()})
-            fold_searches.append(searched)
-            del segmenter, loader  # one fold model in memory at a time
-    accumulator.metrics = fold_scores[0].merged(fold_scores[1:])  # the out-of-fold metrics over every fold
-
+    loading = {"device": device, "use_postprocess": False, "precision": precision, "compile": compile}
+    scores = run_sources(_fold_sources(run, root, loading), out / "per_image.csv", options, extra_columns=("fold",))
+    fold_metrics = [
+        {"fold": fold, "model": str(folder), **part.metrics.compute()}
+        for fold, (folder, part) in enumerate(zip(run.fold_dirs, scores.parts))
+    ]
     num_images = sum(len(fold["val"]) for fold in run.folds)
+    size = scores.image_size
     results = {
         "model": str(run.root),
         "data": str(root),
@@ -118,36 +91,40 @@ def evaluate_out_of_fold(
         "images": f"out of fold: each of the {num_images} images of {run.root}/splits.json by the one of its "
         f"{run.num_folds} fold models that never trained on it",
         "image_size": size,
-        "tta": tta,
+        "tta": options.tta,
         "threshold": THRESHOLD,
-        **accumulator.results(None),
+        **scores.results(None),
         "folds": fold_metrics,
         "fold_spread": _spread(fold_metrics),
     }
     evaluation = EvaluationResult(results, out)
-    if search:
-        merged = fold_searches[0].merged(fold_searches[1:])
-        evaluation.best_postprocess = merged.best_rule(names)
-        evaluation.search_table = search_table(merged, names)
-        evaluation.postprocess_path = save_search(run.root, out, evaluation.best_postprocess, evaluation.search_table)
+    if options.search:
         results["search"] = {
-            "tuned_on_oof": {**search_results(merged, names), "saved_to": str(evaluation.postprocess_path)},
-            "cross_validated": cross_validated_search(fold_searches, names),
+            "tuned_on_oof": save_tuned_rule(evaluation, scores.search(), run.root),
+            "cross_validated": cross_validated_search([part.search for part in scores.parts]),
         }
-    plot_pr_curve(
-        accumulator.pr_curves(),
-        out / "pr_curve.png",
-        title=f"{run.root.name}: out of fold, {num_images} images at {size}x{size}",
-    )
-    atomic_write_text(out / "metrics.json", json.dumps(json_safe(results), indent=2) + "\n")
-    logger.info("Wrote %s, %s and %s.", out / "metrics.json", out / "per_image.csv", out / "pr_curve.png")
+    write_outputs(evaluation, scores, title=f"{run.root.name}: out of fold, {num_images} images at {size}x{size}")
     return evaluation
+
+
+def _fold_sources(run: CrossValidationRun, root: Path, loading: dict) -> Iterator[Source]:
+    """Each fold's model (loaded with ``loading``, when its turn comes) and validation images, checked against
+    fold 0's outputs and working size."""
+    for fold, folder in enumerate(run.fold_dirs):
+        segmenter = load_segmenter(folder, **loading)
+        if fold == 0:
+            first = (segmenter.output_names, segmenter.image_size)
+            index = _layout_index(root, segmenter.labels)
+        rows = _fold_rows(run, fold, segmenter, first, index, root)
+        logger.info("Fold %d: %d images by %s.", fold, len(rows), folder)
+        yield Source(segmenter, rows, (fold,))
+        del segmenter  # one fold model in memory at a time
 
 
 def _fold_rows(
     run: CrossValidationRun,
     fold: int,
-    segmenter: Segmenter,
+    segmenter: Predictor,
     first: tuple[tuple[str, ...], int],
     index: dict[str, IndexedImage],
     root: Path,
@@ -200,10 +177,11 @@ def _spread(fold_metrics: list[dict]) -> dict:
     return spread
 
 
-def cross_validated_search(fold_searches: list[TripletSearch], names: Sequence[str]) -> dict:
-    """The cross-validated estimate of tuned post-processing (module docstring): per fold, the rule best on the
+def cross_validated_search(fold_searches: list[TripletSearch]) -> dict:
+    """The cross-validated estimate of the tuned mask rule (module docstring): per fold, the rule best on the
     other folds' images and its Kaggle mean Dice and dataset Dice on this fold's; pooled over folds, per class and
     as means over classes."""
+    names = fold_searches[0].class_names
     num_classes = len(names)
     dice_sum = np.zeros(num_classes)
     pixels = np.zeros((3, num_classes), dtype=np.int64)  # intersection, predicted, truth
@@ -218,7 +196,7 @@ def cross_validated_search(fold_searches: list[TripletSearch], names: Sequence[s
         folds.append(
             {
                 "fold": k,
-                "postprocess": held_out.rule_at(best, names).to_dict(),
+                "postprocess": held_out.rule_at(best).to_dict(),
                 "kaggle_dice": float(np.mean([kaggle[c][best[c]] for c in range(num_classes)])),
                 "dice": float(np.mean([dice[c][best[c]] for c in range(num_classes)])),
             }
@@ -233,38 +211,3 @@ def cross_validated_search(fold_searches: list[TripletSearch], names: Sequence[s
             for c, name in enumerate(names)
         }
     return result
-
-
-def out_of_fold_summary(evaluation: EvaluationResult) -> str:
-    """The OOF headline metrics, the per-fold figures, and with a search the before / tuned-on-OOF /
-    cross-validated Kaggle mean Dice (per class for several outputs)."""
-    m = evaluation.metrics
-    lines = ["Out of fold " + headline_lines(m)[0], *headline_lines(m)[1:], "Per fold:"]
-    lines.append(f"  {'fold':<6}{'images':>8}{'Dice':>10}{'Kaggle':>10}{'AP':>10}")
-    for fold in m["folds"]:
-        lines.append(
-            f"  {fold['fold']:<6}{int(fold['num_images']):>8}{fmt(fold['dice']):>10}{fmt(fold['kaggle_dice']):>10}"
-            f"{fmt(fold['ap']):>10}"
-        )
-    spread = m["fold_spread"]
-    lines.append(
-        "  mean ± std " + ", ".join(f"{key} {fmt(spread[key]['mean'])} ± {fmt(spread[key]['std'])}" for key in spread)
-    )
-    if "search" in m:
-        tuned, crossed = m["search"]["tuned_on_oof"], m["search"]["cross_validated"]
-        lines += [
-            "Post-processing (Kaggle mean Dice / dataset Dice, out of fold):",
-            f"  {'threshold 0.5':<52}{fmt(m['kaggle_dice'])} / {fmt(m['dice'])}",
-            f"  {'tuned on all OOF images (optimistic)':<52}{fmt(tuned['kaggle_dice'])} / {fmt(tuned['dice'])}",
-            f"  {'cross-validated (tuned on the other folds)':<52}{fmt(crossed['kaggle_dice'])} / "
-            f"{fmt(crossed['dice'])}",
-        ]
-        if "classes" in tuned:
-            lines.append(f"  {'class':<22}{'Dice 0.5':>10}{'tuned':>10}{'CV':>10}")
-            for name, values in tuned["classes"].items():
-                lines.append(
-                    f"  {name[:21]:<22}{fmt(m[f'dice/{name}']):>10}{fmt(values['dice']):>10}"
-                    f"{fmt(crossed['classes'][name]['dice']):>10}"
-                )
-        lines.append(f"  saved (tuned on all OOF images) to {evaluation.postprocess_path}")
-    return "\n".join(lines)

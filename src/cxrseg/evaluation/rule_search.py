@@ -1,37 +1,61 @@
 """The search for the mask rule: every (threshold, min_area, bottom) triplet scored on streamed predictions.
 
 :class:`TripletSearch` accumulates, per class and per triplet, what Kaggle's empty-aware mean Dice and the dataset
-Dice need; :meth:`TripletSearch.best_rule` gives the rule (:mod:`cxrseg.postprocessing.rules`) that maximises
+Dice need; :meth:`TripletSearch.compute` gives the mask rule (:mod:`cxrseg.postprocessing.rules`) that maximises
 Kaggle's mean Dice.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from cxrseg.evaluation.metrics import CHUNK_PIXELS, count_true, dice_from_counts
-from cxrseg.postprocessing.rules import ClassPostProcess, PostProcess, check_area, check_threshold
+from cxrseg.postprocessing.rules import ClassPostProcess, MaskRule, PostProcess, check_area, check_threshold
 from cxrseg.postprocessing.tensors import ArrayLike, as_tensor, check_probs, split_target
 
-logger = logging.getLogger(__name__)
+SEARCH_TOP_THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)
+SEARCH_MIN_AREAS_AT_1024 = (0, 250, 500, 1000, 1500, 2000, 3000, 4000, 6000)
+"""min_area grid in pixels at 1024², scaled to the working size by :func:`search_grid` (SIIM 1st place: 2000)."""
+SEARCH_BOTTOM_THRESHOLDS = (0.2, 0.3, 0.4, 0.5)
+PER_CLASS_TOP_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+PER_CLASS_BOTTOM_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
+"""The thresholds of a multi-output model's per-class search reach lower: a rare class (ChestX-Det's Nodule) can be
+ranked well while its probabilities stay below 0.5."""
+
+
+def search_grid(image_size: int, num_outputs: int = 1) -> tuple[tuple[float, ...], tuple[int, ...], tuple[float, ...]]:
+    """The triplet grid (top thresholds, min areas in pixels at ``image_size``², bottom thresholds) of a model with
+    ``num_outputs`` foreground outputs (several: :data:`PER_CLASS_TOP_THRESHOLDS` and
+    :data:`PER_CLASS_BOTTOM_THRESHOLDS`).
+
+    The areas are :data:`SEARCH_MIN_AREAS_AT_1024` times ``(image_size / 1024)²``, rounded, duplicates dropped. The
+    grid contains (0.5, 0, 0.5), plain binarisation, so the search never scores below it.
+    """
+    ratio = (image_size / 1024) ** 2
+    areas = tuple(sorted({round(a * ratio) for a in SEARCH_MIN_AREAS_AT_1024}))
+    if num_outputs > 1:
+        return PER_CLASS_TOP_THRESHOLDS, areas, PER_CLASS_BOTTOM_THRESHOLDS
+    return SEARCH_TOP_THRESHOLDS, areas, SEARCH_BOTTOM_THRESHOLDS
 
 
 def _triplet_counts(
-    probs: torch.Tensor, target: torch.Tensor, tops: Sequence[float], bottoms: Sequence[float]
+    probs: torch.Tensor,
+    target: torch.Tensor,
+    tops: Sequence[float],
+    bottoms: Sequence[float],
+    chunk_pixels: int = CHUNK_PIXELS,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per-image pixel counts for the grid: top_area [T, B] (``prob >= top``, all pixels), intersection and
     pred_area [Bt, B] (``prob >= bottom`` on non-ignored pixels), truth_area [B]; all int64 numpy.
 
-    probs: float [B, H, W]; target: [B, H, W] 0/1/IGNORE_INDEX. Images are taken a few at a time so temporaries
-    stay small (as in ``SegmentationMetrics.update``).
+    probs: float [B, H, W]; target: [B, H, W] 0/1/IGNORE_INDEX. Images are taken about ``chunk_pixels`` pixels
+    (whole images) at a time so temporaries stay small (as in ``SegmentationMetrics.update``).
     """
     probs, target = probs.reshape(probs.shape[0], -1), target.to(probs.device).reshape(probs.shape[0], -1)
-    step = max(1, CHUNK_PIXELS // max(probs.shape[1], 1))
+    step = max(1, chunk_pixels // max(probs.shape[1], 1))
     counts = []
     for start in range(0, probs.shape[0], step):
         chunk = check_probs(probs[start : start + step])
@@ -50,13 +74,17 @@ class TripletSearch:
     """The triplet grid scored on streamed batches, per output class, in constant memory.
 
     top_thresholds, min_areas, bottom_thresholds: the grid (probabilities; pixels at the images' size). num_classes:
-    K output planes, each searched on its own. For every class and grid point (T tops x A areas x Bt bottoms) it
-    keeps the sum over images of the per-image Dice (:func:`~cxrseg.evaluation.metrics.dice_from_counts`, empty/empty = 1) and
-    the pixel sums behind the dataset Dice, exactly as ``PostProcess(...).apply`` then
-    :class:`~cxrseg.evaluation.metrics.SegmentationMetrics` would score them (the min_area gate counts all pixels, ignored
-    ones included, as ``apply`` cannot see the target). Per batch, the counts cost one pass per top threshold and
-    one per bottom threshold; the grid is then pure broadcasting. Searches over disjoint image sets add up
-    (:meth:`merged`): cross-validation tunes on some folds' tables and scores on another's.
+    K output planes, each searched on its own. class_names: the K output names of a :class:`ClassPostProcess`
+    (default ``class_<i>``). chunk_pixels: pixels (whole images) counted per step; any value gives the same counts.
+
+    For every class and grid point (T tops x A areas x Bt bottoms) it keeps the sum over images of the per-image Dice
+    (:func:`~cxrseg.evaluation.metrics.dice_from_counts`, empty/empty = 1) and the pixel sums behind the dataset
+    Dice, exactly as ``PostProcess(...).apply`` then :class:`~cxrseg.evaluation.metrics.SegmentationMetrics` would
+    score them (the min_area gate counts all pixels, ignored ones included, as ``apply`` cannot see the target). Per
+    batch, the counts cost one pass per top threshold and one per bottom threshold; the grid is then pure
+    broadcasting. Searches over disjoint image sets add up (:meth:`merged`): cross-validation tunes on some folds'
+    tables and scores on another's. An :class:`~cxrseg.evaluation.accumulator.Accumulator`: :meth:`update` per
+    batch, :meth:`compute` (the winning rule), :meth:`reset`.
     """
 
     def __init__(
@@ -65,6 +93,8 @@ class TripletSearch:
         min_areas: Sequence[int],
         bottom_thresholds: Sequence[float],
         num_classes: int = 1,
+        class_names: Sequence[str] | None = None,
+        chunk_pixels: int = CHUNK_PIXELS,
     ) -> None:
         self.tops = [check_threshold(t, "top_thresholds") for t in top_thresholds]
         self.areas = [check_area(a, "min_areas") for a in min_areas]
@@ -73,16 +103,26 @@ class TripletSearch:
             raise ValueError(
                 "The search needs at least one value in each of top_thresholds, min_areas and bottom_thresholds."
             )
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names for num_classes={num_classes}.")
         self.num_classes = num_classes
-        shape = (num_classes, len(self.tops), len(self.areas), len(self.bottoms))
+        self.class_names = (
+            tuple(class_names) if class_names is not None else tuple(f"class_{i}" for i in range(num_classes))
+        )
+        self.chunk_pixels = chunk_pixels
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every image seen so far."""
+        shape = (self.num_classes, len(self.tops), len(self.areas), len(self.bottoms))
         self.dice_sums = np.zeros(shape, dtype=np.float64)  # Σ per-image Dice
         self.intersection = np.zeros(shape, dtype=np.int64)  # Σ |prediction ∩ truth| pixels
         self.predicted = np.zeros(shape, dtype=np.int64)  # Σ predicted pixels
-        self.truth = np.zeros(num_classes, dtype=np.int64)  # Σ truth pixels
+        self.truth = np.zeros(self.num_classes, dtype=np.int64)  # Σ truth pixels
         self.num_images = 0
         self.size: tuple[int, int] | None = None
 
-    def add(self, probs: ArrayLike, target: ArrayLike) -> None:
+    def update(self, probs: ArrayLike, target: ArrayLike) -> None:
         """Add a batch: probs float [B, H, W] (one class) or [B, K, H, W] in [0, 1]; target the same shape, 0/1 with
         IGNORE_INDEX (255) excluded; numpy or torch. Every batch must have the same H, W (min_area is in pixels)."""
         probs, target = as_tensor(probs, "probs"), as_tensor(target, "target")
@@ -105,7 +145,7 @@ class TripletSearch:
         area_grid = np.array(self.areas, dtype=np.int64)[None, :, None, None]  # [1, A, 1, 1]
         for k in range(self.num_classes):
             top_area, intersection, pred_area, truth_area = _triplet_counts(
-                probs[:, k], target[:, k], self.tops, self.bottoms
+                probs[:, k], target[:, k], self.tops, self.bottoms, self.chunk_pixels
             )
             kept = top_area[:, None, None, :] >= area_grid  # [T, A, 1, B]
             dice_kept = dice_from_counts(intersection, pred_area, truth_area)  # [Bt, B]
@@ -118,7 +158,9 @@ class TripletSearch:
 
     def merged(self, others: Iterable[TripletSearch]) -> TripletSearch:
         """A search holding this one's images and those of ``others`` (same grid and size)."""
-        total = TripletSearch(self.tops, self.areas, self.bottoms, self.num_classes)
+        total = TripletSearch(
+            self.tops, self.areas, self.bottoms, self.num_classes, self.class_names, self.chunk_pixels
+        )
         for part in (self, *others):
             if (part.tops, part.areas, part.bottoms, part.num_classes) != (
                 self.tops,
@@ -158,17 +200,16 @@ class TripletSearch:
         t, a, b = index
         return PostProcess(self.tops[t], self.areas[a], self.bottoms[b], image_size=image_size)
 
-    def best_rule(self, class_names: Sequence[str]) -> PostProcess | ClassPostProcess:
-        """The winning rule (:meth:`rule_at` of :meth:`best`)."""
-        return self.rule_at(self.best(), class_names)
+    def compute(self) -> MaskRule:
+        """The winning mask rule (:meth:`rule_at` of :meth:`best`): a :class:`PostProcess` for one class, a
+        :class:`ClassPostProcess` of :attr:`class_names` for several."""
+        return self.rule_at(self.best())
 
-    def rule_at(
-        self, indices: Sequence[tuple[int, int, int]], class_names: Sequence[str]
-    ) -> PostProcess | ClassPostProcess:
+    def rule_at(self, indices: Sequence[tuple[int, int, int]]) -> MaskRule:
         """The rule of one grid point per class: a :class:`PostProcess` for one class, a :class:`ClassPostProcess`
-        of ``class_names`` (in order) for several."""
+        of :attr:`class_names` (in order) for several."""
         rules = [self.rule(index) for index in indices]
-        return rules[0] if self.num_classes == 1 else ClassPostProcess(tuple(class_names), tuple(rules))
+        return rules[0] if self.num_classes == 1 else ClassPostProcess(self.class_names, tuple(rules))
 
     def table(self, class_index: int = 0) -> list[dict]:
         """One class's grid, best first (ties keep grid order): ``{top_threshold, min_area, bottom_threshold,
@@ -188,35 +229,3 @@ class TripletSearch:
         ]
         table.sort(key=lambda row: -row["kaggle_dice"])  # stable: ties keep grid order
         return table
-
-
-def search_postprocess(
-    prob_batches: Iterable[tuple[ArrayLike, ArrayLike]],
-    top_thresholds: Sequence[float],
-    min_areas: Sequence[int],
-    bottom_thresholds: Sequence[float],
-) -> tuple[PostProcess, list[dict]]:
-    """Grid-search the triplet of a one-class model for the Kaggle mean Dice in one streaming pass
-    (:class:`TripletSearch`).
-
-    prob_batches: iterable of (probs float [B, H, W] in [0, 1], target int [B, H, W] 0/1 with IGNORE_INDEX (255)
-        excluded from the Dice), numpy or torch; every batch must have the same H, W (min_area is in pixels).
-    top_thresholds, min_areas, bottom_thresholds: the grid (probabilities; pixels).
-
-    Scores every grid point exactly as ``dice_score(PostProcess(...).apply(probs), target)`` averaged over images.
-    Memory holds one batch and the grid's tables, independent of the number of images.
-
-    Returns (best PostProcess with image_size = H for square images else None, :meth:`TripletSearch.table`).
-    """
-    search = TripletSearch(top_thresholds, min_areas, bottom_thresholds)
-    for batch_index, (probs, target) in enumerate(tqdm(prob_batches, desc="post-processing search", leave=False)):
-        try:
-            search.add(probs, target)
-        except ValueError as error:
-            raise ValueError(f"Batch {batch_index}: {error}") from error
-    best = search.rule(search.best()[0])
-    table = search.table()
-    logger.info(
-        "Best post-processing over %d images: %s (Kaggle Dice %.4f).", search.num_images, best, table[0]["kaggle_dice"]
-    )
-    return best, table

@@ -1,8 +1,8 @@
 """Ensembles: several models' probabilities averaged, as the SIIM-ACR winners and nnU-Net do with their folds.
 
-An :class:`Ensemble` has what ``cxrseg evaluate``, ``predict`` and ``visualize predictions`` use of a
-:class:`~cxrseg.inference.segmenter.Segmenter` (``probabilities``, ``masks``, ``preprocessor``, ``output_names``, ...), so
-they take either. How it predicts:
+An :class:`Ensemble` is a :class:`~cxrseg.inference.predictor.Predictor`, as a
+:class:`~cxrseg.inference.segmenter.Segmenter` is, so ``cxrseg evaluate``, ``predict``, ``visualize predictions`` and
+the app take either. How it predicts:
 
 * its input is prepared at its working size, the largest member's, by that member's image processor;
 * each member predicts at its own working size (a smaller member gets the input resized with area interpolation,
@@ -31,9 +31,12 @@ import torch.nn.functional as F
 from cxrseg.constants import POSTPROCESS_FILENAME
 from cxrseg.errors import ModelLoadError
 from cxrseg.inference.cv_folder import is_cv_folder, read_cross_validation
-from cxrseg.inference.segmenter import Preprocessor, Segmenter, find_rule, load_segmenter
+from cxrseg.inference.predictor import Predictor
+from cxrseg.inference.preprocessor import Preprocessor
+from cxrseg.inference.segmenter import Segmenter, load_segmenter
 from cxrseg.labels import LabelSet
-from cxrseg.postprocessing.rules import ClassPostProcess, PostProcess
+from cxrseg.postprocessing.lookup import find_rule
+from cxrseg.postprocessing.rules import MaskRule, PostProcess
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ class Ensemble:
     None / False. postprocess: the mask rule at the ensemble's working size, None for ``prob >= 0.5``."""
 
     members: list[Segmenter]
-    postprocess: PostProcess | ClassPostProcess | None
+    postprocess: MaskRule | None
     source: str
     model_dir: Path | None = None
     is_local: bool = False
@@ -89,7 +92,7 @@ class Ensemble:
         return None
 
     @property
-    def rule(self) -> PostProcess | ClassPostProcess:
+    def rule(self) -> MaskRule:
         """The mask rule in effect (``PostProcess()`` = ``prob >= 0.5`` without one)."""
         return self.postprocess if self.postprocess is not None else PostProcess()
 
@@ -135,9 +138,9 @@ def load_ensemble(
     """The ensemble of ``models``: model folders, Hub ids or CV folders (each standing for its K fold models).
 
     Its rule: ``postprocess_path`` if given, else the ``postprocess.json`` of a single CV folder when it has one;
-    none with ``use_postprocess=False``. precision, compile: each member's (:func:`cxrseg.inference.segmenter.load_segmenter`).
-    Raises :class:`ModelLoadError` for unfinished folds or members that predict different classes (naming the
-    member).
+    none with ``use_postprocess=False``. precision, compile: each member's
+    (:func:`cxrseg.inference.segmenter.load_segmenter`). Raises :class:`ModelLoadError` for unfinished folds or
+    members that predict different classes (naming the member).
     """
     folders: list[str | os.PathLike] = []
     for model in models:
@@ -166,9 +169,10 @@ def load_models(
     postprocess_path: str | os.PathLike | None = None,
     precision: str = "fp32",
     compile: bool = False,
-) -> Segmenter | Ensemble:
-    """What a ``--model`` option names: one model folder or Hub id → its :class:`~cxrseg.inference.segmenter.Segmenter`; a CV
-    folder or several models → their :class:`Ensemble` (:func:`load_ensemble`)."""
+) -> Predictor:
+    """What a ``--model`` option names: one model folder or Hub id → its
+    :class:`~cxrseg.inference.segmenter.Segmenter`; a CV folder or several models → their :class:`Ensemble`
+    (:func:`load_ensemble`)."""
     models = [models] if isinstance(models, (str, os.PathLike)) else list(models)
     options = {
         "device": device,

@@ -18,7 +18,7 @@ Outputs in ``OUT`` (each file written atomically: temporary file, then rename):
 inputs; an existing ``submission`` file is replaced only if it is a submission CSV.
 
 ``<id>`` is the file name without its suffix (SIIM's ImageId for its DICOMs). Masks follow the model's
-``postprocess.json`` unless ``use_postprocess`` is off (see :meth:`cxrseg.inference.segmenter.Segmenter.masks`).
+``postprocess.json`` unless ``use_postprocess`` is off (see :meth:`cxrseg.inference.predictor.Predictor.masks`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ from tqdm.auto import tqdm
 from cxrseg.errors import PredictError
 from cxrseg.files import PREDICTIONS, AtomicCsv, check_output_file, check_output_folder, mark_output
 from cxrseg.imageio.images import IMAGE_SUFFIXES, read_image, write_png
-from cxrseg.inference.segmenter import Preprocessor, Segmenter
+from cxrseg.inference.predictor import Predictor
+from cxrseg.inference.preprocessor import Preprocessor
 from cxrseg.labels import LabelSet, pack_multilabel
 from cxrseg.plots import class_colours, overlay
 from cxrseg.prepare.rle import rle_encode
@@ -142,7 +143,7 @@ def _safe_name(name: str) -> str:
 
 
 def predict(
-    segmenter: Segmenter,
+    segmenter: Predictor,
     inputs: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
@@ -217,22 +218,27 @@ def predict(
         if csv_writer is not None:
             csv_writer.discard()
         raise
-    problems_path = out / "problems.csv"
-    if summary.problems:
-        with AtomicCsv(problems_path, ("path", "error")) as problems:
-            for row in summary.problems:
-                problems.writerow(row)
-    elif problems_path.exists():
-        problems_path.unlink()  # from an earlier run into the same folder: it would describe other inputs
-    if summary.problems and csv_writer is not None:
-        logger.warning(
-            "The submission lacks the %d skipped image(s); Kaggle needs a row for every image.", len(summary.problems)
-        )
+    _write_problems(out, summary.problems, submission=csv_writer is not None)
     return summary
 
 
+def _write_problems(out: Path, problems: list[tuple[str, str]], submission: bool) -> None:
+    """``out/problems.csv`` (path, error) of the skipped inputs; none (an earlier run's removed) without any."""
+    problems_path = out / "problems.csv"
+    if problems:
+        with AtomicCsv(problems_path, ("path", "error")) as problems_csv:
+            for row in problems:
+                problems_csv.writerow(row)
+    elif problems_path.exists():
+        problems_path.unlink()  # from an earlier run into the same folder: it would describe other inputs
+    if problems and submission:
+        logger.warning(
+            "The submission lacks the %d skipped image(s); Kaggle needs a row for every image.", len(problems)
+        )
+
+
 def _write_outputs(
-    segmenter: Segmenter,
+    segmenter: Predictor,
     out: Path,
     image_id: str,
     image: np.ndarray,

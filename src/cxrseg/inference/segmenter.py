@@ -13,7 +13,6 @@ a multi-output model, see :mod:`cxrseg.postprocessing.rules`) when it has one, e
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -27,11 +26,12 @@ import torch.nn.functional as F
 from transformers import AutoImageProcessor, UperNetForSemanticSegmentation
 
 from cxrseg.constants import POSTPROCESS_FILENAME, SPLITS_FILENAME
-from cxrseg.data.transforms import ToModelInputs, build_transforms
 from cxrseg.errors import ModelLoadError, UsageError
+from cxrseg.inference.preprocessor import Preprocessor
 from cxrseg.labels import LabelSet, labels_from_config
 from cxrseg.model import set_attention
-from cxrseg.postprocessing.rules import ClassPostProcess, PostProcess, load_postprocess
+from cxrseg.postprocessing.lookup import find_rule
+from cxrseg.postprocessing.rules import MaskRule, PostProcess
 
 logger = logging.getLogger(__name__)
 
@@ -77,43 +77,6 @@ def resolve_model(model: str | os.PathLike) -> tuple[Path, bool]:
     return Path(folder), False
 
 
-@functools.lru_cache(maxsize=8)
-def _resize_pipeline(size: int):
-    """The deterministic resize to ``size`` (:func:`build_transforms` ``"none"``), built once per size: building it
-    took 0.43 ms, four times applying it to a 1024² image (0.11 ms)."""
-    return build_transforms("none", size)
-
-
-@dataclass(frozen=True)
-class Preprocessor:
-    """uint8 gray ``[H, W]`` → model inputs at the working size, exactly as training's evaluation prepares them.
-
-    Small and picklable, so DataLoader workers can run it. size: (height, width) working size in pixels.
-    """
-
-    size: tuple[int, int]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def resize(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """(image uint8 [h, w], mask [h, w] or [h, w, C] or None) at the working size (mask: nearest neighbour)."""
-        if self.size[0] != self.size[1]:
-            raise ValueError(f"Non-square working size {self.size} is not supported.")
-        pipeline = _resize_pipeline(self.size[0])
-        if mask is None:
-            return pipeline(image=image)["image"], None
-        out = pipeline(image=image, mask=mask)
-        return out["image"], out["mask"]
-
-    def to_pixel_values(self, resized: np.ndarray) -> torch.Tensor:
-        """uint8 gray at the working size → float32 [3, h, w] (:class:`ToModelInputs`)."""
-        return ToModelInputs(self.mean, self.std).image(resized)
-
-    def __call__(self, image: np.ndarray) -> torch.Tensor:
-        """uint8 gray [H, W] (any size) → ``pixel_values`` float32 [3, h, w] at the working size."""
-        return self.to_pixel_values(self.resize(image)[0])
-
-
 def _working_size(processor, config) -> tuple[int, int]:
     size = getattr(processor, "size", None) or {}
     if "height" in size and "width" in size:
@@ -128,9 +91,8 @@ def _working_size(processor, config) -> tuple[int, int]:
 
 MEMORY_FORMAT = torch.channels_last
 """Layout of the inference network's convolution weights and of its inputs: channels-last (NHWC) lets oneDNN skip
-layout conversions around every convolution. The demo model's forward runs 1.2× faster on 2 CPU cores than in the
-default NCHW layout, with logits equal within 1e-6 (``tests/inference/test_inference.py``, ``BENCHMARKS.md``); on GPUs,
-channels-last helped the bf16 training step (``BENCHMARKS.md``), inference there is not yet measured."""
+layout conversions around every convolution. Logits equal the default NCHW layout's within 1e-6
+(``tests/inference/test_inference.py``); the measured speed-ups are in ``BENCHMARKS.md``."""
 
 
 def main_logits(model: UperNetForSemanticSegmentation, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -156,7 +118,7 @@ class Segmenter:
     model: UperNetForSemanticSegmentation
     labels: LabelSet
     preprocessor: Preprocessor
-    postprocess: PostProcess | ClassPostProcess | None
+    postprocess: MaskRule | None
     source: str
     model_dir: Path
     is_local: bool
@@ -181,7 +143,7 @@ class Segmenter:
         return self.preprocessor.size[0]
 
     @property
-    def rule(self) -> PostProcess | ClassPostProcess:
+    def rule(self) -> MaskRule:
         """The mask rule in effect (``PostProcess()`` = ``prob >= 0.5`` when the model has none)."""
         return self.postprocess if self.postprocess is not None else PostProcess()
 
@@ -312,79 +274,6 @@ def load_segmenter(
         precision=precision,
         compile=compile,
     )
-
-
-def find_rule(
-    given: str | os.PathLike | None,
-    default: str | os.PathLike | None,
-    labels: LabelSet,
-    image_size: int,
-    model: str,
-) -> PostProcess | ClassPostProcess | None:
-    """The mask rule of a model: from the file ``given`` (``--postprocess``; it must exist), else from ``default``
-    (its own ``postprocess.json``) when that exists, else None; read by :func:`load_rule`."""
-    if given is not None:
-        path = Path(given)
-        if not path.exists():
-            raise ModelLoadError(f"Post-processing file {path} does not exist.")
-    elif default is not None and Path(default).exists():
-        path = Path(default)
-    else:
-        return None
-    return load_rule(path, labels, image_size, model)
-
-
-def load_rule(
-    path: str | os.PathLike, labels: LabelSet, image_size: int, model: str
-) -> PostProcess | ClassPostProcess | None:
-    """The mask rule in ``path`` for a model (named ``model`` in messages) with outputs ``labels.foreground`` and
-    working size ``image_size``: ``min_area`` rescaled to it. A single triplet on a multi-output model is ignored
-    (None, with a warning); per-class triplets must name the outputs (else :class:`ModelLoadError`)."""
-    path = Path(path)
-    rule = _fitting_rule(path, labels, model)
-    if rule is None:
-        return None
-    rule = _at_size(rule, image_size, path)
-    logger.info("Post-processing from %s: %s", path, rule)
-    return rule
-
-
-def _fitting_rule(path: Path, labels: LabelSet, model: str) -> PostProcess | ClassPostProcess | None:
-    try:
-        rule = load_postprocess(path)
-    except ValueError as error:
-        raise ModelLoadError(
-            f"{error} Fix it or remove it (evaluate --search-postprocess writes a new one)."
-        ) from error
-    if isinstance(rule, ClassPostProcess):
-        if rule.classes != labels.foreground:
-            raise ModelLoadError(
-                f"{path} has rules for {list(rule.classes)} but {model} predicts {list(labels.foreground)}."
-            )
-        return rule
-    if len(labels.foreground) != 1:
-        logger.warning(
-            "Ignoring %s: one triplet applies to one foreground class; %s has %d.", path, model, len(labels.foreground)
-        )
-        return None
-    return rule
-
-
-def _at_size(
-    postprocess: PostProcess | ClassPostProcess, image_size: int, path: Path
-) -> PostProcess | ClassPostProcess:
-    """The rule with ``min_area`` at the working size (a file tuned at another size is rescaled, with a note)."""
-    if postprocess.image_size is None:
-        logger.warning(
-            "%s does not say which size min_area was counted at; assuming the working size %d.", path, image_size
-        )
-        return postprocess.with_image_size(image_size)
-    if postprocess.image_size != image_size:
-        logger.info(
-            "Rescaling min_area of %s from %d² to the working size %d².", path, postprocess.image_size, image_size
-        )
-        return postprocess.scaled(image_size)
-    return postprocess
 
 
 FEATURE_LAYERS = (

@@ -1,5 +1,7 @@
-"""Mask post-processing: the SIIM-ACR 1st-place "triplet" rule, one per class for multi-output models, (its grid search:
-:mod:`cxrseg.evaluation.rule_search`).
+"""The mask rule: probabilities → binary masks. Its role is :class:`MaskRule`; its two forms are the SIIM-ACR
+1st-place "triplet" (:class:`PostProcess`) and one triplet per class for multi-output models
+(:class:`ClassPostProcess`); it is saved as ``postprocess.json``. Where a model's rule is found, read and saved:
+:mod:`cxrseg.postprocessing.lookup`; its grid search: :mod:`cxrseg.evaluation.rule_search`.
 
 The rule (per image): keep the prediction only if at least ``min_area`` pixels have ``prob >= top_threshold``;
 a kept prediction is ``prob >= bottom_threshold``, a dropped one is empty. A confident core gates the image
@@ -9,8 +11,9 @@ lesion's full extent. The winners' best at 1024² was top 0.75, area 2000, botto
 A model with several outputs (multi-label ChestX-Det) gets one triplet per class (:class:`ClassPostProcess`), each
 tuned on its own class: a class whose probabilities stay below 0.5 gets a lower threshold instead of an empty mask.
 
-Thresholds follow the project convention of :mod:`cxrseg.evaluation.metrics`: ``>=``, compared in float32; with the defaults
-(0.5, 0, 0.5) the rule is plain binarisation at 0.5, exactly what ``SegmentationMetrics(threshold=0.5)`` scores.
+Thresholds follow the project convention of :mod:`cxrseg.evaluation.metrics`: ``>=``, compared in float32; with the
+defaults (0.5, 0, 0.5) the rule is plain binarisation at 0.5, exactly what ``SegmentationMetrics(threshold=0.5)``
+scores.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -32,6 +36,25 @@ from cxrseg.postprocessing.tensors import ArrayLike, as_tensor, check_probs
 
 logger = logging.getLogger(__name__)
 
+
+class MaskRule(Protocol):
+    """What a mask rule is (:class:`PostProcess`, :class:`ClassPostProcess`): how probabilities float32 [K, h, w]
+    become binary masks uint8 0/1, with ``min_area`` counted at ``image_size`` (pixels; None if unknown)."""
+
+    @property
+    def image_size(self) -> int | None: ...
+
+    def apply(self, probs: ArrayLike) -> np.ndarray: ...
+
+    def masks(self, probs: torch.Tensor, probs_at_size: torch.Tensor | None = None) -> np.ndarray: ...
+
+    def scaled(self, image_size: int) -> MaskRule: ...
+
+    def with_image_size(self, image_size: int) -> MaskRule: ...
+
+    def save(self, path: str | os.PathLike) -> Path: ...
+
+    def to_dict(self) -> dict: ...
 
 
 def check_threshold(value: float, name: str) -> float:
@@ -225,7 +248,7 @@ def _save(rule: dict, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_postprocess(path: str | os.PathLike) -> PostProcess | ClassPostProcess:
+def load_postprocess(path: str | os.PathLike) -> MaskRule:
     """Read a ``postprocess.json`` (a file, or a folder holding one): one triplet (:meth:`PostProcess.load`) or,
     with a ``classes`` key, one per class. Raises ValueError naming the file and the key."""
     path = _resolve(path)

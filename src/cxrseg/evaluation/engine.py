@@ -1,0 +1,228 @@
+"""The evaluation engine: one streaming pass over one or more sources, in constant memory.
+
+A source is a model and the images it scores: a split of one model (:func:`cxrseg.evaluation.evaluate.evaluate`) or
+each fold's validation images by its fold model (:func:`cxrseg.evaluation.out_of_fold.evaluate_out_of_fold`). For
+every batch of predictions (:func:`cxrseg.evaluation.stream.stream_predictions`) the engine updates three
+:class:`~cxrseg.evaluation.accumulator.Accumulator` s:
+
+* per source, :class:`~cxrseg.evaluation.metrics.SegmentationMetrics` at ``prob >= THRESHOLD`` (pixel Dice/IoU/AP/
+  best F1 and the Kaggle mean Dice); merged over the sources, the metrics over every image;
+* per source with ``search``, a :class:`~cxrseg.evaluation.rule_search.TripletSearch` (one triplet per class for a
+  multi-output model); merged over the sources, the search over every image;
+* over every source, :class:`RuleScores`: the scores of the mask rule in effect;
+
+and writes one ``per_image.csv`` row per image and class. Only one batch of probabilities is ever held.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cxrseg.data.png_layout import IndexedImage
+from cxrseg.evaluation.metrics import SegmentationMetrics, dice_from_counts
+from cxrseg.evaluation.report import EvaluationResult, save_search, search_results, search_table, write_json
+from cxrseg.evaluation.rule_search import TripletSearch, search_grid
+from cxrseg.evaluation.stream import ImageResult, PredictedBatch, evaluation_loader, image_results, stream_predictions
+from cxrseg.files import AtomicCsv
+from cxrseg.inference.predictor import Predictor
+from cxrseg.plots import PRCurve, plot_pr_curve
+from cxrseg.postprocessing.rules import MaskRule
+
+logger = logging.getLogger(__name__)
+
+THRESHOLD = 0.5
+"""Probability threshold of the reported Dice, IoU and Kaggle Dice (as in training's evaluation)."""
+
+PER_IMAGE_COLUMNS = ("image_id", "class", "truth_area", "predicted_area", "dice")
+"""The columns of ``per_image.csv`` (areas in pixels at the working size; Dice under the mask rule in effect),
+followed by a driver's own (out of fold: ``fold``)."""
+
+
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """How the sources are run. tta: "none" or "hflip"; batch_size: images per forward pass; num_workers: DataLoader
+    processes reading images; search: also grid-search the mask rule on the same pass."""
+
+    tta: str = "none"
+    batch_size: int = 8
+    num_workers: int = 0
+    search: bool = False
+
+
+@dataclass
+class Source:
+    """A model and the images it scores. extra_columns: this source's values of the driver's ``per_image.csv``
+    columns after :data:`PER_IMAGE_COLUMNS` (out of fold: the fold)."""
+
+    predictor: Predictor
+    rows: Sequence[IndexedImage]
+    extra_columns: tuple = ()
+
+
+class RuleScores:
+    """The mask rule in effect, scored over every image (an :class:`~cxrseg.evaluation.accumulator.Accumulator` of
+    per-image results): per class the sum of per-image Dice and the pixel counts (intersection, predicted, truth) of
+    the rule's masks, and the number of images with any predicted pixel."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = tuple(names)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every image seen so far."""
+        self.dice_sum = np.zeros(len(self.names))  # float64 [K]
+        self.pixel_counts = np.zeros((3, len(self.names)), dtype=np.int64)  # intersection, predicted, truth
+        self.predicted_positive_images = 0
+        self.num_images = 0
+
+    def update(self, results: Sequence[ImageResult]) -> None:
+        """Add a batch's per-image results (:func:`cxrseg.evaluation.stream.image_results`), in order."""
+        for result in results:
+            self.dice_sum += result.dice
+            self.pixel_counts += np.stack([result.intersection, result.predicted_area, result.truth_area])
+            self.predicted_positive_images += bool(result.predicted_area.any())
+            self.num_images += 1
+
+    def compute(self) -> dict:
+        """``num_predicted_positive_images``, ``kaggle_dice_rule`` (the mean over images of the per-image Dice) and
+        ``dice_rule`` (the dataset Dice), means over classes; per class too (``<key>/<name>``) for several."""
+        kaggle_rule = self.dice_sum / self.num_images
+        dice_rule = dice_from_counts(*self.pixel_counts)
+        results = {
+            "num_predicted_positive_images": self.predicted_positive_images,
+            "kaggle_dice_rule": float(kaggle_rule.mean()),
+            "dice_rule": float(dice_rule.mean()),
+        }
+        if len(self.names) > 1:
+            for name, kaggle, dice in zip(self.names, kaggle_rule, dice_rule):
+                results[f"kaggle_dice_rule/{name}"] = float(kaggle)
+                results[f"dice_rule/{name}"] = float(dice)
+        return results
+
+
+def new_search(predictor: Predictor) -> TripletSearch:
+    """An empty mask rule search over :func:`~cxrseg.evaluation.rule_search.search_grid` for the model's outputs and
+    working size."""
+    names = predictor.output_names
+    return TripletSearch(*search_grid(predictor.image_size, len(names)), num_classes=len(names), class_names=names)
+
+
+@dataclass
+class SourceScores:
+    """What one source added up: its metrics at ``prob >= THRESHOLD`` and, with ``search``, its search."""
+
+    metrics: SegmentationMetrics
+    search: TripletSearch | None
+
+
+@dataclass
+class EvaluationPass:
+    """What :func:`run_sources` added up. names: the K output names; image_size: the working size (pixels);
+    parts: per source, in order; rule_scores: over every source."""
+
+    names: tuple[str, ...]
+    image_size: int
+    parts: list[SourceScores]
+    rule_scores: RuleScores
+
+    def metrics(self) -> SegmentationMetrics:
+        """The metrics over every source's images (:meth:`SegmentationMetrics.merged`)."""
+        return self.parts[0].metrics.merged(part.metrics for part in self.parts[1:])
+
+    def search(self) -> TripletSearch:
+        """The search over every source's images (:meth:`TripletSearch.merged`)."""
+        return self.parts[0].search.merged(part.search for part in self.parts[1:])
+
+    def results(self, rule: MaskRule | None) -> dict:
+        """The metrics values, ``num_predicted_positive_images``, the rule in effect (``postprocess``: None for
+        ``prob >= 0.5``), then ``kaggle_dice_rule`` and ``dice_rule`` (:meth:`RuleScores.compute`)."""
+        rule_values = self.rule_scores.compute()
+        return {
+            **self.metrics().compute(),
+            "num_predicted_positive_images": rule_values.pop("num_predicted_positive_images"),
+            "postprocess": None if rule is None else rule.to_dict(),
+            **rule_values,
+        }
+
+    def pr_curves(self) -> list[PRCurve]:
+        """One pixel precision-recall curve per class over every source's images, with its AP."""
+        metrics = self.metrics()
+        aps = metrics.class_scores().ap
+        return [PRCurve(name, *metrics.pr_curve(k), float(aps[k])) for k, name in enumerate(self.names)]
+
+
+def scored_planes(batch: PredictedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch's (probs, target) as the metrics and the search take them: [B, S, S] for one output, else
+    [B, K, S, S]."""
+    return (batch.probs[:, 0], batch.target[:, 0]) if batch.probs.shape[1] == 1 else (batch.probs, batch.target)
+
+
+def run_sources(
+    sources: Iterable[Source], per_image_path: Path, options: EvaluationOptions, extra_columns: Sequence[str] = ()
+) -> EvaluationPass:
+    """One streaming pass over every source (the module docstring), writing ``per_image_path``
+    (:data:`PER_IMAGE_COLUMNS`, then ``extra_columns``) atomically. ``sources`` may be a generator that loads each
+    model when it is reached: only the current source is referenced here."""
+    rule_scores, parts, names, image_size = None, [], (), 0
+    with AtomicCsv(per_image_path, (*PER_IMAGE_COLUMNS, *extra_columns)) as per_image:
+        for source in sources:
+            predictor = source.predictor
+            if rule_scores is None:
+                names, image_size = tuple(predictor.output_names), predictor.image_size
+                rule_scores = RuleScores(names)
+            metrics = SegmentationMetrics(threshold=THRESHOLD, num_classes=len(names), class_names=names)
+            search = new_search(predictor) if options.search else None
+            loader = evaluation_loader(predictor, source.rows, options.batch_size, options.num_workers)
+            for batch in stream_predictions(predictor, loader, options.tta):
+                scored = scored_planes(batch)
+                metrics.update(*scored)
+                results = image_results(batch)
+                rule_scores.update(results)
+                write_rows(per_image, names, results, source.extra_columns)
+                if search is not None:  # the search takes the same batches: still one pass over the images
+                    search.update(*scored)
+            parts.append(SourceScores(metrics, search))
+            del source, predictor, loader  # one model in memory at a time
+    return EvaluationPass(names, image_size, parts, rule_scores)
+
+
+def write_rows(per_image: AtomicCsv, names: Sequence[str], results: Sequence[ImageResult], extra: Sequence) -> None:
+    """One ``per_image.csv`` row per image and class (:data:`PER_IMAGE_COLUMNS`, then ``extra``)."""
+    for result in results:
+        for k, name in enumerate(names):
+            per_image.writerow(
+                (
+                    result.image_id,
+                    name,
+                    int(result.truth_area[k]),
+                    int(result.predicted_area[k]),
+                    f"{result.dice[k]:.6f}",
+                    *extra,
+                )
+            )
+
+
+def save_tuned_rule(evaluation: EvaluationResult, search: TripletSearch, rule_dir: Path) -> dict:
+    """Record a search's winner in ``evaluation`` and save it (``rule_dir/postprocess.json``, the table as
+    ``postprocess_search.csv`` in the output folder); returns :func:`~cxrseg.evaluation.report.search_results`
+    plus ``saved_to``."""
+    evaluation.best_postprocess = search.compute()
+    evaluation.search_table = search_table(search)
+    evaluation.postprocess_path = save_search(
+        rule_dir, evaluation.out_dir, evaluation.best_postprocess, evaluation.search_table
+    )
+    return {**search_results(search), "saved_to": str(evaluation.postprocess_path)}
+
+
+def write_outputs(evaluation: EvaluationResult, run: EvaluationPass, title: str) -> None:
+    """Write ``pr_curve.png`` (titled ``title``) and ``metrics.json`` (``evaluation.metrics``) to its folder."""
+    out = evaluation.out_dir
+    plot_pr_curve(run.pr_curves(), out / "pr_curve.png", title=title)
+    write_json(out / "metrics.json", evaluation.metrics)
+    logger.info("Wrote %s, %s and %s.", out / "metrics.json", out / "per_image.csv", out / "pr_curve.png")

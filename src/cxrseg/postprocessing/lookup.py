@@ -1,0 +1,92 @@
+"""A model's mask rule file (``postprocess.json``): found, read and fitted to the model, and saved.
+
+A model's rule is the file given with ``--postprocess`` (it must exist), else the ``postprocess.json`` in its folder
+(a trained model's, or a CV folder's for its ensemble) when there is one, else none (masks are ``prob >= 0.5``).
+Its ``min_area`` is rescaled to the model's working size; the file format is
+:func:`cxrseg.postprocessing.rules.load_postprocess`'s.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from cxrseg.constants import POSTPROCESS_FILENAME
+from cxrseg.errors import ModelLoadError
+from cxrseg.labels import LabelSet
+from cxrseg.postprocessing.rules import ClassPostProcess, MaskRule, load_postprocess
+
+logger = logging.getLogger(__name__)
+
+
+def find_rule(
+    given: str | os.PathLike | None,
+    default: str | os.PathLike | None,
+    labels: LabelSet,
+    image_size: int,
+    model: str,
+) -> MaskRule | None:
+    """The mask rule of a model: from the file ``given`` (``--postprocess``; it must exist), else from ``default``
+    (its own ``postprocess.json``) when that exists, else None; read by :func:`load_rule`."""
+    if given is not None:
+        path = Path(given)
+        if not path.exists():
+            raise ModelLoadError(f"Post-processing file {path} does not exist.")
+    elif default is not None and Path(default).exists():
+        path = Path(default)
+    else:
+        return None
+    return load_rule(path, labels, image_size, model)
+
+
+def load_rule(path: str | os.PathLike, labels: LabelSet, image_size: int, model: str) -> MaskRule | None:
+    """The mask rule in ``path`` for a model (named ``model`` in messages) with outputs ``labels.foreground`` and
+    working size ``image_size`` (pixels): ``min_area`` rescaled to it. A single triplet on a multi-output model is
+    ignored (None, with a warning); per-class triplets must name the outputs (else :class:`ModelLoadError`)."""
+    path = Path(path)
+    rule = _fitting_rule(path, labels, model)
+    if rule is None:
+        return None
+    rule = _at_size(rule, image_size, path)
+    logger.info("Post-processing from %s: %s", path, rule)
+    return rule
+
+
+def save_rule(rule: MaskRule, folder: str | os.PathLike) -> Path:
+    """Save ``rule`` as ``folder/postprocess.json`` (atomically); returns the file written."""
+    return rule.save(Path(folder) / POSTPROCESS_FILENAME)
+
+
+def _fitting_rule(path: Path, labels: LabelSet, model: str) -> MaskRule | None:
+    try:
+        rule = load_postprocess(path)
+    except ValueError as error:
+        raise ModelLoadError(
+            f"{error} Fix it or remove it (evaluate --search-postprocess writes a new one)."
+        ) from error
+    if isinstance(rule, ClassPostProcess):
+        if rule.classes != labels.foreground:
+            raise ModelLoadError(
+                f"{path} has rules for {list(rule.classes)} but {model} predicts {list(labels.foreground)}."
+            )
+        return rule
+    if len(labels.foreground) != 1:
+        logger.warning(
+            "Ignoring %s: one triplet applies to one foreground class; %s has %d.", path, model, len(labels.foreground)
+        )
+        return None
+    return rule
+
+
+def _at_size(rule: MaskRule, image_size: int, path: Path) -> MaskRule:
+    """The rule with ``min_area`` at the working size (a file tuned at another size is rescaled, with a note)."""
+    if rule.image_size is None:
+        logger.warning(
+            "%s does not say which size min_area was counted at; assuming the working size %d.", path, image_size
+        )
+        return rule.with_image_size(image_size)
+    if rule.image_size != image_size:
+        logger.info("Rescaling min_area of %s from %d² to the working size %d².", path, rule.image_size, image_size)
+        return rule.scaled(image_size)
+    return rule
