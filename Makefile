@@ -6,7 +6,7 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 # Extra pip options, e.g. TORCH_INDEX="--extra-index-url https://download.pytorch.org/whl/cpu" for CPU-only wheels.
 TORCH_INDEX ?=
 
-.PHONY: install install-dev demo cv-demo test quality clean
+.PHONY: install install-dev demo cv-demo test test-fast quality clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,8 +52,16 @@ cv-demo: install  ## K folds of the demo recipe → out-of-fold tuning → ensem
 	done
 	@$(PY) scripts/cv_demo_table.py $(CV_OUT) --split test
 
+# Tests run in parallel (pytest-xdist, one worker per core), a test file per worker at a time (--dist loadfile), so a
+# module's shared fixture (a training run, the 2-process DDP run) is built once. PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= auto
+PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist loadfile
+
 test: install-dev  ## the whole suite (slow tests included; the browser test needs Debian's chromium: .ci/run installs it)
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_PARALLEL)
+
+test-fast: install-dev  ## the tests not marked slow: for day-to-day work
+	$(PY) -m pytest $(PYTEST_PARALLEL) -m "not slow"
 
 quality: install-dev
 	$(VENV)/bin/ruff check src tests bench scripts run_train.py app.py

@@ -6,7 +6,8 @@
     accelerate launch --config_file accelerate_configs/multi_gpu.yaml run_train.py --config recipe/balanced.yaml
 
 Keys: the fields of cxrseg.config's dataclasses and transformers.TrainingArguments; the command line overrides
-the YAML, which overrides the defaults.
+the YAML, which overrides the defaults. `cxrseg train ...` (and `accelerate launch -m cxrseg train ...`) is the same
+command: the same parser and main.
 """
 
 import sys

@@ -16,6 +16,12 @@ from cxrseg.model import build_model
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
+# Under pytest-xdist (make test, make test-fast) the workers share the cores: one torch thread per worker, and per
+# process it starts, so their thread pools do not oversubscribe the machine.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 TINY_MODEL_CONFIG = {
     "backbone_config": {
         "model_type": "swin",

@@ -236,8 +236,14 @@ def serve(mirrors: Path, workdir: Path, timeout: float = 60.0) -> Iterator[str]:
 
 def use_endpoint(monkeypatch, endpoint: str, home: Path) -> None:
     """Point this process (huggingface_hub reads its settings at import: patch them) and its subprocesses
-    (``HF_ENDPOINT``, ``HF_HOME``, ``HF_HUB_OFFLINE=0``) at ``endpoint``, with an empty cache in ``home``."""
+    (``HF_ENDPOINT``, ``HF_HOME``, ``HF_HUB_OFFLINE=0``) at ``endpoint``, with an empty cache in ``home``.
+    transformers' shared ``HfApi`` keeps the endpoint it was made with (a test before this one may have made it):
+    dropped, so that transformers makes its own at ``endpoint`` (else its calls go to huggingface.co and retry for
+    most of a minute before giving up)."""
+    import transformers.utils.hub
     from huggingface_hub import constants
+
+    monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)
 
     monkeypatch.setenv("HF_ENDPOINT", endpoint)
     monkeypatch.setenv("HF_HOME", str(home))

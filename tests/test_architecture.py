@@ -107,8 +107,9 @@ def test_deferred_imports_say_why():
     for name, path in MODULES.items():
         lines = path.read_text().splitlines()
         for _, line, deferred in GRAPH[name]:
-            first = line - 1  # the comment may stand on the import or above the block of imports it opens
-            while first > 0 and lines[first - 1].strip().startswith(("from ", "import ", "#")):
+            # the comment may stand on the import, above the block of imports it opens, or on its `if TYPE_CHECKING:`
+            first = line - 1
+            while first > 0 and lines[first - 1].strip().startswith(("from ", "import ", "#", "if TYPE_CHECKING:")):
                 first -= 1
             text = "\n".join(lines[max(first - 1, 0):line]).lower()  # and the line that opens it (`if TYPE_CHECKING:`)
             if deferred and not any(reason in text for reason in DEFERRED_REASONS):

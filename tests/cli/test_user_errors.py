@@ -1,7 +1,7 @@
-"""Every user error, through the real entry points (``cxrseg.training.train.main`` as run_train.py calls it, ``cxrseg.cli.main``
-and, for a few, a subprocess): exit status 2, one line ``error: ...`` naming the file, key or option, no traceback
-and no usage text, and every file in the workspace byte-identical afterwards (inputs, a finished training run, a
-user's own folder and files)."""
+"""Every user error, through the real entry points (``cxrseg.training.train.main`` as run_train.py calls it,
+``cxrseg.cli.main`` (``cxrseg train`` included) and, for a few, a subprocess): exit status 2, one line ``error: ...``
+naming the file, key or option, no traceback and no usage text, and every file in the workspace byte-identical
+afterwards (inputs, a finished training run, a user's own folder and files)."""
 
 from __future__ import annotations
 
@@ -89,6 +89,10 @@ def train(ws: Path, *extra: str) -> list[str]:
     return ["--config", str(ws / "recipe.yaml"), "--output_dir", str(ws / "new_run"), *extra]
 
 
+def cxrseg_train(ws: Path, *extra: str) -> list[str]:
+    return ["train", *train(ws, *extra)]
+
+
 def predict(ws: Path, *extra: str) -> list[str]:
     base = ["predict", "--model", str(ws / "model"), "--input", str(ws / "data/images/train"), "--num-workers", "0"]
     return [*base, *(extra or ("--out", str(ws / "predictions")))]
@@ -107,6 +111,8 @@ CASES = [
     ("recipe-is-folder", "train", lambda ws: ["--config", str(ws / "data")], r"data is a folder"),
     ("wrong-type-yaml", "train", lambda ws: ["--config", str(ws / "wrong_type.yaml")],
      r"^num_train_epochs in .*wrong_type\.yaml: 'three' is not a valid number"),
+    ("unknown-key-cli", "train", lambda ws: train(ws, "--learning_rat", "1"),
+     r"^Unknown key 'learning_rat' on the command line"),
     ("wrong-type-cli", "train", lambda ws: train(ws, "--learning_rate", "fast"),
      r"^--learning_rate on the command line: invalid float value: 'fast'"),
     ("wrong-bool-cli", "train", lambda ws: train(ws, "--balanced_sampling", "maybe"),
@@ -152,6 +158,17 @@ CASES = [
     ("rerun-fails-on-weights", "train",
      lambda ws: train(ws, "--output_dir", str(ws / "run"), "--data_dir", str(ws / "negative"), "--class_weights",
                       "auto"), r"no pixels"),
+    # cxrseg train: run_train.py's parser and checks (a few of the cases above)
+    ("cxrseg-train-yaml-syntax", "cli", lambda ws: ["train", "--config", str(ws / "syntax.yaml")],
+     r"syntax\.yaml is not valid YAML: .*line 2"),
+    ("cxrseg-train-unknown-key", "cli", lambda ws: cxrseg_train(ws, "--learning_rat", "1"),
+     r"^Unknown key 'learning_rat' on the command line"),
+    ("cxrseg-train-wrong-type-cli", "cli", lambda ws: cxrseg_train(ws, "--learning_rate=fast"),
+     r"^--learning_rate on the command line: invalid float value: 'fast'"),
+    ("cxrseg-train-bad-mask", "cli", lambda ws: cxrseg_train(ws, "--data_dir", str(ws / "bad_mask")),
+     r"demo_00000\.png has values \[7\]"),
+    ("cxrseg-train-output-is-the-data", "cli", lambda ws: cxrseg_train(ws, "--output_dir", str(ws / "data")),
+     r"is also an input"),
     # cxrseg: command lines
     ("no-command", "cli", lambda ws: [], r"^cxrseg: the following arguments are required: COMMAND"),
     ("bad-int", "cli", lambda ws: predict(ws, "--out", str(ws / "p"), "--batch-size", "x"),

@@ -1,6 +1,7 @@
 """The ``cxrseg`` command line: one module per subcommand, each with ``register(subparsers)``.
 
-Each ``register`` adds its parser and sets ``func`` (called with the parsed namespace; returns an exit code).
+Each ``register`` adds its parser and sets ``func`` (called with the parsed namespace; returns an exit code), and
+``sets_up_logging=True`` if the command configures logging itself (``train``, as ``run_train.py``).
 A command-line mistake is one line naming the option (:class:`CommandLineParser`), like every user error.
 """
 
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from cxrseg.errors import CxrsegError, UsageError, report
 
 # Subcommand modules under cxrseg.cli, in the order `cxrseg --help` lists them.
-SUBCOMMANDS = ("make_demo_data", "prepare", "evaluate", "predict", "visualize", "app", "push", "env")
+SUBCOMMANDS = ("make_demo_data", "prepare", "train", "evaluate", "predict", "visualize", "app", "push", "env")
 
 
 class CommandLineParser(argparse.ArgumentParser):
@@ -43,7 +44,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; with a known subcommand in ``argv`` only that module is imported (some import torch, which
     takes seconds), otherwise all of them (``cxrseg --help``)."""
     parser = CommandLineParser(
-        prog="cxrseg", description="Chest X-ray segmentation with UperNet-Swin: data, evaluation, prediction, Hub."
+        prog="cxrseg",
+        description="Chest X-ray segmentation with UperNet-Swin: data, training, evaluation, prediction, Hub.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     chosen = next((arg.replace("-", "_") for arg in (argv or []) if not arg.startswith("-")), None)
@@ -53,10 +55,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = build_parser(argv).parse_args(argv)
+        if not getattr(args, "sets_up_logging", False):  # `cxrseg train` logs as run_train.py does
+            logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         return int(args.func(args) or 0)
     except CxrsegError as error:  # a user error: one line, its exit status; anything else is a bug (traceback)
         return report(error)
