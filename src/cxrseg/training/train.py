@@ -53,6 +53,11 @@ def train(
     last_run: False keeps the process group (and the trackers' process state) for another run in this program.
     indexed: the recipe's data already indexed (:func:`~cxrseg.data.dataset.index_training_source`), as the folds
     of a cross-validation share it."""
+    if recipe.data.num_folds is not None:  # train_folds trains each fold through here with num_folds unset
+        raise RecipeError(
+            "train() runs one recipe; a recipe with num_folds trains its folds with train_folds() "
+            "(cxrseg.training.train.train_folds), as run_train.py and `cxrseg train` do."
+        )
     model_args, data_args, loss_args, sampling_args, args = (
         recipe.model,
         recipe.data,
