@@ -102,7 +102,7 @@ def test_cv_folder_contract(cv, demo_root):
     out, folds = cv
     summary = json.loads((out / CV_FILENAME).read_text())
     assert summary["num_folds"] == 3 and summary["folds"] == ["fold_0", "fold_1", "fold_2"]
-    assert "24 without a known patient" in summary["groups"] and summary["strata"] == "positivity"
+    assert "24 without a known patient" in summary["groups"] and summary["strata"] == "positives per fold"
     assert json.loads((out / "splits.json").read_text()) == folds
     run = read_cross_validation(out)
     assert run.fold_dirs == [out / f"fold_{k}" for k in range(3)] and run.folds == folds

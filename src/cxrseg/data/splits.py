@@ -89,32 +89,23 @@ def save_split(path: str | os.PathLike, split: Split | list[Split]) -> None:
     atomic_write_text(path, json.dumps(split, indent=1))
 
 
-def rarest_class_strata(presence: Sequence[Sequence[bool]]) -> list[int]:
-    """The stratum of each image: the index of its rarest class present (rarest = in the fewest images; ties: the
-    lower index), or -1 for an image without any. presence: per image, one flag per foreground class. For one
-    class this is positivity (0 positive, -1 negative)."""
-    frequency = np.sum(np.asarray(presence, dtype=bool), axis=0) if len(presence) else np.zeros(0)
-    strata = []
-    for flags in presence:
-        present = [c for c, on in enumerate(flags) if on]
-        strata.append(min(present, key=lambda c: (frequency[c], c)) if present else -1)
-    return strata
-
-
 def make_folds(
     image_ids: Sequence[str], presence: Sequence[Sequence[bool]], groups: Sequence[str], num_folds: int, seed: int
 ) -> list[Split]:
     """K folds of ``image_ids`` (see the module docstring), each list sorted.
 
-    presence: per image, one flag per foreground class (single-label binary: ``(is_positive,)``). Folds are
-    stratified by :func:`rarest_class_strata`. groups: one group per image (a patient); a group's images share a
-    fold.
+    presence: per image, one flag per foreground class (single-label binary: ``(is_positive,)``). groups: one group
+    per image (a patient); a group's images share a fold.
 
-    Groups go largest first (ties in a seeded random order), each to the fold holding the least of its strata
-    (relative to each stratum's total), then the least of all its classes present (relative to each class's total:
-    balances the common classes too), then the fewest images, then a seeded random fold. With single-image groups
-    each stratum's count per fold differs by at most one; multi-image groups are placed first so that the single
-    images level them out.
+    The placement minimises, in this order: the sum over classes of the **spread** of the class's count (images with
+    it) over the folds' validation sets (max − min; for pneumothorax, the positives), the spread of the fold sizes
+    (images), then the squared deviations of both from their means (a tie-break that levels the folds which do not
+    set the spread). Start: groups largest first (ties in a seeded random order), each to the fold that needs its
+    classes most. Then a local search moves one group to another fold, or swaps two groups of different content
+    between two folds, taking the best improving step until none improves. Groups with the same content (image
+    count, count per class) are interchangeable, so the search runs over the few distinct contents, not the ~10k
+    patients of SIIM; which group of a content moves is drawn in a seeded order. Every fold keeps at least one image.
+    On small random grouped designs this reaches the exhaustive optimum (``tests/data/test_folds.py``).
 
     Written by hand because sklearn's ``StratifiedGroupKFold`` does not level the counts: on SIIM-like groups (most
     patients one image, some up to three) its folds differ by up to 3 positives where ±1 is reachable.
@@ -128,27 +119,40 @@ def make_folds(
         raise DataError(
             f"{len(image_ids)} images in {len(members)} patient groups cannot fill {num_folds} folds; lower num_folds."
         )
-    classes = np.asarray(presence, dtype=np.float64).reshape(len(image_ids), -1)
-    strata = np.eye(classes.shape[1] + 1)[np.asarray(rarest_class_strata(classes.astype(bool))) + 1]  # -1 → column 0
-    class_share = classes / np.maximum(classes.sum(0), 1)
-    stratum_share = strata / np.maximum(strata.sum(0), 1)
+    classes = np.asarray(presence, dtype=np.int64).reshape(len(image_ids), -1)
     rng = np.random.default_rng(seed)
     names = list(members)
     order = [names[i] for i in rng.permutation(len(names))]
     order.sort(key=lambda g: -len(members[g]))  # stable: equal sizes keep the random order
-    stratum_load = np.zeros((num_folds, strata.shape[1]))
-    class_load = np.zeros((num_folds, classes.shape[1]))
-    fold_sizes = np.zeros(num_folds)
-    fold_of_group = {}
+    # content of a group: [count per class..., images]
+    content = {g: (*classes[members[g]].sum(0).tolist(), len(members[g])) for g in order}
+    kinds = sorted(set(content.values()))
+    kind_of = {c: t for t, c in enumerate(kinds)}
+    vectors = np.array(kinds, dtype=np.int64)  # [T, C + 1]
+    share = vectors[:, :-1] / np.maximum(classes.sum(0), 1)
+    load = np.zeros((num_folds, vectors.shape[1]), dtype=np.int64)
+    class_load = np.zeros((num_folds, share.shape[1]))
+    placed: list[list[list[str]]] = [[[] for _ in kinds] for _ in range(num_folds)]  # [fold][kind] → groups
     for group in order:
-        rows = members[group]
-        by_stratum, by_class = stratum_share[rows].sum(0), class_share[rows].sum(0)
-        keys = (rng.permutation(num_folds), fold_sizes, class_load @ by_class, stratum_load @ by_stratum)
+        kind = kind_of[content[group]]
+        keys = (rng.permutation(num_folds), load[:, -1], class_load @ share[kind])
         fold = int(np.lexsort(keys)[0])  # the last key is the primary one
-        stratum_load[fold] += by_stratum
-        class_load[fold] += by_class
-        fold_sizes[fold] += len(rows)
-        fold_of_group[group] = fold
+        load[fold] += vectors[kind]
+        class_load[fold] += share[kind]
+        placed[fold][kind].append(group)
+    _improve_placement(load, vectors, placed)
+    for _ in range(RESTARTS):  # seeded random starts: a local search can stop short of the best placement
+        start = rng.integers(num_folds, size=len(order))
+        start[rng.permutation(len(order))[:num_folds]] = np.arange(num_folds)  # no fold empty
+        other_load = np.zeros_like(load)
+        other: list[list[list[str]]] = [[[] for _ in kinds] for _ in range(num_folds)]
+        for group, fold in zip(order, start):
+            other_load[fold] += vectors[kind_of[content[group]]]
+            other[fold][kind_of[content[group]]].append(group)
+        _improve_placement(other_load, vectors, other)
+        if placement_cost(other_load) < placement_cost(load):
+            load, placed = other_load, other
+    fold_of_group = {g: fold for fold, lists in enumerate(placed) for gs in lists for g in gs}
     fold_of_image = [fold_of_group[g] for g in groups]
     return [
         {
@@ -157,6 +161,70 @@ def make_folds(
         }
         for fold in range(num_folds)
     ]
+
+
+RESTARTS = 8
+"""Seeded random starting placements that :func:`make_folds` searches from besides the greedy one."""
+
+
+def placement_cost(load: np.ndarray) -> tuple[float, ...]:
+    """What :func:`make_folds` minimises, compared in order. load: int [K, C + 1], per fold the count of each class
+    then the number of images. (sum of class spreads, size spread, class squared deviations, size squared
+    deviations); spread = max − min over folds."""
+    return tuple(_costs(load[None])[0].tolist())
+
+
+def _costs(loads: np.ndarray) -> np.ndarray:
+    """[N, 4] costs of N placements' loads [N, K, C + 1] (see :func:`placement_cost`)."""
+    spread = loads.max(1) - loads.min(1)
+    squares = ((loads - loads.mean(1, keepdims=True)) ** 2).sum(1)
+    return np.stack(
+        [spread[:, :-1].sum(1), spread[:, -1], squares[:, :-1].sum(1), squares[:, -1]], axis=1
+    ).astype(np.float64)
+
+
+def _improve_placement(load: np.ndarray, vectors: np.ndarray, placed: list[list[list[str]]]) -> None:
+    """Local search on ``load`` [K, C + 1] and ``placed`` [fold][kind] (groups), in place: repeatedly take the step
+    with the lowest :func:`placement_cost` — move one group of a kind from fold a to fold b, or swap a group of kind
+    t in a with one of kind u in b — while it lowers the cost. Ties go to the first step in a fixed order."""
+    num_folds, num_kinds = len(placed), len(vectors)
+    # step s carries delta[s] from fold a to fold b: a move of kind t (delta = vectors[t]), or a swap of t in a for
+    # u in b (delta = vectors[t] - vectors[u], t != u, contents differ)
+    out_kind = np.concatenate([np.arange(num_kinds), np.repeat(np.arange(num_kinds), num_kinds)])
+    in_kind = np.concatenate([np.full(num_kinds, -1), np.tile(np.arange(num_kinds), num_kinds)])
+    keep = out_kind != in_kind
+    out_kind, in_kind = out_kind[keep], in_kind[keep]
+    delta = vectors[out_kind] - np.where(in_kind[:, None] >= 0, vectors[np.maximum(in_kind, 0)], 0)
+    pairs = [(a, b) for a in range(num_folds) for b in range(num_folds) if a != b]
+    current = _costs(load[None])[0]
+    while True:
+        best = None
+        for a, b in pairs:
+            count_a = np.array([len(gs) for gs in placed[a]])
+            count_b = np.array([len(gs) for gs in placed[b]])
+            possible = (count_a[out_kind] > 0) & ((in_kind < 0) | (count_b[np.maximum(in_kind, 0)] > 0))
+            steps = np.flatnonzero(possible)
+            if not len(steps):
+                continue
+            loads = np.repeat(load[None], len(steps), axis=0)
+            loads[:, a] -= delta[steps]
+            loads[:, b] += delta[steps]
+            steps = steps[loads[:, a, -1] > 0]  # a fold keeps at least one image
+            loads = loads[loads[:, a, -1] > 0]
+            if not len(steps):
+                continue
+            costs = _costs(loads)
+            i = int(np.lexsort(costs.T[::-1])[0])
+            if best is None or tuple(costs[i]) < best[0]:
+                best = (tuple(costs[i]), a, b, int(steps[i]))
+        if best is None or best[0] >= tuple(current):
+            return
+        current, (_, a, b, step) = np.array(best[0]), best
+        load[a] -= delta[step]
+        load[b] += delta[step]
+        placed[b][out_kind[step]].append(placed[a][out_kind[step]].pop())
+        if in_kind[step] >= 0:
+            placed[a][in_kind[step]].append(placed[b][in_kind[step]].pop())
 
 
 def check_folds(folds: object, path: Path, image_ids: Sequence[str], groups: Sequence[str]) -> list[Split]:

@@ -13,9 +13,10 @@ A recipe with ``num_folds: K`` makes ``output_dir`` a **CV folder**::
       postprocess.json    post-processing tuned on the out-of-fold predictions: the ensemble's mask rule
       evaluation/<split>/ the ensemble of the K fold models on another split (cxrseg.inference.ensemble)
 
-Folds are made once (seeded; stratified by the rarest class present, which is positivity for pneumothorax; grouped
-by patient, :mod:`cxrseg.data.groups`) and reused: a rerun, or a run of one fold (``fold: k``) on another machine,
-reads the same ``splits.json``. ``cv.json`` and ``splits.json`` are functions of the data and the recipe, so folds
+Folds are made once (seeded; each class's count as level between folds as the patient groups allow, which is
+positivity for pneumothorax, :func:`cxrseg.data.splits.make_folds`; grouped by patient, :mod:`cxrseg.data.groups`)
+and reused: a rerun, or a run of one fold (``fold: k``) on another machine, reads the same ``splits.json``.
+``cv.json`` and ``splits.json`` are functions of the data and the recipe, so folds
 trained in parallel may write them at the same time. A fold is finished when its ``cv_fold.json`` exists (written
 last, atomically); resuming (``resume_from_checkpoint: last``) skips finished folds and resumes the first unfinished
 one from its last checkpoint.
@@ -48,9 +49,9 @@ def prepare_folds(recipe: Recipe, labels: LabelSet, index: list[IndexedImage]) -
     """Load or make the folds of the recipe's data (``index``: :func:`~cxrseg.data.dataset.index_training_source`'s)
     in ``OUTPUT_DIR/splits.json``, and write ``cv.json``.
 
-    Strata are the rarest class present per image; groups the patients (:func:`cxrseg.data.groups.patient_groups`
-    of the data folder). Under DDP every process calls it, the main one first (``main_process_first``): the
-    others read the folds it saved.
+    Balanced per class (:func:`~cxrseg.data.splits.make_folds`); groups the patients
+    (:func:`cxrseg.data.groups.patient_groups` of the data folder). Under DDP every process calls it, the main one
+    first (``main_process_first``): the others read the folds it saved.
     """
     data_args, output_dir = recipe.data, Path(recipe.training.output_dir)
     image_ids = [row.image_id for row in index]
@@ -76,7 +77,7 @@ def prepare_folds(recipe: Recipe, labels: LabelSet, index: list[IndexedImage]) -
         "num_folds": data_args.num_folds,
         "folds": [fold_dir(".", k).name for k in range(data_args.num_folds)],
         "split_seed": data_args.split_seed,
-        "strata": "positivity" if len(labels.foreground) == 1 else "the rarest class present",
+        "strata": "positives per fold" if len(labels.foreground) == 1 else "images per class per fold",
         "groups": described,
         "num_images": len(image_ids),
     }
