@@ -59,6 +59,10 @@ class ModelArguments:
         self.model_config = spec
 
 
+CV_CHECKPOINTS = ("last", "inner")
+"""What a cross-validation fold keeps: its last checkpoint, or the best on an inner split of its training images."""
+
+
 @dataclass
 class DataArguments:
     data_dir: str = field(default="data/siim-png", metadata={"help": "PNG layout root (or a saved datasets folder)."})
@@ -75,6 +79,15 @@ class DataArguments:
     )
     fold: str = field(
         default="all", metadata={"help": "With num_folds: 'all' trains every fold in turn, or one index 0..K-1."}
+    )
+    cv_checkpoint: str = field(
+        default="last",
+        metadata={
+            "help": "With num_folds, the checkpoint each fold keeps: 'last' (a fixed schedule; nothing is chosen on "
+            "the fold's validation images, which the out-of-fold figures score) or 'inner' (the best by "
+            "metric_for_best_model, with load_best_model_at_end, on an inner split of val_fraction of the fold's "
+            "training images, patients kept together)."
+        },
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate training rows (quick runs)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate validation rows (quick runs)."})
@@ -93,6 +106,8 @@ class DataArguments:
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise RecipeError(f"{key} must be at least 1 (or null for every row), got {getattr(self, key)}.")
         self.fold = str(self.fold)
+        if self.cv_checkpoint not in CV_CHECKPOINTS:
+            raise RecipeError(f"cv_checkpoint must be one of {CV_CHECKPOINTS}, got {self.cv_checkpoint!r}.")
         if self.num_folds is None:
             if self.fold != "all":
                 raise RecipeError(f"fold: {self.fold} needs num_folds (the number of cross-validation folds).")

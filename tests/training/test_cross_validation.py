@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import runpy
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from cxrseg.cli import main
@@ -26,6 +29,7 @@ from cxrseg.evaluation.engine import EvaluationOptions
 from cxrseg.evaluation.evaluate import evaluate
 from cxrseg.evaluation.metrics import SegmentationMetrics, dice_score
 from cxrseg.evaluation.out_of_fold import evaluate_out_of_fold
+from cxrseg.evaluation.report import out_of_fold_summary
 from cxrseg.evaluation.rule_search import TripletSearch, search_grid
 from cxrseg.evaluation.stream import evaluation_loader, stream_predictions
 from cxrseg.inference.cv_folder import fold_dir, read_cross_validation
@@ -33,7 +37,7 @@ from cxrseg.inference.segmenter import load_segmenter
 from cxrseg.labels import PNEUMOTHORAX, get_labels
 from cxrseg.postprocessing.rules import PostProcess
 from cxrseg.synthetic import make_multilabel_demo_data
-from cxrseg.training.cross_validation import mark_fold_finished, prepare_folds
+from cxrseg.training.cross_validation import fold_recipe, fold_training_splits, mark_fold_finished, prepare_folds
 from cxrseg.training.train import main as train_main
 from cxrseg.training.train import train_folds
 from tests.conftest import TINY_MODEL_CONFIG, save_tiny_model
@@ -352,3 +356,74 @@ def test_the_cv_demo_table_shows_the_numbers_of_its_evaluations(tmp_path, demo_r
     search = oof["search"]
     assert row("tuned on all out-of-fold")[-1:] == fmt(search["tuned_on_oof"]["kaggle_dice"])
     assert row("cross-validated")[-1:] == fmt(search["cross_validated"]["kaggle_dice"])
+
+
+def test_folds_choose_nothing_on_their_validation_images_by_default(tmp_path, demo_root):
+    """cv_checkpoint: last (the default) turns load_best_model_at_end off in every fold; inner keeps it, carving
+    the choosing split from the fold's training images (patients together) and holding the fold's images out; cv.json
+    and the out-of-fold report say which."""
+    out = tmp_path / "cv"
+    recipe = parse_recipe(recipe_args(demo_root, out, "--num_folds", "2"))
+    assert recipe.data.cv_checkpoint == "last" and recipe.training.load_best_model_at_end  # the recipe asks for it
+    assert not fold_recipe(recipe, 0).training.load_best_model_at_end  # ... and the fold does not choose
+    assert fold_recipe(recipe, 0).resolved["load_best_model_at_end"] is False  # its recipe.yaml retrains it so
+    index = index_training_source(recipe.data, PNEUMOTHORAX)[1]
+    folds = prepare_folds(recipe, PNEUMOTHORAX, index)
+    assert fold_training_splits(recipe, PNEUMOTHORAX, index, folds) == folds
+    assert json.loads((out / CV_FILENAME).read_text())["checkpoint_chosen_on"].startswith("nothing: each fold trains")
+
+    inner = parse_recipe(recipe_args(demo_root, out, "--num_folds", "2", "--cv_checkpoint", "inner"))
+    assert fold_recipe(inner, 1).training.load_best_model_at_end
+    for fold, own in zip(folds, fold_training_splits(inner, PNEUMOTHORAX, index, folds)):
+        assert own["held_out"] == fold["val"] and sorted(own["train"] + own["val"]) == fold["train"]
+        assert not set(own["val"]) & set(own["train"]) and 0 < len(own["val"]) < len(own["train"])
+    with pytest.raises(RecipeError, match="cv_checkpoint must be one of"):
+        parse_recipe(recipe_args(demo_root, out, "--num_folds", "2", "--cv_checkpoint", "best"))
+
+    # an inner-split CV folder evaluates out of fold on the held-out images, and its report says what chose
+    inner_out = tmp_path / "cv-inner"
+    inner = parse_recipe(recipe_args(demo_root, inner_out, "--num_folds", "2", "--cv_checkpoint", "inner"))
+    folds = prepare_folds(inner, PNEUMOTHORAX, index)
+    for k, own in enumerate(fold_training_splits(inner, PNEUMOTHORAX, index, folds)):
+        save_tiny_model(fold_dir(inner_out, k), seed=k, splits=own)
+        mark_fold_finished(fold_dir(inner_out, k), k, 2, {})
+    result = evaluate_out_of_fold(inner_out, demo_root, tmp_path / "oof", device="cpu")
+    assert (
+        result.metrics["num_images"] == 24
+        and "an inner split (0.2 of each fold's training images" in (result.metrics["checkpoint_chosen_on"])
+    )
+    assert "checkpoint chosen on: an inner split" in out_of_fold_summary(result)
+
+
+@pytest.mark.slow
+def test_validation_images_do_not_touch_the_fold_models(tmp_path, demo_root):
+    """Two CV runs whose data differ only in the masks of fold 0's validation images (inverted): the per-epoch
+    validation loss differs (a best-checkpoint rule would see other numbers), yet fold 0's model is the same tensor
+    for tensor, and it is the fold's last checkpoint."""
+    args = (
+        "--num_folds", "2", "--fold", "0", "--num_train_epochs", "3", "--per_device_train_batch_size", "4",
+        "--balanced_sampling", "false", "--augmentation", "none",
+    )  # fmt: skip
+    out_a, out_b = tmp_path / "a", tmp_path / "b"
+    train_folds(parse_recipe(recipe_args(demo_root, out_a, *args)))
+    folds = json.loads((out_a / "splits.json").read_text())
+    changed = tmp_path / "data"
+    shutil.copytree(demo_root, changed)
+    for image_id in folds[0]["val"]:
+        mask = changed / "masks" / "train" / f"{image_id}.png"
+        Image.fromarray(255 - np.asarray(Image.open(mask))).save(mask)  # every label of the image changes
+    out_b.mkdir()
+    shutil.copy(out_a / "splits.json", out_b / "splits.json")  # the same folds (the changed masks would move them)
+    train_folds(parse_recipe(recipe_args(changed, out_b, *args)))
+
+    def eval_losses(out):
+        history = json.loads((out / "fold_0" / "trainer_state.json").read_text())["log_history"]
+        return [entry["eval_loss"] for entry in history if "eval_loss" in entry]
+
+    assert len(eval_losses(out_a)) == 3 and all(a != b for a, b in zip(eval_losses(out_a), eval_losses(out_b)))
+    model_a = load_file(out_a / "fold_0" / "model.safetensors")
+    model_b = load_file(out_b / "fold_0" / "model.safetensors")
+    last = max((out_a / "fold_0").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    for name, tensor in load_file(last / "model.safetensors").items():
+        assert torch.equal(model_a[name], tensor) and torch.equal(model_b[name], tensor), name
+    assert json.loads((out_a / CV_FILENAME).read_text())["cv_checkpoint"] == "last"

@@ -178,9 +178,9 @@ def _costs(loads: np.ndarray) -> np.ndarray:
     """[N, 4] costs of N placements' loads [N, K, C + 1] (see :func:`placement_cost`)."""
     spread = loads.max(1) - loads.min(1)
     squares = ((loads - loads.mean(1, keepdims=True)) ** 2).sum(1)
-    return np.stack(
-        [spread[:, :-1].sum(1), spread[:, -1], squares[:, :-1].sum(1), squares[:, -1]], axis=1
-    ).astype(np.float64)
+    return np.stack([spread[:, :-1].sum(1), spread[:, -1], squares[:, :-1].sum(1), squares[:, -1]], axis=1).astype(
+        np.float64
+    )
 
 
 def _improve_placement(load: np.ndarray, vectors: np.ndarray, placed: list[list[list[str]]]) -> None:

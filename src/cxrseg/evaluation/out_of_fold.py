@@ -63,7 +63,8 @@ def evaluate_out_of_fold(
     are run and whether to search (default :class:`~cxrseg.evaluation.engine.EvaluationOptions`). device,
     precision, compile: how each fold model runs (:func:`cxrseg.inference.segmenter.load_segmenter`).
 
-    metrics.json: the settings; the OOF metrics at ``prob >= 0.5`` (keys as
+    metrics.json: the settings (``checkpoint_chosen_on``: what each fold's checkpoint was chosen on, from
+    ``cv.json``); the OOF metrics at ``prob >= 0.5`` (keys as
     :func:`cxrseg.evaluation.evaluate.evaluate`'s); ``folds``: each fold's metrics (with ``fold`` and ``model``);
     ``fold_spread``: for dice, iou, kaggle_dice and ap, the mean, sample standard deviation (ddof 1), min and max
     over folds; with ``search``, ``search`` holds ``tuned_on_oof`` (:func:`~cxrseg.evaluation.report.search_results`
@@ -90,6 +91,7 @@ def evaluate_out_of_fold(
         "split": "val",
         "images": f"out of fold: each of the {num_images} images of {run.root}/splits.json by the one of its "
         f"{run.num_folds} fold models that never trained on it",
+        "checkpoint_chosen_on": run.checkpoint_chosen_on,
         "image_size": size,
         "tta": options.tta,
         "threshold": THRESHOLD,
@@ -139,7 +141,9 @@ def _fold_rows(
             f"{list(names)} at {size}²: the folds of {run.root} do not belong together."
         )
     val = run.folds[fold]["val"]
-    if segmenter.splits is None or segmenter.splits.get("val") != val:
+    # a fold trained with cv_checkpoint: inner holds its inner split and the fold's validation images as "held_out"
+    own = segmenter.splits or {}
+    if own.get("held_out", own.get("val")) != val or set(val) & set(own.get("train", [])):
         raise DataError(f"{folder}/splits.json is not fold {fold} of {run.root}/splits.json.")
     missing = [image_id for image_id in val if image_id not in index]
     if missing:

@@ -164,7 +164,12 @@ def out_of_fold_summary(evaluation: EvaluationResult) -> str:
     """The OOF headline metrics, the per-fold figures, and with a search the before / tuned-on-OOF /
     cross-validated Kaggle mean Dice (per class for several outputs)."""
     m = evaluation.metrics
-    lines = ["Out of fold " + headline_lines(m)[0], *headline_lines(m)[1:], "Per fold:"]
+    lines = [
+        "Out of fold " + headline_lines(m)[0],
+        f"  each fold's checkpoint chosen on: {m.get('checkpoint_chosen_on', 'not recorded')}",
+        *headline_lines(m)[1:],
+        "Per fold:",
+    ]
     lines.append(f"  {'fold':<6}{'images':>8}{'Dice':>10}{'Kaggle':>10}{'AP':>10}")
     for fold in m["folds"]:
         lines.append(

@@ -6,7 +6,8 @@ The folder (written by :mod:`cxrseg.training.cross_validation`)::
       cv.json             the marker: {"num_folds": K, "folds": ["fold_0", ...], "split_seed", "strata", "groups"}
       splits.json         the K folds, nnU-Net style: [{"train": [ids], "val": [ids]}, ...] (cxrseg.data.splits)
       recipe.yaml         the resolved recipe (with num_folds)
-      fold_<k>/           a normal training output folder whose splits.json is fold k's {"train", "val"};
+      fold_<k>/           a normal training output folder whose splits.json is fold k's {"train", "val"} (or an inner
+                          split of fold k's training images plus "held_out": fold k's val);
                           cv_fold.json appears when fold k has finished
       evaluation/val/     out-of-fold evaluation (``cxrseg evaluate --model OUTPUT_DIR``)
       postprocess.json    the mask rule tuned on the out-of-fold predictions: the ensemble's rule
@@ -40,6 +41,10 @@ def fold_is_finished(folder: str | os.PathLike) -> bool:
     return (Path(folder) / FOLD_RESULT_FILENAME).is_file()
 
 
+UNRECORDED_CHECKPOINT = (
+    "not recorded in cv.json (trained before cxrseg recorded it: unless the recipe turned load_best_model_at_end "
+    "off, each fold kept its best checkpoint on its own validation images, so the out-of-fold figures are optimistic)"
+)
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,8 @@ class CrossValidationRun:
     root: Path
     folds: list[Split]
     fold_dirs: list[Path]
+    checkpoint_chosen_on: str = UNRECORDED_CHECKPOINT
+    """cv.json's ``checkpoint_chosen_on``: what each fold's kept checkpoint was chosen on."""
 
     @property
     def num_folds(self) -> int:
@@ -73,4 +80,4 @@ def read_cross_validation(path: str | os.PathLike) -> CrossValidationRun:
             f"{root}: {len(unfinished)} of {len(fold_dirs)} folds have not finished training "
             f"({', '.join(unfinished)}); rerun the training command with --resume_from_checkpoint last."
         )
-    return CrossValidationRun(root, folds, fold_dirs)
+    return CrossValidationRun(root, folds, fold_dirs, summary.get("checkpoint_chosen_on", UNRECORDED_CHECKPOINT))

@@ -3,11 +3,13 @@
 A recipe with ``num_folds: K`` makes ``output_dir`` a **CV folder**::
 
     OUTPUT_DIR/
-      cv.json             the marker: {"num_folds": K, "folds": ["fold_0", ...], "split_seed", "strata", "groups"}
+      cv.json             the marker: {"num_folds": K, "folds": ["fold_0", ...], "split_seed", "strata", "groups",
+                          "cv_checkpoint", "checkpoint_chosen_on"}
       splits.json         the K folds, nnU-Net style: [{"train": [ids], "val": [ids]}, ...] (cxrseg.data.splits)
       recipe.yaml         the resolved recipe (with num_folds)
       fold_<k>/           a normal training output folder (model, processor, recipe.yaml, checkpoint-N/, metrics,
-                          model card) whose splits.json is fold k's {"train", "val"} and whose recipe.yaml
+                          model card) whose splits.json is fold k's {"train", "val"} (with ``cv_checkpoint: inner``:
+                          {"train": inner train, "val": inner split, "held_out": fold k's val}) and whose recipe.yaml
                           retrains fold k as a plain run; cv_fold.json appears when fold k has finished
       evaluation/val/     out-of-fold evaluation (``cxrseg evaluate --model OUTPUT_DIR``; cxrseg.evaluation.out_of_fold)
       postprocess.json    post-processing tuned on the out-of-fold predictions: the ensemble's mask rule
@@ -20,6 +22,11 @@ and reused: a rerun, or a run of one fold (``fold: k``) on another machine, read
 trained in parallel may write them at the same time. A fold is finished when its ``cv_fold.json`` exists (written
 last, atomically); resuming (``resume_from_checkpoint: last``) skips finished folds and resumes the first unfinished
 one from its last checkpoint.
+
+No choice is made on the images the out-of-fold figures score: by default (``cv_checkpoint: last``) each fold trains
+its fixed schedule and keeps its last checkpoint (``load_best_model_at_end`` off: the SIIM-ACR winners' practice);
+with ``cv_checkpoint: inner`` it keeps the best checkpoint on an inner split carved from its own training images.
+``cv.json`` records which (``checkpoint_chosen_on``), and the out-of-fold report repeats it.
 """
 
 from __future__ import annotations
@@ -35,14 +42,13 @@ from cxrseg.constants import CV_FILENAME, FOLD_RESULT_FILENAME, SPLITS_FILENAME
 from cxrseg.data.dataset import class_presence, is_saved_dataset
 from cxrseg.data.groups import patient_groups
 from cxrseg.data.png_layout import IndexedImage
-from cxrseg.data.splits import Split, load_or_make_folds, read_splits, save_split
+from cxrseg.data.splits import Split, load_or_make_folds, make_folds, read_splits, save_split
 from cxrseg.errors import DataError
 from cxrseg.files import TRAINING_RUN, atomic_write_text, mark_output
 from cxrseg.inference.cv_folder import fold_dir
 from cxrseg.labels import LabelSet
 
 logger = logging.getLogger(__name__)
-
 
 
 def prepare_folds(recipe: Recipe, labels: LabelSet, index: list[IndexedImage]) -> list[Split]:
@@ -80,6 +86,8 @@ def prepare_folds(recipe: Recipe, labels: LabelSet, index: list[IndexedImage]) -
         "strata": "positives per fold" if len(labels.foreground) == 1 else "images per class per fold",
         "groups": described,
         "num_images": len(image_ids),
+        "cv_checkpoint": data_args.cv_checkpoint,
+        "checkpoint_chosen_on": checkpoint_chosen_on(recipe),
     }
     if recipe.training.should_save:  # the data and the folds are checked (train_folds checked the folder)
         mark_output(output_dir, TRAINING_RUN)
@@ -88,11 +96,60 @@ def prepare_folds(recipe: Recipe, labels: LabelSet, index: list[IndexedImage]) -
     return folds
 
 
+def checkpoint_chosen_on(recipe: Recipe) -> str:
+    """In words, what a fold's kept checkpoint was chosen on under the recipe's ``cv_checkpoint``."""
+    if recipe.data.cv_checkpoint == "last":
+        return (
+            f"nothing: each fold trains {recipe.training.num_train_epochs:g} epochs and keeps its last checkpoint; "
+            "the fold's validation images choose nothing"
+        )
+    best = recipe.training.load_best_model_at_end
+    return (
+        f"an inner split ({recipe.data.val_fraction:g} of each fold's training images, patients kept together), by "
+        f"{recipe.training.metric_for_best_model if best else 'nothing (load_best_model_at_end is off: last)'}; "
+        "the fold's validation images are neither trained on nor used to choose"
+    )
+
+
+def fold_training_splits(
+    recipe: Recipe, labels: LabelSet, index: list[IndexedImage], folds: list[Split]
+) -> list[Split]:
+    """What each fold's training run reads as its ``splits.json``. ``cv_checkpoint: last``: the fold itself.
+    ``inner``: ``{"train", "val"}`` carved from the fold's training images (the validation part is fold 0 of
+    :func:`~cxrseg.data.splits.make_folds` with ``round(1 / val_fraction)`` folds, so balanced and patient-grouped,
+    seeded by ``split_seed``), plus ``"held_out"``: the fold's validation images, which that run never reads."""
+    if recipe.data.cv_checkpoint == "last":
+        return folds
+    root = Path(recipe.data.data_dir)
+    image_ids = [row.image_id for row in index]
+    groups, _ = patient_groups(root.parent if is_saved_dataset(root) else root, image_ids)
+    group_of = dict(zip(image_ids, groups))
+    presence_of = {row.image_id: class_presence(row, labels) for row in index}
+    num_parts = max(2, round(1 / recipe.data.val_fraction))
+    splits = []
+    for k, fold in enumerate(folds):
+        train = fold["train"]
+        try:
+            inner = make_folds(
+                train, [presence_of[i] for i in train], [group_of[i] for i in train], num_parts, recipe.data.split_seed
+            )[0]
+        except DataError as error:
+            raise DataError(
+                f"Fold {k}: cannot carve an inner split for cv_checkpoint: inner from its {len(train)} training "
+                f"images ({error}); use cv_checkpoint: last or a larger val_fraction."
+            ) from error
+        splits.append({**inner, "held_out": list(fold["val"])})
+    return splits
+
+
 def fold_recipe(recipe: Recipe, fold: int) -> Recipe:
     """The plain recipe of fold ``fold``: output in ``OUTPUT_DIR/fold_<fold>`` (whose ``splits.json`` holds the
-    fold), no ``num_folds``, ``run_name`` suffixed with the fold; its saved ``recipe.yaml`` retrains that fold."""
+    fold), no ``num_folds``, ``run_name`` suffixed with the fold; its saved ``recipe.yaml`` retrains that fold.
+    With ``cv_checkpoint: last``, ``load_best_model_at_end`` is off: the fold keeps its last checkpoint."""
     output_dir = str(fold_dir(recipe.training.output_dir, fold))
     changes = {"output_dir": output_dir}
+    if recipe.data.cv_checkpoint == "last":
+        changes["load_best_model_at_end"] = False
     if recipe.training.run_name:
         changes["run_name"] = f"{recipe.training.run_name}-fold{fold}"
     training = dataclasses.replace(recipe.training, **changes)

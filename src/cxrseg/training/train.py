@@ -34,7 +34,13 @@ from cxrseg.model import build_model
 from cxrseg.plots import plot_training_curves
 from cxrseg.synthetic import DEMO_DATA_MAKERS
 from cxrseg.training.checkpoints import is_resume_last, resume_checkpoint
-from cxrseg.training.cross_validation import fold_recipe, mark_fold_finished, prepare_folds, write_fold_split
+from cxrseg.training.cross_validation import (
+    fold_recipe,
+    fold_training_splits,
+    mark_fold_finished,
+    prepare_folds,
+    write_fold_split,
+)
 from cxrseg.training.losses import build_loss
 from cxrseg.training.tracking import check_tracking, finish_tracking
 from cxrseg.training.trainer import SegmentationTrainer, streaming_metrics
@@ -218,7 +224,7 @@ def train_folds(recipe: Recipe, callbacks: Sequence[TrainerCallback] = ()) -> di
     with args.main_process_first(desc="demo data and folds"):
         write_demo_data_if_asked(data_args, labels)
         indexed = index_training_source(data_args, labels)  # once for every fold
-        folds = prepare_folds(recipe, labels, indexed[1])
+        folds = fold_training_splits(recipe, labels, indexed[1], prepare_folds(recipe, labels, indexed[1]))
     if args.should_save:
         save_recipe(recipe, output_dir / RECIPE_FILENAME)
     resuming = is_resume_last(args.resume_from_checkpoint)
