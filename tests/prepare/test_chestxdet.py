@@ -155,6 +155,9 @@ def test_shrinking_keeps_small_findings_per_class(chestxdet_raw, tmp_path):
             "2": "00000042",
             "3": "",
         }
+    with (tmp_path / "out" / "problems.csv").open() as handle:
+        unnamed = [row["image_id"] for row in csv.DictReader(handle) if row["reason"] == "no_patient_id"]
+    assert unnamed == ["3"]  # counted, kept as its own patient group
     second = planes_of(tmp_path / "out" / "masks" / "train" / "2.png")
     assert second.shape == (13, 16, 16)
     assert second[index("Nodule")].sum() == 1  # 2x2 source pixels: below half of a 4x4 block, kept anyway

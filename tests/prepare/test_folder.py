@@ -135,3 +135,32 @@ def test_patient_ids_go_to_metadata_and_group_the_folds(tmp_path):
     with (out / "metadata.csv").open() as handle:
         assert {row["image_id"]: row["PatientID"] for row in csv.DictReader(handle)} == {"a": "P7", "b": "P7", "c": ""}
     assert patient_groups(out, ["a", "b", "c"])[0] == ["patient:P7", "patient:P7", "image:c"]
+    with (out / "problems.csv").open() as handle:
+        problems = {(row["image_id"], row["reason"], row["action"]) for row in csv.DictReader(handle)}
+    assert problems == {("unused", "patient_row_unmatched", "row ignored"), ("c", "no_patient_id", "image kept")}
+    assert "no_patient_id: 1, patient_row_unmatched: 1" in result.stdout  # the summary counts them
+
+
+def test_patient_ids_match_with_or_without_file_suffixes_and_a_csv_matching_nothing_is_an_error(tmp_path):
+    for name in ("a", "b"):
+        write(tmp_path / "i" / f"{name}.png", np.full((8, 8), 90, np.uint8))
+        write(tmp_path / "m" / f"{name}.png", np.zeros((8, 8), np.uint8))
+    csv_path = tmp_path / "patients.csv"
+    csv_path.write_text("image_id,PatientID\na.png,P7\nb,P8\n")  # file name with and without its suffix
+    prepare_folder(tmp_path / "i", tmp_path / "m", PrepareOptions(tmp_path / "out"), patient_ids=csv_path)
+    with (tmp_path / "out" / "metadata.csv").open() as handle:
+        assert {row["image_id"]: row["PatientID"] for row in csv.DictReader(handle)} == {"a": "P7", "b": "P8"}
+    assert not (tmp_path / "out" / "problems.csv").read_text().strip().splitlines()[1:]  # every row matched
+
+    csv_path.write_text("image_id,PatientID\na,P7\na.png,P9\n")
+    with pytest.raises(PrepareError, match=r"rows 'a' and 'a\.png' both name image 'a'"):
+        prepare_folder(tmp_path / "i", tmp_path / "m", PrepareOptions(tmp_path / "o2"), patient_ids=csv_path)
+    csv_path.write_text("image_id,PatientID\nscans/a.dcm.gz,P7\nzzz,P8\n")
+    out = tmp_path / "o3"
+    result = run_prepare(
+        "folder", "--images", str(tmp_path / "i"), "--masks", str(tmp_path / "m"), "--out", str(out),
+        "--patient-ids", str(csv_path),
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "patients.csv: none of its 2 image_ids names an image of this run (first: 'scans/a.dcm.gz'" in result.stderr
+    assert not out.exists()

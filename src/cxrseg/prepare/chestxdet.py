@@ -19,6 +19,7 @@ file names (later record skipped) and images in the folder without a record (ima
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +28,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from cxrseg.data.groups import PATIENT_COLUMN, read_patient_ids
+from cxrseg.data.groups import PATIENT_COLUMN
 from cxrseg.errors import DataError, PrepareError
 from cxrseg.imageio.images import read_image, write_png
 from cxrseg.labels import CHESTXDET, CHESTXDET_CLASSES, pack_multilabel
+from cxrseg.prepare.patients import match_patient_ids
 from cxrseg.prepare.problems import IMAGE_SKIPPED, ItemResult, Problem, Summary, check_image_id
 from cxrseg.prepare.resize import resize_image, resize_mask
 from cxrseg.prepare.writer import PrepareOptions, Source, write_layout
@@ -76,9 +78,9 @@ def prepare_chestxdet(
     images_dir: folder holding the images named by ``file_name`` (searched recursively, so ``train/`` and
     ``test/`` subfolders work). patient_ids: a CSV with columns ``image_id`` and ``PatientID``
     (:func:`cxrseg.data.groups.read_patient_ids`), copied into ``metadata.csv`` so that cross-validation folds keep
-    a patient's images together; ChestX-Det's own file names carry no patient id.
+    a patient's images together (matched with or without file suffixes, mismatches in ``problems.csv``:
+    :func:`cxrseg.prepare.patients.match_patient_ids`); ChestX-Det's own file names carry no patient id.
     """
-    patients = read_patient_ids(patient_ids) if patient_ids is not None else {}
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise PrepareError(f"Image folder {images_dir} does not exist.")
@@ -119,15 +121,15 @@ def prepare_chestxdet(
                 (str(name), tuple(tuple(map(float, point)) for point in polygon))
                 for name, polygon in zip(syms, polygons)
             )
-            items.append(
-                ChestXDetItem(
-                    image_id, split, str(on_disk[file_name]), regions, options.image_size, patients.get(image_id, "")
-                )
-            )
+            items.append(ChestXDetItem(image_id, split, str(on_disk[file_name]), regions, options.image_size))
     for file_name, path in on_disk.items():
         if Path(file_name).stem not in used:
             problems.append(Problem(Path(file_name).stem, "", "unannotated_image", IMAGE_SKIPPED, str(path)))
 
+    if patient_ids is not None:
+        patients, patient_problems = match_patient_ids(patient_ids, {item.image_id: item.split for item in items})
+        problems += patient_problems
+        items = [dataclasses.replace(item, patient_id=patients.get(item.image_id, "")) for item in items]
     source = Source("chestxdet", CHESTXDET, METADATA_COLUMNS, convert_chestxdet_item)
     return write_layout(options, source, items, splits=splits, inputs=(images_dir, *annotations), problems=problems)
 

@@ -25,10 +25,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cxrseg.data.groups import PATIENT_COLUMN, read_patient_ids
+from cxrseg.data.groups import PATIENT_COLUMN
 from cxrseg.errors import DataError, PrepareError
 from cxrseg.imageio.images import read_image, write_png
 from cxrseg.labels import PNEUMOTHORAX, LabelSet, pack_multilabel, unpack_multilabel
+from cxrseg.prepare.patients import match_patient_ids
 from cxrseg.prepare.problems import IMAGE_SKIPPED, ItemResult, Problem, Summary, check_image_id
 from cxrseg.prepare.resize import resize_class_indices, resize_image, resize_mask
 from cxrseg.prepare.writer import PrepareOptions, Source, write_layout
@@ -61,13 +62,17 @@ def prepare_folder(
     """Convert image/mask folders into split ``split`` of the PNG layout at ``options.out`` (see the module
     docstring). labels_file: a labels JSON (:meth:`cxrseg.labels.LabelSet.load`); pneumothorax when None.
     patient_ids: a CSV with columns ``image_id`` and ``PatientID`` (:func:`cxrseg.data.groups.read_patient_ids`),
-    copied into ``metadata.csv`` so that cross-validation folds keep a patient's images together."""
-    patients = read_patient_ids(patient_ids) if patient_ids is not None else {}
+    copied into ``metadata.csv`` so that cross-validation folds keep a patient's images together; matched with
+    or without file suffixes, mismatches in ``problems.csv`` (:func:`cxrseg.prepare.patients.match_patient_ids`)."""
     check_image_id(split, "--split")
     labels = LabelSet.load(labels_file) if labels_file else PNEUMOTHORAX
     images, problems = _find(images_dir, IMAGE_SUFFIXES, split, "image")
     masks, mask_problems = _find(masks_dir, MASK_SUFFIXES, split, "mask")
     problems += mask_problems
+    patients: dict[str, str] = {}
+    if patient_ids is not None:
+        patients, patient_problems = match_patient_ids(patient_ids, {image_id: split for image_id in images})
+        problems += patient_problems
     items = []
     for image_id, path in images.items():
         if image_id in masks:
