@@ -266,9 +266,30 @@ def test_cli_evaluate_with_search_saves_postprocess_next_to_the_model(tmp_path, 
     assert saved == PostProcess(
         float(best["top_threshold"]), int(best["min_area"]), float(best["bottom_threshold"]), image_size=64
     )
-    assert metrics["search"]["postprocess"] == json.loads((model_dir / "postprocess.json").read_text())
+    written = json.loads((model_dir / "postprocess.json").read_text())
+    provenance = written.pop("provenance")  # how the predictions it was tuned on were made
+    assert metrics["search"]["postprocess"] == written
+    assert provenance == {
+        "tta": "hflip",
+        "kind": "single",
+        "members": [f"{tmp_path.name}/model"],
+        "image_size": 64,
+        "data": str(demo_root),
+        "split": "val",
+    }
     assert load_segmenter(model_dir).postprocess == saved  # prediction uses it by default
-    assert main(["evaluate", "--model", str(model_dir), "--data", str(demo_root), "--split", "test"]) == 2
+    assert (
+        main(["evaluate", "--model", str(model_dir), "--data", str(demo_root), "--split", "test", "--tta", "hflip"])
+        == 2
+    )
+    capsys.readouterr()
+    # the rule was tuned with hflip: predictions without it are refused, or with the flag warned about
+    assert main(["evaluate", "--model", str(model_dir), "--data", str(demo_root), "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit these predictions: it was tuned with TTA hflip but these predictions use TTA none" in err
+    assert not (tmp_path / "e").exists()
+    allowed = ["--allow-rule-mismatch", "--out", str(tmp_path / "e"), "--num-workers", "0"]
+    assert main(["evaluate", "--model", str(model_dir), "--data", str(demo_root), *allowed]) == 0
 
 
 class ScaledIntensityModel(nn.Module):

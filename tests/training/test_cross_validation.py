@@ -427,3 +427,36 @@ def test_validation_images_do_not_touch_the_fold_models(tmp_path, demo_root):
     for name, tensor in load_file(last / "model.safetensors").items():
         assert torch.equal(model_a[name], tensor) and torch.equal(model_b[name], tensor), name
     assert json.loads((out_a / CV_FILENAME).read_text())["cv_checkpoint"] == "last"
+
+
+def test_the_cv_rule_knows_how_it_was_tuned_and_the_ensemble_tunes_its_own(tmp_path, demo_root, capsys):
+    """The out-of-fold rule records its TTA and folds; the ensemble of those folds may use it with the same TTA and
+    is refused it with another; --search-postprocess on the ensemble over another split tunes the ensemble's own."""
+    out = tmp_path / "cv"
+    untrained_cv_folder(demo_root, out, num_folds=2)
+    data = ["--data", str(demo_root), "--num-workers", "0"]
+    assert main(["evaluate", "--model", str(out), *data, "--search-postprocess"]) == 0
+    provenance = json.loads((out / "postprocess.json").read_text())["provenance"]
+    assert provenance["kind"] == "out_of_fold" and provenance["tta"] == "none"
+    assert provenance["members"] == ["cv/fold_0", "cv/fold_1"] and provenance["image_size"] == 64
+    assert provenance["checkpoint_chosen_on"].startswith("nothing: each fold trains")
+    ensemble = ["evaluate", "--model", str(out), *data, "--split", "train"]
+    assert main([*ensemble, "--out", str(tmp_path / "same")]) == 0
+    capsys.readouterr()
+    assert main([*ensemble, "--out", str(tmp_path / "hflip"), "--tta", "hflip"]) == 2
+    assert "tuned with TTA none but these predictions use TTA hflip" in capsys.readouterr().err
+    assert main([*ensemble, "--out", str(tmp_path / "tuned"), "--tta", "hflip", "--search-postprocess"]) == 0
+    own = json.loads((out / "postprocess.json").read_text())["provenance"]
+    assert own == {
+        "tta": "hflip",
+        "kind": "ensemble",
+        "members": ["cv/fold_0", "cv/fold_1"],
+        "image_size": 64,
+        "data": str(demo_root),
+        "split": "train",
+    }
+    assert main([*ensemble, "--out", str(tmp_path / "hflip"), "--tta", "hflip"]) == 0  # now it fits
+    one_fold = ["--model", str(fold_dir(out, 0)), "--out", str(tmp_path / "fold0"), "--tta", "hflip"]
+    given = ["--postprocess", str(out / "postprocess.json")]
+    assert main(["evaluate", *one_fold, *data, "--split", "train", *given]) == 2
+    assert "tuned on the ensemble of" in capsys.readouterr().err

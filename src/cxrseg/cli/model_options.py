@@ -55,11 +55,20 @@ def add_model_arguments(parser: argparse.ArgumentParser, postprocess: bool = Tru
             help="a postprocess.json to use instead of the model's own (e.g. from evaluating a Hub model, or a CV "
             "folder's out-of-fold rule for one of its folds)",
         )
+        parser.add_argument(
+            "--allow-rule-mismatch",
+            action="store_true",
+            help="apply a mask rule tuned on predictions made otherwise (other TTA, one model vs an ensemble) with a "
+            "warning instead of refusing it",
+        )
 
 
 def load_model(args: argparse.Namespace) -> Predictor:
     """The model that :func:`add_model_arguments`' options name (:func:`cxrseg.inference.ensemble.load_models`),
-    with its post-processing (``--postprocess``, else its own) unless turned off."""
+    with its post-processing (``--postprocess``, else its own) unless turned off. The rule must fit the predictions
+    (``--tta``, the models; :func:`~cxrseg.postprocessing.lookup.check_rule`) unless ``--allow-rule-mismatch``, or
+    ``--search-postprocess`` which tunes a new one."""
+    lenient = args.allow_rule_mismatch or getattr(args, "search_postprocess", False)
     return load_models(
         args.model,
         device=args.device,
@@ -67,6 +76,8 @@ def load_model(args: argparse.Namespace) -> Predictor:
         postprocess_path=args.postprocess,
         precision=args.precision,
         compile=args.compile,
+        tta=args.tta,
+        rule_mismatch="warn" if lenient else "error",
     )
 
 

@@ -16,6 +16,7 @@ and writes one ``per_image.csv`` row per image and class. Only one batch of prob
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -208,11 +209,12 @@ def write_rows(per_image: AtomicCsv, names: Sequence[str], results: Sequence[Ima
             )
 
 
-def save_tuned_rule(evaluation: EvaluationResult, search: TripletSearch, rule_dir: Path) -> dict:
+def save_tuned_rule(evaluation: EvaluationResult, search: TripletSearch, rule_dir: Path, provenance: dict) -> dict:
     """Record a search's winner in ``evaluation`` and save it (``rule_dir/postprocess.json``, the table as
     ``postprocess_search.csv`` in the output folder); returns :func:`~cxrseg.evaluation.report.search_results`
-    plus ``saved_to``."""
-    evaluation.best_postprocess = search.compute()
+    plus ``saved_to``. provenance: how the predictions it was tuned on were made, saved with the rule
+    (:func:`cxrseg.postprocessing.lookup.check_rule`)."""
+    evaluation.best_postprocess = dataclasses.replace(search.compute(), provenance=provenance)
     evaluation.search_table = search_table(search)
     evaluation.postprocess_path = save_search(
         rule_dir, evaluation.out_dir, evaluation.best_postprocess, evaluation.search_table

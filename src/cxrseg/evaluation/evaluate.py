@@ -23,6 +23,7 @@ from cxrseg.evaluation.engine import (
 from cxrseg.evaluation.report import EvaluationResult
 from cxrseg.evaluation.stream import split_rows
 from cxrseg.files import EVALUATION, check_output_folder, mark_output
+from cxrseg.inference.ensemble import predictions_made
 from cxrseg.inference.predictor import Predictor
 
 logger = logging.getLogger(__name__)
@@ -59,8 +60,9 @@ def evaluate(
     per_image.csv: image_id, class, truth_area, predicted_area, dice (pixels at the working size; the mask rule
     in effect). With ``search``: the mask rule's grid search (one triplet per class for a multi-output model)
     on the same pass, reported under ``search`` (:func:`~cxrseg.evaluation.report.search_results`); the winner is
-    saved as ``postprocess.json`` next to a local model (in ``out_dir`` for a Hub model) and the full table as
-    ``postprocess_search.csv``.
+    saved as ``postprocess.json`` next to a local model (in ``out_dir`` for a Hub model; a CV folder's ensemble: its
+    own rule, replacing the out-of-fold one) with its provenance (the TTA, single model or ensemble of which
+    members, working size, data and split) and the full table as ``postprocess_search.csv``.
     """
     options = EvaluationOptions(tta, batch_size, num_workers, search)
     rows, described = split_rows(segmenter, data_root, split)
@@ -90,7 +92,8 @@ def evaluate(
     evaluation = EvaluationResult(metrics, out)
     if search:
         rule_dir = segmenter.model_dir if segmenter.is_local else out
-        metrics["search"] = save_tuned_rule(evaluation, run.search(), rule_dir)
+        provenance = {**predictions_made(segmenter, tta), "data": str(data_root), "split": split}
+        metrics["search"] = save_tuned_rule(evaluation, run.search(), rule_dir, provenance)
     title = (
         f"{Path(segmenter.source).name}: {split}, {int(metrics['num_images'])} images at "
         f"{segmenter.image_size}x{segmenter.image_size}"

@@ -44,6 +44,7 @@ from cxrseg.inference.cv_folder import CrossValidationRun, read_cross_validation
 from cxrseg.inference.predictor import Predictor
 from cxrseg.inference.segmenter import load_segmenter
 from cxrseg.labels import LabelSet
+from cxrseg.postprocessing.lookup import member_name
 
 logger = logging.getLogger(__name__)
 
@@ -102,11 +103,26 @@ def evaluate_out_of_fold(
     evaluation = EvaluationResult(results, out)
     if options.search:
         results["search"] = {
-            "tuned_on_oof": save_tuned_rule(evaluation, scores.search(), run.root),
+            "tuned_on_oof": save_tuned_rule(
+                evaluation, scores.search(), run.root, _provenance(run, root, options, size)
+            ),
             "cross_validated": cross_validated_search([part.search for part in scores.parts]),
         }
     write_outputs(evaluation, scores, title=f"{run.root.name}: out of fold, {num_images} images at {size}x{size}")
     return evaluation
+
+
+def _provenance(run: CrossValidationRun, root: Path, options: EvaluationOptions, image_size: int) -> dict:
+    """How the out-of-fold predictions were made (the tuned rule's provenance): each image by one fold model."""
+    return {
+        "tta": options.tta,
+        "kind": "out_of_fold",
+        "members": [member_name(folder) for folder in run.fold_dirs],
+        "image_size": image_size,
+        "data": str(root),
+        "split": "val (out of fold)",
+        "checkpoint_chosen_on": run.checkpoint_chosen_on,
+    }
 
 
 def _fold_sources(run: CrossValidationRun, root: Path, loading: dict) -> Iterator[Source]:

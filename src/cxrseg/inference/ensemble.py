@@ -35,7 +35,7 @@ from cxrseg.inference.predictor import Predictor
 from cxrseg.inference.preprocessor import Preprocessor
 from cxrseg.inference.segmenter import Segmenter, load_segmenter
 from cxrseg.labels import LabelSet
-from cxrseg.postprocessing.lookup import find_rule
+from cxrseg.postprocessing.lookup import check_rule, find_rule, member_name
 from cxrseg.postprocessing.rules import MaskRule, PostProcess
 
 logger = logging.getLogger(__name__)
@@ -161,6 +161,17 @@ def load_ensemble(
     return ensemble
 
 
+def predictions_made(predictor: Predictor, tta: str) -> dict:
+    """How ``predictor`` makes its predictions, as a rule's provenance records it
+    (:func:`cxrseg.postprocessing.lookup.check_rule`): ``tta``, ``kind`` ("ensemble" or "single"), ``members``
+    (:func:`~cxrseg.postprocessing.lookup.member_name` of each model) and ``image_size`` (the working size)."""
+    if isinstance(predictor, Ensemble):
+        kind, members = "ensemble", [member_name(member.source) for member in predictor.members]
+    else:
+        kind, members = "single", [member_name(predictor.source)]
+    return {"tta": tta, "kind": kind, "members": members, "image_size": predictor.image_size}
+
+
 def load_models(
     models: str | os.PathLike | Sequence[str | os.PathLike],
     *,
@@ -169,10 +180,14 @@ def load_models(
     postprocess_path: str | os.PathLike | None = None,
     precision: str = "fp32",
     compile: bool = False,
+    tta: str | None = None,
+    rule_mismatch: str = "error",
 ) -> Predictor:
     """What a ``--model`` option names: one model folder or Hub id → its
     :class:`~cxrseg.inference.segmenter.Segmenter`; a CV folder or several models → their :class:`Ensemble`
-    (:func:`load_ensemble`)."""
+    (:func:`load_ensemble`). tta: the TTA the predictions will use; when given, the mask rule in effect must have
+    been tuned on predictions made the same way (:func:`~cxrseg.postprocessing.lookup.check_rule`, with
+    ``rule_mismatch`` "error" or "warn")."""
     models = [models] if isinstance(models, (str, os.PathLike)) else list(models)
     options = {
         "device": device,
@@ -182,5 +197,9 @@ def load_models(
         "compile": compile,
     }
     if len(models) == 1 and not is_cv_folder(models[0]):
-        return load_segmenter(models[0], **options)
-    return load_ensemble(models, **options)
+        predictor = load_segmenter(models[0], **options)
+    else:
+        predictor = load_ensemble(models, **options)
+    if tta is not None and predictor.postprocess is not None:
+        check_rule(predictor.postprocess, predictions_made(predictor, tta), predictor.source, mismatch=rule_mismatch)
+    return predictor

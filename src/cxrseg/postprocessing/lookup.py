@@ -3,7 +3,8 @@
 A model's rule is the file given with ``--postprocess`` (it must exist), else the ``postprocess.json`` in its folder
 (a trained model's, or a CV folder's for its ensemble) when there is one, else none (masks are ``prob >= 0.5``).
 Its ``min_area`` is rescaled to the model's working size; the file format is
-:func:`cxrseg.postprocessing.rules.load_postprocess`'s.
+:func:`cxrseg.postprocessing.rules.load_postprocess`'s. A rule records how the predictions it was tuned on were
+made (its ``provenance``), and :func:`check_rule` refuses it for predictions made otherwise.
 """
 
 from __future__ import annotations
@@ -90,3 +91,58 @@ def _at_size(rule: MaskRule, image_size: int, path: Path) -> MaskRule:
         logger.info("Rescaling min_area of %s from %d² to the working size %d².", path, rule.image_size, image_size)
         return rule.scaled(image_size)
     return rule
+
+
+def member_name(model: str | os.PathLike) -> str:
+    """How a rule's provenance names a model: the last two parts of its folder path or Hub id
+    (``outputs/demo-cv/fold_0`` → ``demo-cv/fold_0``), so that a moved folder keeps its name."""
+    return "/".join(Path(str(model)).parts[-2:])
+
+
+def check_rule(rule: MaskRule, made: dict, model: str, *, mismatch: str = "error") -> None:
+    """Refuse to apply ``rule`` to predictions made otherwise than those it was tuned on.
+
+    made: how the predictions are made: ``tta`` ("none" or "hflip"), ``kind`` ("single" or "ensemble") and
+    ``members`` (:func:`member_name` of each model). The rule's ``provenance`` (``postprocess.json``) says how its
+    predictions were made: ``kind`` "single" (one model), "out_of_fold" (each image by the one fold model that never
+    trained on it; ``members``: the folds) or "ensemble" (the mean of ``members``). It fits when the TTA is the same
+    and: a single model's rule → a single model; an out-of-fold rule → one of its folds, or the ensemble of exactly
+    its folds (the SIIM-ACR winners' practice: tuned on out-of-fold predictions, applied to the folds' mean); an
+    ensemble's rule → the ensemble of the same members. ``min_area`` is rescaled between sizes, so the working size
+    is not checked. mismatch: "error" raises :class:`~cxrseg.errors.ModelLoadError` naming what differs; "warn" logs
+    it. A rule without provenance (written before cxrseg recorded it, or by hand) is applied with a warning.
+    """
+    provenance = getattr(rule, "provenance", None)
+    if provenance is None:
+        logger.warning(
+            "The mask rule of %s records no provenance (a postprocess.json written before cxrseg recorded how its "
+            "predictions were made, or by hand): cannot check that it was tuned on predictions made like these "
+            "(TTA %s, %s).",
+            model,
+            made["tta"],
+            made["kind"],
+        )
+        return
+    kind, members = provenance.get("kind"), list(provenance.get("members") or [])
+    problems = []
+    if provenance.get("tta") != made["tta"]:
+        problems.append(f"it was tuned with TTA {provenance.get('tta')} but these predictions use TTA {made['tta']}")
+    if made["kind"] == "single":
+        if kind == "ensemble":
+            problems.append(f"it was tuned on the ensemble of {members} but {model} is one model")
+        elif kind == "out_of_fold" and made["members"][0] not in members:
+            problems.append(f"it was tuned on out-of-fold predictions of {members}, and {model} is none of them")
+    elif kind == "single":
+        problems.append(f"it was tuned on one model ({', '.join(members)}) but these predictions are an ensemble")
+    elif sorted(members) != sorted(made["members"]):
+        problems.append(f"it was tuned on predictions of {members} but this ensemble is {made['members']}")
+    if not problems:
+        return
+    message = (
+        f"The mask rule of {model} does not fit these predictions: {'; '.join(problems)}. Tune one on predictions "
+        "made this way (cxrseg evaluate --search-postprocess with the same --model and --tta), or pass "
+        "--allow-rule-mismatch to apply it anyway."
+    )
+    if mismatch == "error":
+        raise ModelLoadError(message)
+    logger.warning(message)

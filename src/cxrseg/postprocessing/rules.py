@@ -78,12 +78,16 @@ class PostProcess:
     bottom_threshold: probability in [0, 1] that binarises a kept mask (``prob >= bottom_threshold``).
     image_size: side in pixels of the square images ``min_area`` was counted at; None if unknown. When set,
         :meth:`apply` only accepts ``[image_size, image_size]`` maps (use :meth:`scaled` for other sizes).
+    provenance: how the predictions it was tuned on were made (:func:`cxrseg.postprocessing.lookup.check_rule`:
+        ``tta``, ``kind``, ``members``, ``image_size``, ``data``, ``split``); None for a rule written before
+        cxrseg recorded it, or made by hand. Not part of the rule's identity (equality ignores it).
     """
 
     top_threshold: float = 0.5
     min_area: int = 0
     bottom_threshold: float = 0.5
     image_size: int | None = None
+    provenance: dict | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "top_threshold", check_threshold(self.top_threshold, "top_threshold"))
@@ -142,8 +146,12 @@ class PostProcess:
         return _save(self.to_dict(), path)
 
     def to_dict(self) -> dict:
-        """What :meth:`save` writes: ``{top_threshold, min_area, bottom_threshold, image_size}``."""
-        return dataclasses.asdict(self)
+        """What :meth:`save` writes: ``{top_threshold, min_area, bottom_threshold, image_size}`` and
+        ``provenance`` when known."""
+        rule = dataclasses.asdict(self)
+        if rule["provenance"] is None:
+            del rule["provenance"]
+        return rule
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PostProcess:
@@ -191,6 +199,8 @@ class ClassPostProcess:
 
     classes: tuple[str, ...]
     rules: tuple[PostProcess, ...]
+    provenance: dict | None = dataclasses.field(default=None, compare=False, repr=False)
+    """As :class:`PostProcess`'s (saved once, next to ``classes``)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(self.classes))
@@ -222,11 +232,12 @@ class ClassPostProcess:
 
     def scaled(self, image_size: int) -> ClassPostProcess:
         """A copy for square images of side ``image_size`` (:meth:`PostProcess.scaled` of every rule)."""
-        return ClassPostProcess(self.classes, tuple(rule.scaled(image_size) for rule in self.rules))
+        return ClassPostProcess(self.classes, tuple(rule.scaled(image_size) for rule in self.rules), self.provenance)
 
     def with_image_size(self, image_size: int) -> ClassPostProcess:
         """A copy whose rules say that ``min_area`` is counted at ``image_size`` (nothing rescaled)."""
-        return ClassPostProcess(self.classes, tuple(rule.with_image_size(image_size) for rule in self.rules))
+        rules = tuple(rule.with_image_size(image_size) for rule in self.rules)
+        return ClassPostProcess(self.classes, rules, self.provenance)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write JSON atomically (see the class docstring) to ``path`` or ``path/postprocess.json``."""
@@ -235,10 +246,11 @@ class ClassPostProcess:
     def to_dict(self) -> dict:
         """What :meth:`save` writes (see the class docstring)."""
         classes = {
-            name: {key: value for key, value in dataclasses.asdict(rule).items() if key != "image_size"}
+            name: {key: value for key, value in rule.to_dict().items() if key not in ("image_size", "provenance")}
             for name, rule in zip(self.classes, self.rules)
         }
-        return {"image_size": self.image_size, "classes": classes}
+        provenance = {} if self.provenance is None else {"provenance": self.provenance}
+        return {"image_size": self.image_size, "classes": classes, **provenance}
 
 
 def _save(rule: dict, path: str | os.PathLike) -> Path:
@@ -258,7 +270,7 @@ def load_postprocess(path: str | os.PathLike) -> MaskRule:
         raise ValueError(f"{path}: not valid JSON ({err}).") from err
     if not (isinstance(data, dict) and "classes" in data):
         return PostProcess.load(path)
-    unknown = sorted(set(data) - {"classes", "image_size"})
+    unknown = sorted(set(data) - {"classes", "image_size", "provenance"})
     if unknown or not isinstance(data["classes"], dict) or not data["classes"]:
         raise ValueError(
             f"{path}: expected {{'image_size': ..., 'classes': {{name: triplet, ...}}}}; got keys {sorted(data)}."
@@ -273,4 +285,4 @@ def load_postprocess(path: str | os.PathLike) -> MaskRule:
             rules.append(PostProcess(**triplet, image_size=data.get("image_size")))
         except ValueError as err:
             raise ValueError(f"{path}: class {name!r}: {err}") from err
-    return ClassPostProcess(tuple(data["classes"]), tuple(rules))
+    return ClassPostProcess(tuple(data["classes"]), tuple(rules), data.get("provenance"))
