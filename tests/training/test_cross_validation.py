@@ -436,6 +436,10 @@ def test_the_cv_rule_knows_how_it_was_tuned_and_the_ensemble_tunes_its_own(tmp_p
     untrained_cv_folder(demo_root, out, num_folds=2)
     data = ["--data", str(demo_root), "--num-workers", "0"]
     assert main(["evaluate", "--model", str(out), *data, "--search-postprocess"]) == 0
+    printed = capsys.readouterr().out  # the report says what its numbers hold out
+    assert "checkpoint chosen on: nothing" in printed and "estimate holds out the rule's choice only" in printed
+    crossed = json.loads((out / "evaluation" / "val" / "metrics.json").read_text())["search"]["cross_validated"]
+    assert "not nested" in crossed["holds_out"]
     provenance = json.loads((out / "postprocess.json").read_text())["provenance"]
     assert provenance["kind"] == "out_of_fold" and provenance["tta"] == "none"
     assert provenance["members"] == ["cv/fold_0", "cv/fold_1"] and provenance["image_size"] == 64

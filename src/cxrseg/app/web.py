@@ -161,7 +161,7 @@ def load_app(
     # deferred for start-up time: torch and datasets load only when this runs
     from cxrseg.inference.ensemble import load_models
 
-    segmenter = load_models(model, device=device, precision=precision, compile=compile)
+    segmenter = load_models(model, device=device, precision=precision, compile=compile, tta=tta, rule_mismatch="warn")
     with tempfile.TemporaryDirectory(prefix="cxrseg-app-examples-") as folder:  # Gradio copies examples at once
         examples = example_inputs(folder, multilabel=len(segmenter.output_names) > 1)
         return create_app(segmenter, examples, tta=tta, max_megapixels=max_megapixels)

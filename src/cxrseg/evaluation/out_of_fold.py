@@ -70,7 +70,8 @@ def evaluate_out_of_fold(
     ``fold_spread``: for dice, iou, kaggle_dice and ap, the mean, sample standard deviation (ddof 1), min and max
     over folds; with ``search``, ``search`` holds ``tuned_on_oof`` (:func:`~cxrseg.evaluation.report.search_results`
     plus ``saved_to``) and ``cross_validated`` (``kaggle_dice``, ``dice``, per class under ``classes`` for several
-    outputs, and per fold the rule tuned without it and its scores on it).
+    outputs, ``holds_out``: :data:`CROSS_VALIDATED_HOLDS_OUT`, and per fold the rule tuned without it and its scores
+    on it).
     """
     options = options or EvaluationOptions()
     run = read_cross_validation(cv_folder)
@@ -197,6 +198,15 @@ def _spread(fold_metrics: list[dict]) -> dict:
     return spread
 
 
+CROSS_VALIDATED_HOLDS_OUT = (
+    "the rule's choice only: fold k's images are scored by the rule tuned on the other folds' out-of-fold "
+    "predictions, and those predictions come from fold models that trained on fold k's images (so it is not nested; "
+    "which checkpoint each fold kept: checkpoint_chosen_on). For a number held out from every choice, score the "
+    "ensemble on a split no fold trained on (--split test)"
+)
+"""What the cross-validated rule estimate does and does not hold out (written into ``metrics.json``)."""
+
+
 def cross_validated_search(fold_searches: list[TripletSearch]) -> dict:
     """The cross-validated estimate of the tuned mask rule (module docstring): per fold, the rule best on the
     other folds' images and its Kaggle mean Dice and dataset Dice on this fold's; pooled over folds, per class and
@@ -224,7 +234,12 @@ def cross_validated_search(fold_searches: list[TripletSearch]) -> dict:
     num_images = sum(s.num_images for s in fold_searches)
     kaggle_pooled = dice_sum / num_images
     dice_pooled = dice_from_counts(*pixels)
-    result = {"kaggle_dice": float(kaggle_pooled.mean()), "dice": float(dice_pooled.mean()), "folds": folds}
+    result = {
+        "kaggle_dice": float(kaggle_pooled.mean()),
+        "dice": float(dice_pooled.mean()),
+        "holds_out": CROSS_VALIDATED_HOLDS_OUT,
+        "folds": folds,
+    }
     if num_classes > 1:
         result["classes"] = {
             name: {"kaggle_dice": float(kaggle_pooled[c]), "dice": float(dice_pooled[c])}

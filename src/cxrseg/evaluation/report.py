@@ -196,5 +196,7 @@ def out_of_fold_summary(evaluation: EvaluationResult) -> str:
                     f"  {name[:21]:<22}{fmt(m[f'dice/{name}']):>10}{fmt(values['dice']):>10}"
                     f"{fmt(crossed['classes'][name]['dice']):>10}"
                 )
+        if "holds_out" in crossed:
+            lines.append(f"  the cross-validated estimate holds out {crossed['holds_out']}")
         lines.append(f"  saved (tuned on all OOF images) to {evaluation.postprocess_path}")
     return "\n".join(lines)
