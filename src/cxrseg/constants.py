@@ -16,4 +16,5 @@ POSTPROCESS_FILENAME = "postprocess.json"  # the mask rule (cxrseg.postprocessin
 CARD_FILENAME = "README.md"  # the model card (cxrseg.hub.card)
 CV_FILENAME = "cv.json"  # marks a cross-validation folder (cxrseg.inference.cv_folder)
 FOLD_RESULT_FILENAME = "cv_fold.json"  # a fold that has finished training
+ENSEMBLE_FILENAME = "ensemble.json"  # a CV folder's ensemble settings: member weights, what is averaged
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")  # transformers' PREFIX_CHECKPOINT_DIR-<step> (a test checks)

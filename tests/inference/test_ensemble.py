@@ -5,6 +5,7 @@ values) drives predict with its out-of-fold post-processing and a Kaggle submiss
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from cxrseg.constants import FOLD_RESULT_FILENAME
 from cxrseg.errors import ModelLoadError
 from cxrseg.inference.cv_folder import fold_dir
 from cxrseg.inference.ensemble import Ensemble, load_ensemble
-from cxrseg.inference.segmenter import load_segmenter
+from cxrseg.inference.segmenter import load_segmenter, main_logits
 from cxrseg.labels import LabelSet
 from cxrseg.postprocessing.rules import PostProcess
 from tests.conftest import save_tiny_model
@@ -97,3 +98,72 @@ def test_predict_with_a_cv_folder_uses_its_out_of_fold_rule_and_writes_a_submiss
     assert "fold_1" in capsys.readouterr().err
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_ensemble([fold_dir(out, 0)], postprocess_path=tmp_path / "missing.json")
+
+
+def brute_logits(segmenter, pixel_values: torch.Tensor, tta: str) -> torch.Tensor:
+    """The model's logits straight from its forward pass, mirror averaged for hflip (what the ensemble should use)."""
+    with torch.no_grad():
+        logits = main_logits(segmenter.model, pixel_values).float()
+        if tta == "hflip":
+            logits = (logits + main_logits(segmenter.model, pixel_values.flip(-1)).float().flip(-1)) / 2
+    return logits
+
+
+@pytest.fixture(scope="module")
+def confident_models(tmp_path_factory):
+    """Two tiny models whose classifiers are scaled up, so that their probabilities leave the linear range around
+    0.5 where averaging logits and averaging probabilities agree."""
+    root = tmp_path_factory.mktemp("confident")
+    members = [load_segmenter(save_tiny_model(root / f"m{seed}", seed=seed), device="cpu") for seed in (3, 4)]
+    with torch.no_grad():
+        for member in members:
+            member.model.decode_head.classifier.weight.mul_(40)
+    return members
+
+
+@pytest.mark.parametrize("tta", ["none", "hflip"])
+def test_weighted_ensembles_average_probabilities_or_logits_as_brute_force_does(confident_models, pixel_values, tta):
+    models, weights = confident_models, (3.0, 1.0)
+    p = [m.probabilities(pixel_values, tta) for m in models]
+    weighted = Ensemble(models, None, "two", weights=weights).probabilities(pixel_values, tta)
+    assert torch.allclose(weighted, (3 * p[0] + p[1]) / 4, atol=1e-7)
+    assert not torch.allclose(weighted, (p[0] + p[1]) / 2, atol=1e-4)  # the weights matter
+    logits = [brute_logits(m, pixel_values, tta) for m in models]
+    expected = ((3 * logits[0] + logits[1]) / 4).softmax(dim=1)[:, 1:]  # softmax without background, once
+    by_logits = Ensemble(models, None, "two", weights=weights, average="logits").probabilities(pixel_values, tta)
+    assert torch.allclose(by_logits, expected, atol=1e-6) and not torch.allclose(by_logits, weighted, atol=1e-4)
+    one = Ensemble([models[0]], None, "one", average="logits").probabilities(pixel_values, tta)
+    assert torch.allclose(one, logits[0].softmax(dim=1)[:, 1:], atol=1e-6)  # one member: its (TTA-mean) logits
+    if tta == "none":
+        assert torch.allclose(one, p[0], atol=1e-6)  # ... which without TTA is that model
+    with pytest.raises(ModelLoadError, match="1 ensemble weights for 2 members"):
+        Ensemble(models, None, "two", weights=(1.0,))
+    with pytest.raises(ModelLoadError, match="not all 0"):
+        Ensemble(models, None, "two", weights=(0.0, 0.0))
+
+
+def test_a_cv_folders_ensemble_json_sets_weights_and_the_cli_overrides_it(tmp_path, demo_root, capsys):
+    out = tmp_path / "cv"
+    untrained_cv_folder(demo_root, out, num_folds=2)
+    assert load_ensemble([out], device="cpu").weights is None  # no ensemble.json: equal
+    (out / "ensemble.json").write_text(json.dumps({"weights": [0.25, 0.75], "average": "logits"}))
+    ensemble = load_ensemble([out], device="cpu")
+    assert ensemble.weights == (0.25, 0.75) and ensemble.average == "logits"
+    assert load_ensemble([out], device="cpu", weights=[1, 1], average="probabilities").weights == (1.0, 1.0)
+    data = ["evaluate", "--model", str(out), "--data", str(demo_root), "--split", "train", "--num-workers", "0"]
+    assert main([*data, "--out", str(tmp_path / "e1"), "--ensemble-weights", "1", "2", "3"]) == 2
+    assert "3 ensemble weights for 2 members" in capsys.readouterr().err
+    assert main([*data, "--out", str(tmp_path / "e2"), "--ensemble-weights", "1", "0"]) == 0
+    fold0 = ["evaluate", "--model", str(fold_dir(out, 0)), "--data", str(demo_root), "--split", "train"]
+    assert (
+        main([*fold0, "--out", str(tmp_path / "f0"), "--num-workers", "0", "--ensemble-average", "probabilities"]) == 2
+    )
+    # weight 0 for fold 1: the ensemble predicts exactly as fold 0 alone
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    alone = load_segmenter(fold_dir(out, 0), device="cpu").probabilities(x)
+    for average in ("probabilities", "logits"):
+        ensemble = load_ensemble([out], device="cpu", weights=[1, 0], average=average)
+        assert torch.allclose(ensemble.probabilities(x), alone, atol=1e-6)
+    (out / "ensemble.json").write_text(json.dumps({"weights": "heavy"}))
+    with pytest.raises(ModelLoadError, match=r"ensemble\.json: weights must be a list of numbers"):
+        load_ensemble([out], device="cpu")

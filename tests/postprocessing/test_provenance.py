@@ -62,6 +62,11 @@ def test_a_rule_fits_predictions_made_like_those_it_was_tuned_on(rule, predictio
         (tuned("ensemble", ["runs/a", "runs/b"]), made("ensemble", ["runs/a", "runs/c"]), "this ensemble is"),
         (tuned("out_of_fold", FOLDS), made("ensemble", FOLDS[:2]), "this ensemble is"),
         (tuned("out_of_fold", FOLDS), made("single", ["runs/a"]), "model is none of them"),
+        (
+            tuned("ensemble", ["runs/a", "runs/b"]),
+            {**made("ensemble", ["runs/a", "runs/b"]), "average": "logits"},
+            r"\(weights, average\) \(None, 'probabilities'\) but this is \(None, 'logits'\)",
+        ),
     ],
 )
 def test_a_rule_applied_to_predictions_made_otherwise_is_refused(rule, predictions, why, caplog):

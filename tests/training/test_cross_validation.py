@@ -458,8 +458,15 @@ def test_the_cv_rule_knows_how_it_was_tuned_and_the_ensemble_tunes_its_own(tmp_p
         "image_size": 64,
         "data": str(demo_root),
         "split": "train",
+        "weights": None,
+        "average": "probabilities",
     }
     assert main([*ensemble, "--out", str(tmp_path / "hflip"), "--tta", "hflip"]) == 0  # now it fits
+    weighted = [*ensemble, "--out", str(tmp_path / "weighted"), "--tta", "hflip", "--ensemble-weights", "2", "1"]
+    assert main(weighted) == 2  # ... but not to the same folds weighted otherwise
+    assert "(weights, average) (None, 'probabilities') but this is ([2.0, 1.0], 'probabilities')" in (
+        capsys.readouterr().err
+    )
     one_fold = ["--model", str(fold_dir(out, 0)), "--out", str(tmp_path / "fold0"), "--tta", "hflip"]
     given = ["--postprocess", str(out / "postprocess.json")]
     assert main(["evaluate", *one_fold, *data, "--split", "train", *given]) == 2

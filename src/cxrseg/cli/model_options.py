@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from cxrseg.cli import int_at_least
-from cxrseg.inference.ensemble import load_models
+from cxrseg.inference.ensemble import AVERAGES, load_models
 from cxrseg.inference.predictor import Predictor
 from cxrseg.inference.segmenter import PRECISIONS, TTA_MODES, pick_device
 
@@ -37,6 +37,20 @@ def add_model_arguments(parser: argparse.ArgumentParser, postprocess: bool = Tru
             help="DataLoader processes reading images (default: 2 on a GPU, 0 on the CPU, where the model uses every "
             "core)",
         )
+    parser.add_argument(
+        "--ensemble-weights",
+        type=float,
+        nargs="+",
+        metavar="W",
+        help="ensemble: one weight per member model (a CV folder counts its folds), >= 0; default: a CV folder's "
+        "ensemble.json, else equal",
+    )
+    parser.add_argument(
+        "--ensemble-average",
+        choices=AVERAGES,
+        default=None,
+        help="ensemble: average the members' probabilities (default) or their logits",
+    )
     parser.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, cuda:1, ...")
     parser.add_argument(
         "--precision",
@@ -78,6 +92,8 @@ def load_model(args: argparse.Namespace) -> Predictor:
         compile=args.compile,
         tta=args.tta,
         rule_mismatch="warn" if lenient else "error",
+        weights=args.ensemble_weights,
+        average=args.ensemble_average,
     )
 
 

@@ -158,6 +158,18 @@ class Segmenter:
             probs = (probs + self.to_probabilities(self._logits(pixel_values.flip(-1))).flip(-1)) / 2
         return probs.cpu()
 
+    @torch.inference_mode()
+    def logits(self, pixel_values: torch.Tensor, tta: str = "none") -> torch.Tensor:
+        """pixel_values float32 [B, 3, h, w] → the model's logits float32 [B, C, h, w] (C with background for a
+        single-label model), on the CPU; with hflip, the mean of the image's and its mirror's (flipped back)."""
+        if tta not in TTA_MODES:
+            raise ValueError(f"Unknown TTA {tta!r}; choose one of {TTA_MODES}.")
+        pixel_values = pixel_values.to(self.device, non_blocking=True)
+        logits = self._logits(pixel_values).float()
+        if tta == "hflip":
+            logits = (logits + self._logits(pixel_values.flip(-1)).float().flip(-1)) / 2
+        return logits.cpu()
+
     def _logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
         with autocast:

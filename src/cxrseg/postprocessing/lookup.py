@@ -102,13 +102,14 @@ def member_name(model: str | os.PathLike) -> str:
 def check_rule(rule: MaskRule, made: dict, model: str, *, mismatch: str = "error") -> None:
     """Refuse to apply ``rule`` to predictions made otherwise than those it was tuned on.
 
-    made: how the predictions are made: ``tta`` ("none" or "hflip"), ``kind`` ("single" or "ensemble") and
-    ``members`` (:func:`member_name` of each model). The rule's ``provenance`` (``postprocess.json``) says how its
-    predictions were made: ``kind`` "single" (one model), "out_of_fold" (each image by the one fold model that never
-    trained on it; ``members``: the folds) or "ensemble" (the mean of ``members``). It fits when the TTA is the same
-    and: a single model's rule → a single model; an out-of-fold rule → one of its folds, or the ensemble of exactly
-    its folds (the SIIM-ACR winners' practice: tuned on out-of-fold predictions, applied to the folds' mean); an
-    ensemble's rule → the ensemble of the same members. ``min_area`` is rescaled between sizes, so the working size
+    made: how the predictions are made: ``tta`` ("none" or "hflip"), ``kind`` ("single" or "ensemble"),
+    ``members`` (:func:`member_name` of each model), and for an ensemble ``weights`` and ``average``. The rule's
+    ``provenance`` (``postprocess.json``) says how its predictions were made: ``kind`` "single" (one model),
+    "out_of_fold" (each image by the one fold model that never trained on it; ``members``: the folds) or "ensemble"
+    (the mean of ``members``). It fits when the TTA is the same and: a single model's rule → a single model; an
+    out-of-fold rule → one of its folds, or the ensemble of exactly its folds (the SIIM-ACR winners' practice: tuned
+    on out-of-fold predictions, applied to the folds' mean); an ensemble's rule → the ensemble of the same members,
+    weights and average. ``min_area`` is rescaled between sizes, so the working size
     is not checked. mismatch: "error" raises :class:`~cxrseg.errors.ModelLoadError` naming what differs; "warn" logs
     it. A rule without provenance (written before cxrseg recorded it, or by hand) is applied with a warning.
     """
@@ -136,6 +137,11 @@ def check_rule(rule: MaskRule, made: dict, model: str, *, mismatch: str = "error
         problems.append(f"it was tuned on one model ({', '.join(members)}) but these predictions are an ensemble")
     elif sorted(members) != sorted(made["members"]):
         problems.append(f"it was tuned on predictions of {members} but this ensemble is {made['members']}")
+    elif kind == "ensemble":
+        tuned_mix = (provenance.get("weights"), provenance.get("average", "probabilities"))
+        made_mix = (made.get("weights"), made.get("average", "probabilities"))
+        if tuned_mix != made_mix:
+            problems.append(f"it was tuned on the ensemble with (weights, average) {tuned_mix} but this is {made_mix}")
     if not problems:
         return
     message = (

@@ -13,6 +13,7 @@ A recipe with ``num_folds: K`` makes ``output_dir`` a **CV folder**::
                           retrains fold k as a plain run; cv_fold.json appears when fold k has finished
       evaluation/val/     out-of-fold evaluation (``cxrseg evaluate --model OUTPUT_DIR``; cxrseg.evaluation.out_of_fold)
       postprocess.json    post-processing tuned on the out-of-fold predictions: the ensemble's mask rule
+      ensemble.json       optional, the user's: the folds' ensemble weights and average (cxrseg.inference.ensemble)
       evaluation/<split>/ the ensemble of the K fold models on another split (cxrseg.inference.ensemble)
 
 Folds are made once (seeded; each class's count as level between folds as the patient groups allow, which is
