@@ -163,6 +163,8 @@ def card_values(
         results = _read_json(folder / "all_results.json") or _read_json(folder / "eval_results.json")
     dataset_name, dataset_url, citations = DATASETS.get(labels.task, ("custom data", None, ()))
     dataset = _dataset(recipe, labels.task)
+    if dataset["hub_id"]:
+        dataset_name, dataset_url = dataset["hub_id"], f"https://huggingface.co/datasets/{dataset['hub_id']}"
     base_model = recipe.get("model_name_or_path")
     out_of_fold = _out_of_fold_results(folder)
     index = [
@@ -175,7 +177,7 @@ def card_values(
         "task": labels.task,
         "multilabel": labels.multilabel,
         "id2label": labels.id2label,
-        "synthetic": bool(recipe.get("generate_demo_data")),
+        "synthetic": dataset["type"] == SYNTHETIC_DATASET[1],
         "dataset_name": dataset_name,
         "dataset_url": dataset_url,
         "citations": citations,
@@ -204,11 +206,11 @@ def _dataset(recipe: dict[str, Any], task: str) -> dict[str, Any]:
     Hub dataset id when ``data_dir`` is ``hf://datasets/ID[@REVISION]``, else :data:`DATASET_TYPES`' slug),
     ``hub_id`` and ``revision``."""
     hub = hub_dataset_id(recipe.get("data_dir"))
+    if hub is not None:  # read from the Hub: generate_demo_data does not apply
+        return {"name": hub[0], "type": hub[0], "hub_id": hub[0], "revision": hub[1]}
     if recipe.get("generate_demo_data"):
         name, kind = SYNTHETIC_DATASET
         return {"name": name, "type": kind, "hub_id": None, "revision": None}
-    if hub is not None:
-        return {"name": hub[0], "type": hub[0], "hub_id": hub[0], "revision": hub[1]}
     name = DATASETS.get(task, ("custom data",))[0]
     return {"name": name, "type": DATASET_TYPES.get(task, "custom"), "hub_id": None, "revision": None}
 
