@@ -337,3 +337,19 @@ def test_a_dicom_upload_offers_a_dicom_seg_of_its_masks(tmp_path):
     assert seg.ManufacturerModelName == "model"  # the folder's name, not its local path
     pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=[header.SOPInstanceUID])[0, ..., 0]
     np.testing.assert_array_equal(pixels * 255, cv2.imread(mask, cv2.IMREAD_UNCHANGED))
+
+
+def test_the_page_says_what_the_model_was_trained_on(tmp_path):
+    from cxrseg.app.web import create_app
+    from cxrseg.config import parse_recipe, save_recipe
+
+    model = save_tiny_model(tmp_path / "model", seed=4)
+
+    def header() -> str:
+        demo = create_app(load_models(model, device="cpu"))
+        (block,) = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "model-info"]
+        return block.value
+
+    assert "Trained on: not recorded with this model" in header()
+    save_recipe(parse_recipe(["--config", "recipe/demo.yaml"]), model / "recipe.yaml")  # the demo: synthetic data
+    assert "Trained on: cxrseg's synthetic demo images (drawn radiograph-like pictures, not real X-rays)" in header()

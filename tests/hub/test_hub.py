@@ -538,3 +538,21 @@ def test_model_index_synthetic_and_no_results(tmp_path):
     assert (result.dataset_type, result.dataset_name) == ("cxrseg-synthetic", "cxrseg synthetic demo data")
     card = ModelCard(model_card(card_folder(tmp_path / "none", PNEUMOTHORAX, argv), "me/demo"))
     assert card.data.eval_results is None and "model-index" not in card.data.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (SYNTHETIC, "cxrseg's synthetic demo images (drawn radiograph-like pictures, not real X-rays)"),
+        (REAL, "SIIM-ACR Pneumothorax Segmentation"),
+        ([*REAL, "--data_dir", "hf://datasets/lab/siim-png@v2"], "the Hub dataset lab/siim-png at v2"),
+    ],
+    ids=["synthetic", "siim", "hub-dataset"],
+)
+def test_training_data_says_what_the_model_was_trained_on(tmp_path, argv, said):
+    from cxrseg.hub.card import training_data
+
+    folder = card_folder(tmp_path, PNEUMOTHORAX, ["--config", "recipe/demo.yaml", *argv])
+    assert training_data(folder) == said
+    (folder / "recipe.yaml").unlink()
+    assert training_data(folder) is None

@@ -30,6 +30,7 @@ from cxrseg.app.findings import (
     segment_image,
 )
 from cxrseg.errors import CxrsegError, OptionalDependencyError
+from cxrseg.hub.card import training_data
 from cxrseg.imageio.dicom_seg import write_dicom_seg
 from cxrseg.imageio.images import DICOM_SUFFIXES, IMAGE_SUFFIXES, write_png
 from cxrseg.inference.predict import cxrseg_version, mask_png_pixels, model_name
@@ -74,10 +75,13 @@ def create_app(
         analytics_enabled=False,
         delete_cache=(CACHE_LIFETIME_S, CACHE_LIFETIME_S),
     ) as demo:
+        trained_on = training_data(segmenter.model_dir) if segmenter.model_dir is not None else None
         gr.Markdown(
             f"## cxrseg: chest X-ray segmentation\nModel `{segmenter.source}`, finding"
             f"{'s' if len(names) > 1 else ''}: {', '.join(names)}. "
-            "**Research software, not a medical device: not for diagnosis.**"
+            f"Trained on: {trained_on or 'not recorded with this model (no recipe.yaml)'}. "
+            "**Research software, not a medical device: not for diagnosis.**",
+            elem_id="model-info",
         )
         with gr.Row():
             with gr.Column(scale=1):

@@ -215,6 +215,21 @@ def _dataset(recipe: dict[str, Any], task: str) -> dict[str, Any]:
     return {"name": name, "type": DATASET_TYPES.get(task, "custom"), "hub_id": None, "revision": None}
 
 
+def training_data(folder: str | os.PathLike) -> str | None:
+    """What the model in ``folder`` was trained on, in words, from its ``recipe.yaml`` (as its card says it); None
+    when the folder holds no recipe (a model cxrseg did not train, or one downloaded without it)."""
+    path = Path(folder) / RECIPE_FILENAME
+    if not path.is_file():
+        return None
+    recipe = yaml.safe_load(path.read_text()) or {}
+    dataset = _dataset(recipe, recipe.get("task", "pneumothorax"))
+    if dataset["type"] == SYNTHETIC_DATASET[1]:
+        return "cxrseg's synthetic demo images (drawn radiograph-like pictures, not real X-rays)"
+    if dataset["hub_id"]:
+        return f"the Hub dataset {dataset['hub_id']}" + (f" at {dataset['revision']}" if dataset["revision"] else "")
+    return dataset["name"]
+
+
 def _license(task: str, dataset: dict[str, Any]) -> tuple[str, str | None, str | None]:
     """(license, license_name, license_link) of the card (see :data:`DATA_LICENSES`)."""
     if dataset["type"] == SYNTHETIC_DATASET[1]:
