@@ -231,7 +231,9 @@ def segment_via_api(url: str, path: Path) -> tuple[str, str, str, str, str, str 
     DICOM SEG file or None), through Gradio's HTTP API."""
     from gradio_client import Client, handle_file
 
-    return Client(url, verbose=False).predict(handle_file(path), False, api_name="/segment")
+    result = Client(url, verbose=False).predict(handle_file(path), False, api_name="/segment")
+    # An output whose visibility changes (the DICOM SEG, shown for DICOM uploads only) comes as a Gradio update.
+    return tuple(out["value"] if isinstance(out, dict) and out.get("__type__") == "update" else out for out in result)
 
 
 def segment_in_process(demo, path: Path) -> tuple[str, str, str, str, str, str | None]:

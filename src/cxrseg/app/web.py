@@ -118,23 +118,26 @@ def create_app(
                 seg_file = gr.File(
                     label="DICOM SEG of the masks, referencing the uploaded DICOM (for PACS viewers)",
                     interactive=False,
+                    visible=False,  # shown for DICOM uploads only
                     elem_id="dicom-seg",
                 )
 
+        no_seg = gr.File(value=None, visible=False)
+
         def analyse(path: str | None, raw_threshold: bool):
             if not path:
-                return "", None, None, "", None, None
+                return "", None, None, "", None, no_seg
             name = Path(path).name
             try:
                 radiograph = read_radiograph(path, max_megapixels)
                 result = segment_image(segmenter, radiograph, tta=tta, raw_threshold=raw_threshold)
             except CxrsegError as error:  # a file that cannot be used: say why, naming it as the user does
                 text = str(error).removeprefix(f"{path}: ").replace(str(path), name)
-                return _error_html(name, text), None, None, "", None, None
+                return _error_html(name, text), None, None, "", None, no_seg
             except Exception as error:  # a bug: the traceback goes to the server log, the page stays clean
                 logger.exception("Segmenting %s failed", path)
                 text = f"internal error ({type(error).__name__}); see the server log."
-                return _error_html(name, text), None, None, "", None, None
+                return _error_html(name, text), None, None, "", None, no_seg
             masks_path = Path(demo.GRADIO_CACHE) / uuid.uuid4().hex / f"{Path(name).stem}_mask.png"
             write_png(masks_path, mask_png_pixels(result.masks))
             seg_path = None
@@ -161,7 +164,7 @@ def create_app(
                 probability_image(result.probs),
                 _findings_html(result, colours),
                 str(masks_path),
-                str(seg_path) if seg_path is not None else None,
+                gr.File(value=str(seg_path), visible=True) if seg_path is not None else no_seg,
             )
 
         outputs = [message, shown_overlay, probability, table, mask_file, seg_file]
