@@ -11,7 +11,7 @@ from pydicom.data import get_testdata_file
 
 from cxrseg.errors import DicomError
 from cxrseg.imageio.dicom import write_dicom
-from cxrseg.imageio.dicom_seg import LOCAL_SCHEME, MAX_FRACTIONAL_VALUE, write_dicom_seg
+from cxrseg.imageio.dicom_seg import LOCAL_SCHEME, MAX_FRACTIONAL_VALUE, segment_type, write_dicom_seg
 
 NAMES = ("Pneumothorax", "Diffuse Nodule")  # a SNOMED CT concept in pydicom's dictionary, and one without
 
@@ -96,3 +96,18 @@ def test_planes_that_do_not_fit_the_image_name_the_file(tmp_path):
             source_path, tmp_path / "seg.dcm", np.zeros((1, 20, 20)), ("pneumothorax",), task="pneumothorax"
         )
     assert not (tmp_path / "seg.dcm").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [
+        ("Pneumothorax", ("36118008", "SCT", "Pneumothorax")),
+        ("pneumothorax", ("36118008", "SCT", "Pneumothorax")),
+        ("Effusion", ("60046008", "SCT", "Pleural effusion")),  # ChestX-Det's Effusion is pleural
+        ("Nodule", ("27925004", "SCT", "Nodule")),
+        ("Pleural Thickening", ("chestxdet-11", LOCAL_SCHEME, "Pleural Thickening")),
+    ],
+)
+def test_segment_types(name, code):
+    concept = segment_type("chestxdet", 11, name)
+    assert (concept.value, concept.scheme_designator, concept.meaning) == code

@@ -31,6 +31,9 @@ from cxrseg.files import atomic_write_bytes
 LOCAL_SCHEME = "99CXRSEG"  # a private coding scheme ("99" prefix, DICOM PS3.16 8.2) for classes SNOMED CT lacks here
 SEG_SERIES_NUMBER = 900  # the SEG's series number in the source's study (viewers list series by it)
 MAX_FRACTIONAL_VALUE = 255
+CONCEPT_KEYWORDS = {"effusion": "PleuralEffusion"}
+"""Class name (lower case) → keyword of pydicom's SNOMED CT dictionary, where a dataset's class name is shorter
+than the concept it means (ChestX-Det's "Effusion" is a pleural effusion)."""
 # Type 2 attributes of the Patient and General Study modules that highdicom copies from the source image: a file
 # that lacks them (non-conformant, e.g. some anonymised exports) gets them empty, as the standard allows for Type 2.
 _PATIENT_STUDY_KEYWORDS = (
@@ -47,9 +50,12 @@ _PATIENT_STUDY_KEYWORDS = (
 
 
 def segment_type(task: str, index: int, name: str) -> hd.sr.CodedConcept:
-    """The SNOMED CT concept of pydicom's code dictionary whose keyword is ``name`` without spaces in title case
-    (``"Pleural Effusion"`` → ``PleuralEffusion``), else the local code ``<task>-<index>`` of :data:`LOCAL_SCHEME`."""
-    keyword = "".join(part[:1].upper() + part[1:] for part in name.replace("_", " ").split())
+    """The SNOMED CT concept of pydicom's code dictionary whose keyword is :data:`CONCEPT_KEYWORDS`' entry for
+    ``name`` or else ``name`` without spaces in title case (``"Pleural Effusion"`` → ``PleuralEffusion``); else the
+    local code ``<task>-<index>`` of :data:`LOCAL_SCHEME`."""
+    keyword = CONCEPT_KEYWORDS.get(name.lower()) or "".join(
+        part[:1].upper() + part[1:] for part in name.replace("_", " ").split()
+    )
     try:
         code = getattr(codes.SCT, keyword)
     except AttributeError:
