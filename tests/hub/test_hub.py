@@ -556,3 +556,18 @@ def test_training_data_says_what_the_model_was_trained_on(tmp_path, argv, said):
     assert training_data(folder) == said
     (folder / "recipe.yaml").unlink()
     assert training_data(folder) is None
+
+
+def test_a_checkpoint_card_indexes_its_latest_evaluation(tmp_path):
+    out = card_folder(tmp_path / "out", PNEUMOTHORAX, ["--config", "recipe/demo.yaml", "--generate_demo_data", "false"])
+    checkpoint = out / "checkpoint-4"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text((out / "config.json").read_text())
+    history = [
+        {"eval_loss": 0.9, "eval_dice": 0.1, "step": 2},
+        {"loss": 0.5, "step": 3},
+        {"eval_loss": 0.7, "eval_dice": 0.3, "eval_iou": 0.2, "step": 4},
+    ]
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 4, "log_history": history}))
+    card = ModelCard(model_card(out, "me/ckpt", checkpoint=checkpoint))
+    assert {(r.metric_type, r.metric_value) for r in card.data.eval_results} == {("dice", 0.3), ("iou", 0.2)}
