@@ -2,7 +2,8 @@
 
 - :class:`FakeHub` replaces ``HfApi`` for what no local server implements (the upload API: ``create_repo``,
   ``create_commit``, ``whoami``). Each commit becomes a git commit on branch ``main`` of
-  ``MIRRORS/models/<namespace>/<name>``; everything else (``run_as_future``, listing, downloads) is the real HfApi.
+  ``MIRRORS/models/<namespace>/<name>`` (a dataset repo: ``MIRRORS/datasets/...``); everything else
+  (``run_as_future``, listing, downloads) is the real HfApi.
 - :func:`serve` starts this file as a script: olah 0.5.4 in offline mode serving the git repositories under
   ``MIRRORS`` (its ``mirrors-path``), on 127.0.0.1 and a free port. With ``HF_ENDPOINT`` set to it,
   ``from_pretrained``, ``hf_hub_download`` and ``snapshot_download`` download what the FakeHub committed.
@@ -71,9 +72,10 @@ class FakeHub:
     def __call__(self, token: str | None = None, **kwargs) -> HfApi:
         return _FakeHfApi(self, token=token, **kwargs)
 
-    def repo(self, repo_id: str) -> Path:
-        """The working tree of ``repo_id``'s git repository (what the server serves at ``main``)."""
-        return self.mirrors / "models" / repo_id
+    def repo(self, repo_id: str, repo_type: str | None = None) -> Path:
+        """The working tree of ``repo_id``'s git repository (what the server serves at ``main``); ``repo_type``
+        "dataset" for a dataset repo."""
+        return self.mirrors / ("datasets" if repo_type == "dataset" else "models") / repo_id
 
     def log(self, repo_id: str) -> list[tuple[str, str]]:
         """(commit sha, message) of each commit on ``main``, oldest first."""
@@ -91,18 +93,18 @@ class FakeHub:
         )
         return done.stdout
 
-    def create_repo(self, repo_id: str) -> None:
-        folder = self.repo(repo_id)
+    def create_repo(self, repo_id: str, repo_type: str | None = None) -> None:
+        folder = self.repo(repo_id, repo_type)
         with self.lock:
             if not (folder / ".git").is_dir():
                 folder.mkdir(parents=True, exist_ok=True)
                 git(folder, "init", "--quiet", "--initial-branch=main")
 
-    def commit(self, repo_id: str, operations, message: str) -> str:
+    def commit(self, repo_id: str, operations, message: str, repo_type: str | None = None) -> str:
         """Write the operations' files into the working tree and commit them; returns the commit sha."""
         with self.lock:
-            self.create_repo(repo_id)
-            folder = self.repo(repo_id)
+            self.create_repo(repo_id, repo_type)
+            folder = self.repo(repo_id, repo_type)
             for op in operations:
                 path = folder / op.path_in_repo
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,15 +126,19 @@ class _FakeHfApi(HfApi):
             raise self.hub.error
         return self.hub.me
 
-    def create_repo(self, repo_id: str, *, private: bool | None = None, exist_ok: bool = False, **kwargs):
-        self.hub.calls.append(("create_repo", repo_id, private))
-        self.hub.create_repo(repo_id)
+    def create_repo(
+        self, repo_id: str, *, private: bool | None = None, exist_ok: bool = False, repo_type=None, **kwargs
+    ):
+        self.hub.calls.append(("create_repo", repo_id, private) + ((repo_type,) if repo_type else ()))
+        self.hub.create_repo(repo_id, repo_type)
 
     @future_compatible  # as HfApi.create_commit: run_as_future=True runs it in this HfApi's background thread
-    def create_commit(self, repo_id: str, operations, *, commit_message: str, run_as_future: bool = False, **kwargs):
+    def create_commit(
+        self, repo_id: str, operations, *, commit_message: str, run_as_future: bool = False, repo_type=None, **kwargs
+    ):
         operations = list(operations)
         self.hub.calls.append(("create_commit", repo_id, sorted(op.path_in_repo for op in operations)))
-        sha = self.hub.commit(repo_id, operations, commit_message)
+        sha = self.hub.commit(repo_id, operations, commit_message, repo_type)
         return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/{sha}", oid=sha)
 
 
@@ -235,7 +241,7 @@ def serve(mirrors: Path, workdir: Path, timeout: float = 60.0) -> Iterator[str]:
 
 
 def use_endpoint(monkeypatch, endpoint: str, home: Path) -> None:
-    """Point this process (huggingface_hub reads its settings at import: patch them) and its subprocesses
+    """Point this process (huggingface_hub and datasets read their settings at import: patch them) and its subprocesses
     (``HF_ENDPOINT``, ``HF_HOME``, ``HF_HUB_OFFLINE=0``) at ``endpoint``, with an empty cache in ``home``.
     transformers' shared ``HfApi`` keeps the endpoint it was made with (a test before this one may have made it):
     dropped, so that transformers makes its own at ``endpoint`` (else its calls go to huggingface.co and retry for
@@ -252,6 +258,12 @@ def use_endpoint(monkeypatch, endpoint: str, home: Path) -> None:
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    # datasets reads its own copies of these settings at import (load_dataset of a Hub dataset id).
+    import datasets.config
+
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", home / "datasets")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import enum
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -274,8 +275,40 @@ def _cli_keys(argv: list[str]) -> list[str]:
     return [token[2:].split("=", 1)[0] for token in argv if token.startswith("--")]
 
 
+NULL = "null"  # on the command line, unsets a key that accepts null in a recipe (YAML's null)
+
+
+def _nullable_keys() -> set[str]:
+    """The fields whose type admits None (``str | None``, ``int | None``, ...)."""
+    keys = set()
+    for cls in ARGUMENT_CLASSES:
+        hints = typing.get_type_hints(cls)
+        keys.update(f.name for f in dataclasses.fields(cls) if f.init and type(None) in typing.get_args(hints[f.name]))
+    return keys
+
+
+def _or_null(convert: Any) -> Any:
+    """argparse ``type`` that reads :data:`NULL` as None and anything else with ``convert``."""
+
+    def parse(text: str) -> Any:
+        return None if text == NULL else convert(text)
+
+    parse.__name__ = getattr(convert, "__name__", "value")  # argparse names the type in its error messages
+    return parse
+
+
 class _RecipeParser(HfArgumentParser):
-    """HfArgumentParser whose errors are one-line :class:`~cxrseg.errors.RecipeError` instead of the usage text."""
+    """HfArgumentParser whose errors are one-line :class:`~cxrseg.errors.RecipeError` instead of the usage text, and
+    where ``--key null`` sets None for every key whose type admits it (``--model_name_or_path null``,
+    ``--save_total_limit null``), as ``key: null`` does in a recipe. Keys taking a list (``nargs``) keep their
+    own reading."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        nullable = _nullable_keys()
+        for action in self._actions:
+            if action.dest in nullable and action.nargs in (None, "?") and callable(action.type):
+                action.type = _or_null(action.type)
 
     def error(self, message: str):
         raise RecipeError(f"{_one_line(message)} (on the command line; `python run_train.py --help` lists the keys).")

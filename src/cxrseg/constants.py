@@ -14,6 +14,7 @@ SPLITS_FILENAME = "splits.json"  # the train/val split or the K folds (cxrseg.da
 RECIPE_FILENAME = "recipe.yaml"  # the resolved recipe (cxrseg.config)
 POSTPROCESS_FILENAME = "postprocess.json"  # the mask rule (cxrseg.postprocessing)
 CARD_FILENAME = "README.md"  # the model card (cxrseg.hub.card)
+AVERAGING_FILENAME = "averaging.json"  # the checkpoints an averaged model folder averages (cxrseg.training.averaging)
 CV_FILENAME = "cv.json"  # marks a cross-validation folder (cxrseg.inference.cv_folder)
 FOLD_RESULT_FILENAME = "cv_fold.json"  # a fold that has finished training
 ENSEMBLE_FILENAME = "ensemble.json"  # a CV folder's ensemble settings: member weights, what is averaged

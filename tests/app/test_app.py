@@ -226,15 +226,17 @@ def wait_for_server(process: subprocess.Popen, url: str, timeout: float = 120) -
     pytest.fail(f"{url} did not answer within {timeout} s")
 
 
-def segment_via_api(url: str, path: Path) -> tuple[str, str, str, str, str]:
-    """What the app returns for ``path`` (message, overlay file, probability file, findings table, mask file),
-    through Gradio's HTTP API."""
+def segment_via_api(url: str, path: Path) -> tuple[str, str, str, str, str, str | None]:
+    """What the app returns for ``path`` (message, overlay file, probability file, findings table, mask file,
+    DICOM SEG file or None), through Gradio's HTTP API."""
     from gradio_client import Client, handle_file
 
-    return Client(url, verbose=False).predict(handle_file(path), False, api_name="/segment")
+    result = Client(url, verbose=False).predict(handle_file(path), False, api_name="/segment")
+    # An output whose visibility changes (the DICOM SEG, shown for DICOM uploads only) comes as a Gradio update.
+    return tuple(out["value"] if isinstance(out, dict) and out.get("__type__") == "update" else out for out in result)
 
 
-def segment_in_process(demo, path: Path) -> tuple[str, str, str, str, str]:
+def segment_in_process(demo, path: Path) -> tuple[str, str, str, str, str, str | None]:
     """What the app ``demo``, served in this process on a free port, returns for ``path``."""
     from cxrseg.app.web import launch
 
@@ -249,7 +251,8 @@ def segment_in_process(demo, path: Path) -> tuple[str, str, str, str, str]:
 def check_served_result(result: tuple, model: Path | list[Path], image: np.ndarray, name: str) -> None:
     """The page's outputs are what the model (several: their ensemble) computes: every class's score in its colour,
     the mask PNG."""
-    message, overlay, _, table, mask = result
+    message, overlay, _, table, mask, seg = result
+    assert seg is None  # a PNG: no DICOM SEG
     scores, masks = model_output(load_models(model, device="cpu"), image)
     assert name in message and f"{image.shape[1]} × {image.shape[0]} px" in message
     assert re.findall(r'class="score">([0-9.]+)<', table) == [f"{score:.3f}" for score in scores]
@@ -318,3 +321,37 @@ def test_the_app_serves_an_ensemble(served, tmp_path):
     for member in models:
         scores = model_output(load_models(member, device="cpu"), image)[0]
         assert re.findall(r'class="score">([0-9.]+)<', result[3]) != [f"{score:.3f}" for score in scores]
+
+
+def test_a_dicom_upload_offers_a_dicom_seg_of_its_masks(tmp_path):
+    import highdicom as hd
+    from pydicom.data import get_testdata_file
+
+    from cxrseg.app.web import create_app
+
+    model = save_tiny_model(tmp_path / "model", seed=4)
+    source = get_testdata_file("CT_small.dcm", download=False)  # pydicom's real file: patient, study, frame of ref
+    message, _, _, _, mask, seg = segment_in_process(create_app(load_models(model, device="cpu")), Path(source))
+    assert "CT_small.dcm" in message and seg.endswith("CT_small_seg.dcm")
+    header = pydicom.dcmread(source, stop_before_pixels=True)
+    seg = hd.seg.segread(seg)
+    assert (seg.StudyInstanceUID, seg.FrameOfReferenceUID) == (header.StudyInstanceUID, header.FrameOfReferenceUID)
+    assert seg.ManufacturerModelName == "model"  # the folder's name, not its local path
+    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=[header.SOPInstanceUID])[0, ..., 0]
+    np.testing.assert_array_equal(pixels * 255, cv2.imread(mask, cv2.IMREAD_UNCHANGED))
+
+
+def test_the_page_says_what_the_model_was_trained_on(tmp_path):
+    from cxrseg.app.web import create_app
+    from cxrseg.config import parse_recipe, save_recipe
+
+    model = save_tiny_model(tmp_path / "model", seed=4)
+
+    def header() -> str:
+        demo = create_app(load_models(model, device="cpu"))
+        (block,) = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "model-info"]
+        return block.value
+
+    assert "Trained on: not recorded with this model" in header()
+    save_recipe(parse_recipe(["--config", "recipe/demo.yaml"]), model / "recipe.yaml")  # the demo: synthetic data
+    assert "Trained on: cxrseg's synthetic demo images (drawn radiograph-like pictures, not real X-rays)" in header()

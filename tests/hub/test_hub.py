@@ -202,8 +202,17 @@ def test_model_card_metadata(tmp_path, base_model, hub_id, line):
     argv = ["--config", "recipe/demo.yaml", "--generate_demo_data", "false"]
     argv += ["--model_name_or_path", base_model] if base_model else []
     card = ModelCard(model_card(card_folder(tmp_path / "out", PNEUMOTHORAX, argv, RESULTS), "me/tiny"))
-    expected = {"library_name": "transformers", "pipeline_tag": "image-segmentation", "tags": [*TAGS, "pneumothorax"]}
-    assert card.data.to_dict() == ({**expected, "base_model": hub_id} if hub_id else expected)
+    expected = {
+        "library_name": "transformers",
+        "pipeline_tag": "image-segmentation",
+        "tags": [*TAGS, "pneumothorax"],
+        "license": "other",
+        "license_name": "siim-acr-pneumothorax-data-terms",
+        "license_link": "https://www.kaggle.com/competitions/siim-acr-pneumothorax-segmentation/rules",
+    }
+    data = card.data.to_dict()
+    assert data.pop("model-index")[0]["name"] == "tiny"  # the results: test_model_index_*
+    assert data == ({**expected, "base_model": hub_id} if hub_id else expected)
     assert card.text.startswith("\n# tiny\n") and card.text.endswith("```\n")
     base_lines = ["- Trained from scratch", "- Base model:", "- Initialised from a local model folder"]
     assert [card.text.count(start) for start in base_lines] == [int(line.startswith(s)) for s in base_lines]
@@ -455,3 +464,110 @@ def test_a_failed_save_push_is_a_warning_and_end_pushes_nothing(output_folder, c
     end = HubCheckpointPush("me/tiny", "end")
     end.on_save(*save_event(output_folder), control=None)
     assert end.pushes == []
+
+
+def _results_by_split(card: ModelCard) -> dict[str, dict[tuple[str, str | None], tuple[str, float]]]:
+    """split → (metric name, class) → (metric type, value), from the card's model-index as huggingface_hub reads it."""
+    table: dict = {}
+    for result in card.data.eval_results:
+        assert (result.task_type, result.task_name) == ("image-segmentation", f"{card.data.tags[-1]} segmentation")
+        table.setdefault(result.dataset_split, {})[(result.metric_name, result.metric_config)] = (
+            result.metric_type,
+            result.metric_value,
+        )
+    return table
+
+
+def test_model_index_single_label_as_the_hub_reads_it(output_folder, hub):
+    push_folder(output_folder, "me/tiny")
+    card = ModelCard.load(hub.repo("me/tiny") / "README.md")  # the pushed card, parsed as the Hub parses it
+    assert card.data.model_name == "tiny"
+    ((dataset_type, dataset_name),) = {(r.dataset_type, r.dataset_name) for r in card.data.eval_results}
+    assert (dataset_type, dataset_name) == ("siim-acr-pneumothorax", "SIIM-ACR Pneumothorax Segmentation")
+    # Every metric of all_results.json with a type, rounded as the table shows it; counts and thresholds left out.
+    assert _results_by_split(card) == {
+        "validation": {
+            ("Dice (pooled pixels)", None): ("dice", 0.6123),
+            ("Mean per-image Dice (SIIM-ACR rule)", None): ("dice", 0.8321),
+            ("IoU (pooled pixels)", None): ("iou", 0.44),
+            ("Pixel average precision", None): ("average_precision", 0.5512),
+            ("Best pixel F1", None): ("f1", 0.64),
+        }
+    }
+    assert card.data.to_dict()["model-index"][0]["results"][0]["task"] == {
+        "type": "image-segmentation",
+        "name": "pneumothorax segmentation",
+    }
+
+
+def test_model_index_multilabel_per_class_out_of_fold_and_hub_dataset(tmp_path):
+    # A fold of a CV folder trained on a Hub dataset at a revision: validation results per class (NaN left out)
+    # and the CV folder's out-of-fold results.
+    root = tmp_path / "cv"
+    (root / "evaluation/val").mkdir(parents=True)
+    (root / "cv.json").write_text(json.dumps({"num_folds": 2, "folds": ["fold_0", "fold_1"]}))
+    oof = {"dice": 0.42, "dice/Nodule": 0.3, "kaggle_dice": float("nan"), "num_images": 20, "iou": None}
+    (root / "evaluation/val/metrics.json").write_text(json.dumps(oof).replace("NaN", "null"))
+    argv = ["--config", "recipe/chestxdet_demo.yaml", "--generate_demo_data", "false"]
+    argv += ["--data_dir", "hf://datasets/lab/cxd-png@v1.0"]
+    results = {"eval_dice": 0.5, "eval_dice/Nodule": 0.25, "eval_dice/Mass": float("nan"), "eval_ap/Nodule": 0.1}
+    card = ModelCard(model_card(card_folder(root / "fold_0", CHESTXDET, argv, results), "lab/cxd-fold0"))
+    assert _results_by_split(card) == {
+        "validation": {
+            ("Dice (pooled pixels)", None): ("dice", 0.5),
+            ("Dice (pooled pixels), Nodule", "Nodule"): ("dice", 0.25),
+            ("Pixel average precision, Nodule", "Nodule"): ("average_precision", 0.1),
+        },
+        "out-of-fold": {
+            ("Dice (pooled pixels)", None): ("dice", 0.42),
+            ("Dice (pooled pixels), Nodule", "Nodule"): ("dice", 0.3),
+        },
+    }
+    assert {(r.dataset_type, r.dataset_name, r.dataset_revision) for r in card.data.eval_results} == {
+        ("lab/cxd-png", "lab/cxd-png", "v1.0")
+    }
+    assert card.data.datasets == ["lab/cxd-png"]
+    assert "Out of fold, over the 2 folds" in card.text and "| Dice (pooled pixels), Nodule | 0.3000 |" in card.text
+
+
+def test_model_index_synthetic_and_no_results(tmp_path):
+    argv = ["--config", "recipe/demo.yaml", "--generate_demo_data", "true"]
+    card = ModelCard(model_card(card_folder(tmp_path, PNEUMOTHORAX, argv, {"eval_dice": 0.9}), "me/demo"))
+    assert card.data.license == "apache-2.0" and card.data.datasets is None
+    ((result,),) = [card.data.eval_results]
+    assert (result.dataset_type, result.dataset_name) == ("cxrseg-synthetic", "cxrseg synthetic demo data")
+    card = ModelCard(model_card(card_folder(tmp_path / "none", PNEUMOTHORAX, argv), "me/demo"))
+    assert card.data.eval_results is None and "model-index" not in card.data.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (SYNTHETIC, "cxrseg's synthetic demo images (drawn radiograph-like pictures, not real X-rays)"),
+        (REAL, "SIIM-ACR Pneumothorax Segmentation"),
+        ([*REAL, "--data_dir", "hf://datasets/lab/siim-png@v2"], "the Hub dataset lab/siim-png at v2"),
+    ],
+    ids=["synthetic", "siim", "hub-dataset"],
+)
+def test_training_data_says_what_the_model_was_trained_on(tmp_path, argv, said):
+    from cxrseg.hub.card import training_data
+
+    folder = card_folder(tmp_path, PNEUMOTHORAX, ["--config", "recipe/demo.yaml", *argv])
+    assert training_data(folder) == said
+    (folder / "recipe.yaml").unlink()
+    assert training_data(folder) is None
+
+
+def test_a_checkpoint_card_indexes_its_latest_evaluation(tmp_path):
+    out = card_folder(tmp_path / "out", PNEUMOTHORAX, ["--config", "recipe/demo.yaml", "--generate_demo_data", "false"])
+    checkpoint = out / "checkpoint-4"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text((out / "config.json").read_text())
+    history = [
+        {"eval_loss": 0.9, "eval_dice": 0.1, "step": 2},
+        {"loss": 0.5, "step": 3},
+        {"eval_loss": 0.7, "eval_dice": 0.3, "eval_iou": 0.2, "step": 4},
+    ]
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 4, "log_history": history}))
+    card = ModelCard(model_card(out, "me/ckpt", checkpoint=checkpoint))
+    assert {(r.metric_type, r.metric_value) for r in card.data.eval_results} == {("dice", 0.3), ("iou", 0.2)}

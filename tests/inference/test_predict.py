@@ -243,3 +243,43 @@ def test_python_m_cxrseg_predict_on_a_real_radiograph(model_dir, tmp_path):
     assert "Predicted 1 of 1 images" in result.stdout
     assert np.asarray(Image.open(tmp_path / "out" / "masks" / f"{NIH_IMAGE.stem}.png")).shape == (512, 512)
     assert read_rows(tmp_path / "s.csv")[1][0] == NIH_IMAGE.stem
+
+
+def test_dicom_seg_for_dicom_inputs_holds_the_masks_and_references_the_source(model_dir, tmp_path):
+    import highdicom as hd
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm", download=False), folder / "ct.dcm")  # pydicom's real file
+    cv2.imwrite(str(folder / "x.png"), np.random.default_rng(0).integers(0, 256, (40, 50), dtype=np.uint8))
+    out = tmp_path / "out"
+    argv = ["predict", "--model", str(model_dir), "--input", str(folder), "--out", str(out), "--dicom-seg", "binary"]
+    assert main(argv) == 0
+    assert [p.name for p in (out / "dicom_seg").iterdir()] == ["ct.dcm"]  # DICOM inputs only
+    source = pydicom.dcmread(folder / "ct.dcm", stop_before_pixels=True)
+    seg = hd.seg.segread(out / "dicom_seg" / "ct.dcm")
+    assert (seg.SegmentationType, seg.FrameOfReferenceUID) == ("BINARY", source.FrameOfReferenceUID)
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["pneumothorax"]
+    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=[source.SOPInstanceUID])[0, ..., 0]
+    mask = np.asarray(Image.open(out / "masks" / "ct.png"))
+    np.testing.assert_array_equal(pixels, (mask > 0).astype(pixels.dtype))
+
+
+def test_fractional_dicom_seg_of_a_multilabel_model_holds_each_class_probability(tmp_path):
+    import highdicom as hd
+
+    names = ("Effusion", "Nodule")
+    model_dir = save_tiny_model(tmp_path / "model", LabelSet("custom", names, multilabel=True), seed=1)
+    source = write_dicom(tmp_path / "cxr.dcm", np.random.default_rng(2).integers(0, 256, (60, 48), dtype=np.uint8))
+    predict(load_segmenter(model_dir), source, tmp_path / "out", save_probabilities=True, dicom_seg="fractional")
+    seg = hd.seg.segread(tmp_path / "out" / "dicom_seg" / "cxr.dcm")
+    assert seg.SegmentationType == "FRACTIONAL" and [s.SegmentLabel for s in seg.SegmentSequence] == list(names)
+    (uid,) = [ref.ReferencedSOPInstanceUID for ref in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence]
+    stored = seg.get_pixels_by_source_instance(source_sop_instance_uids=[uid])[0]
+    for k, name in enumerate(names):
+        saved = np.asarray(Image.open(tmp_path / "out" / "probabilities" / "cxr" / f"{name}.png"))
+        np.testing.assert_allclose(stored[..., k] * 255, saved, atol=1.01)  # both round(255 p)
+    with pytest.raises(PredictError, match="dicom_seg must be one of"):
+        predict(load_segmenter(model_dir), source, tmp_path / "out2", dicom_seg="bits")

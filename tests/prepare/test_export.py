@@ -34,18 +34,16 @@ def test_save_dataset_round_trips_the_layout(siim_raw, tmp_path):
     assert test_row["mask"] is None and test_row["is_positive"] is None
 
 
-def test_push_to_hub_is_private(siim_raw, tmp_path, monkeypatch):
-    calls = []
-
-    def fake_push(self, repo_id, *args, **kwargs):
-        calls.append((repo_id, args, kwargs, {split: self[split].num_rows for split in self}))
-
-    monkeypatch.setattr(datasets.DatasetDict, "push_to_hub", fake_push)
-    monkeypatch.setattr(cxrseg.hub.access, "check_hub_access", lambda repo_id: repo_id)  # no Hub here
+def test_push_to_hub_is_private_and_a_dataset_repo(siim_raw, tmp_path, monkeypatch, hub):
+    monkeypatch.setattr(cxrseg.hub.access, "check_hub_access", lambda repo_id: repo_id)  # no whoami here
     prepare_siim(
         siim_raw.dicom_dir, siim_raw.csv, PrepareOptions(tmp_path / "out", image_size=32, push_to_hub="me/siim-png")
     )
-    assert calls == [("me/siim-png", (), {"private": True}, {"train": 3})]
+    assert hub.calls[0] == ("create_repo", "me/siim-png", True, "dataset")
+    files = {"README.md", "labels.json", "data/train-00000-of-00001.parquet"}
+    assert hub.calls[1] == ("create_commit", "me/siim-png", sorted(files))
+    pushed = datasets.load_dataset("parquet", data_files=str(hub.repo("me/siim-png", "dataset") / "data/*.parquet"))
+    assert pushed["train"].num_rows == 3 and isinstance(pushed["train"].features["image"], datasets.Image)
 
 
 def test_push_help_warns_about_terms(capsys):

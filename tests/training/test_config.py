@@ -82,3 +82,37 @@ def test_single_label_sampling_settings_on_a_multilabel_task_fail_at_parse_time(
         parse_recipe(["--config", config])
     with pytest.raises(RecipeError, match="task must be one of"):
         parse_recipe(["--task", "lungs"])
+
+
+def test_null_on_the_command_line_unsets_keys_that_accept_it(tmp_path):
+    config = _write(tmp_path, "model_name_or_path: some/model\nmax_train_samples: 8\nclass_weights: auto\n")
+    tiny = '{"backbone_config": {"model_type": "swin"}}'
+    recipe = parse_recipe(
+        [
+            "--config",
+            config,
+            "--model_name_or_path",
+            "null",
+            "--model_config",
+            tiny,
+            "--max_train_samples=null",
+            "--class_weights",
+            "null",
+            "--save_total_limit",
+            "null",
+            "--resume_from_checkpoint",
+            "null",
+        ]
+    )
+    assert recipe.model.model_name_or_path is None  # not a Hub repo named "null"
+    assert recipe.data.max_train_samples is None
+    assert recipe.loss.class_weights is None
+    assert recipe.training.save_total_limit is None  # RECIPE_DEFAULTS' 2 unset: keep every checkpoint
+    assert recipe.resolved["model_name_or_path"] is None
+    save_recipe(recipe, tmp_path / "recipe.yaml")  # the saved recipe reproduces the nulls
+    assert parse_recipe(["--config", str(tmp_path / "recipe.yaml")]).resolved == recipe.resolved
+    # A key that cannot be null stays an error naming the key; null without model_config is the model check's error.
+    with pytest.raises(RecipeError, match="image_size"):
+        parse_recipe(["--image_size", "null"])
+    with pytest.raises(RecipeError, match="model_config"):
+        parse_recipe(["--model_name_or_path", "null"])

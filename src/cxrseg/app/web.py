@@ -2,8 +2,10 @@
 
 A user uploads a PNG, JPEG or DICOM radiograph (or picks an example) and sees the overlay, the probability map,
 per class whether the finding is present with its score and area (defined in :mod:`cxrseg.app.findings`), and can
-download the mask PNG (as ``cxrseg predict`` writes it). The model's ``postprocess.json`` applies; a checkbox
-shows the raw threshold instead. An input that cannot be used gives a message in the page, and the app goes on.
+download the mask PNG (as ``cxrseg predict`` writes it) and, for a DICOM upload, a DICOM SEG of the masks that
+references it (as ``cxrseg predict --dicom-seg binary`` writes it), for a PACS viewer. The model's
+``postprocess.json`` applies; a checkbox shows the raw threshold instead. An input that cannot be used gives a
+message in the page, and the app goes on.
 
 Gradio glue only: reading, segmenting and summarising are :mod:`cxrseg.app.findings`, pictures :mod:`cxrseg.plots`.
 Gradio is optional (``pip install 'cxrseg[app]'``). Analytics are off and the page loads nothing from outside the
@@ -28,8 +30,10 @@ from cxrseg.app.findings import (
     segment_image,
 )
 from cxrseg.errors import CxrsegError, OptionalDependencyError
-from cxrseg.imageio.images import IMAGE_SUFFIXES, write_png
-from cxrseg.inference.predict import mask_png_pixels
+from cxrseg.hub.card import training_data
+from cxrseg.imageio.dicom_seg import write_dicom_seg
+from cxrseg.imageio.images import DICOM_SUFFIXES, IMAGE_SUFFIXES, write_png
+from cxrseg.inference.predict import cxrseg_version, mask_png_pixels, model_name
 from cxrseg.inference.predictor import Predictor
 from cxrseg.plots import class_colours, overlay, probability_image
 from cxrseg.postprocessing.rules import ClassPostProcess, PostProcess
@@ -71,10 +75,13 @@ def create_app(
         analytics_enabled=False,
         delete_cache=(CACHE_LIFETIME_S, CACHE_LIFETIME_S),
     ) as demo:
+        trained_on = training_data(segmenter.model_dir) if segmenter.model_dir is not None else None
         gr.Markdown(
             f"## cxrseg: chest X-ray segmentation\nModel `{segmenter.source}`, finding"
             f"{'s' if len(names) > 1 else ''}: {', '.join(names)}. "
-            "**Research software, not a medical device: not for diagnosis.**"
+            f"Trained on: {trained_on or 'not recorded with this model (no recipe.yaml)'}. "
+            "**Research software, not a medical device: not for diagnosis.**",
+            elem_id="model-info",
         )
         with gr.Row():
             with gr.Column(scale=1):
@@ -108,23 +115,47 @@ def create_app(
                     interactive=False,
                     elem_id="mask",
                 )
+                seg_file = gr.File(
+                    label="DICOM SEG of the masks, referencing the uploaded DICOM (for PACS viewers)",
+                    interactive=False,
+                    visible=False,  # shown for DICOM uploads only
+                    elem_id="dicom-seg",
+                )
+
+        no_seg = gr.File(value=None, visible=False)
 
         def analyse(path: str | None, raw_threshold: bool):
             if not path:
-                return "", None, None, "", None
+                return "", None, None, "", None, no_seg
             name = Path(path).name
             try:
                 radiograph = read_radiograph(path, max_megapixels)
                 result = segment_image(segmenter, radiograph, tta=tta, raw_threshold=raw_threshold)
             except CxrsegError as error:  # a file that cannot be used: say why, naming it as the user does
                 text = str(error).removeprefix(f"{path}: ").replace(str(path), name)
-                return _error_html(name, text), None, None, "", None
+                return _error_html(name, text), None, None, "", None, no_seg
             except Exception as error:  # a bug: the traceback goes to the server log, the page stays clean
                 logger.exception("Segmenting %s failed", path)
                 text = f"internal error ({type(error).__name__}); see the server log."
-                return _error_html(name, text), None, None, "", None
+                return _error_html(name, text), None, None, "", None, no_seg
             masks_path = Path(demo.GRADIO_CACHE) / uuid.uuid4().hex / f"{Path(name).stem}_mask.png"
             write_png(masks_path, mask_png_pixels(result.masks))
+            seg_path = None
+            if Path(name).suffix.lower() in DICOM_SUFFIXES:
+                seg_path = masks_path.with_name(f"{Path(name).stem}_seg.dcm")
+                try:
+                    write_dicom_seg(
+                        path,
+                        seg_path,
+                        result.masks,
+                        names,
+                        task=segmenter.labels.task,
+                        model_name=model_name(segmenter),
+                        software_version=cxrseg_version(),
+                    )
+                except CxrsegError as error:  # the masks are still shown; the log says why there is no SEG
+                    logger.warning("No DICOM SEG for %s: %s", name, error)
+                    seg_path = None
             picture = overlay(radiograph.image, result.masks, colours, names=names if len(names) > 1 else None)
             rule = _rule_text(segmenter, raw_threshold)
             return (
@@ -133,9 +164,10 @@ def create_app(
                 probability_image(result.probs),
                 _findings_html(result, colours),
                 str(masks_path),
+                gr.File(value=str(seg_path), visible=True) if seg_path is not None else no_seg,
             )
 
-        outputs = [message, shown_overlay, probability, table, mask_file]
+        outputs = [message, shown_overlay, probability, table, mask_file, seg_file]
         upload.change(analyse, [upload, raw], outputs, api_name="segment")
         raw.change(analyse, [upload, raw], outputs, api_visibility="private")
     return demo

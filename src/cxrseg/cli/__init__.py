@@ -16,7 +16,18 @@ from collections.abc import Callable
 from cxrseg.errors import CxrsegError, UsageError, report
 
 # Subcommand modules under cxrseg.cli, in the order `cxrseg --help` lists them.
-SUBCOMMANDS = ("make_demo_data", "prepare", "train", "evaluate", "predict", "visualize", "app", "push", "env")
+SUBCOMMANDS = (
+    "make_demo_data",
+    "prepare",
+    "train",
+    "average",
+    "evaluate",
+    "predict",
+    "visualize",
+    "app",
+    "push",
+    "env",
+)
 
 
 class CommandLineParser(argparse.ArgumentParser):

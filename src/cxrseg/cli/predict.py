@@ -33,6 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also write OUT/probabilities/<id>.png: round(255 * p) at the original size",
     )
+    parser.add_argument(
+        "--dicom-seg",
+        choices=("binary", "fractional"),
+        help="also write OUT/dicom_seg/<id>.dcm for each DICOM input: a DICOM Segmentation referencing it, for PACS "
+        "viewers (binary: the masks; fractional: the probabilities), one segment per class",
+    )
     parser.set_defaults(func=run)
 
 
@@ -46,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         submission=args.submission,
         save_probabilities=args.save_probabilities,
+        dicom_seg=args.dicom_seg,
         **run_options(args),
     )
     print("\n".join(summary.lines()))

@@ -21,6 +21,7 @@ from cxrseg.data.png_layout import DataError, IndexedImage, index_layout, mask_p
 from cxrseg.data.sampling import BalancedSampler, ClassBalancedSampler, EpochSampler, SampleKey, ShuffledSampler
 from cxrseg.data.splits import load_or_make_split
 from cxrseg.data.transforms import ToModelInputs, build_transforms
+from cxrseg.hub.access import hub_dataset_id
 from cxrseg.imageio.pixels import to_gray
 from cxrseg.labels import LabelSet, binarize_mask, unpack_multilabel
 
@@ -163,13 +164,39 @@ def _index_saved_dataset(dataset: datasets.Dataset, labels: LabelSet, num_proc: 
     ]
 
 
+def load_hub_dataset(data_dir: str) -> tuple[datasets.Dataset, LabelSet]:
+    """The ``train`` split and the label set of the Hub dataset ``data_dir`` names (``hf://datasets/ID[@REVISION]``,
+    as ``cxrseg prepare --push-to-hub`` pushes it: :mod:`cxrseg.prepare.export`), with ``datasets.load_dataset``
+    (downloaded once into the ``datasets`` cache) and ``labels.json`` with ``hf_hub_download``. The token is
+    huggingface_hub's (``HF_TOKEN`` or ``hf auth login``). Raises :class:`DataError` naming the id and what to do."""
+    from huggingface_hub import hf_hub_download
+
+    repo_id, revision = hub_dataset_id(data_dir)
+    try:
+        labels_file = hf_hub_download(repo_id, LABELS_FILENAME, repo_type="dataset", revision=revision)
+        source = datasets.load_dataset(repo_id, revision=revision, split="train")
+    except Exception as error:  # any Hub, network or format failure: one line naming the dataset
+        raise DataError(
+            f"data_dir {data_dir}: cannot load the Hub dataset {repo_id}"
+            f"{f' at revision {revision}' if revision else ''} ({type(error).__name__}: {' '.join(str(error).split())}"
+            "). Check the id and revision, the network, and the token of a private dataset (`hf auth login` or "
+            "HF_TOKEN); it must hold a train split and labels.json, as `cxrseg prepare --push-to-hub` writes them."
+        ) from error
+    return source, read_layout_labels(Path(labels_file).parent)
+
+
 def index_training_source(data_args: DataArguments, labels: LabelSet) -> tuple[datasets.Dataset, list[IndexedImage]]:
     """The training images of ``data_args.data_dir`` as a dataset (files decoded when rows are read) and their
     validated index (pixel counts per class), row for row.
 
-    ``data_dir`` is a PNG layout root or a saved ``datasets`` folder (its ``train`` split; labels from a
-    ``labels.json`` in the folder or its parent, as ``cxrseg prepare --save-dataset`` writes them).
+    ``data_dir`` is a PNG layout root, a saved ``datasets`` folder (its ``train`` split; labels from a
+    ``labels.json`` in the folder or its parent, as ``cxrseg prepare --save-dataset`` writes them), or a Hub dataset
+    ``hf://datasets/ID[@REVISION]`` (:func:`load_hub_dataset`), validated and indexed as a saved folder is.
     """
+    if hub_dataset_id(data_args.data_dir) is not None:
+        source, declared = load_hub_dataset(data_args.data_dir)
+        _check_task(declared, labels, data_args.data_dir)
+        return source, _index_saved_dataset(source, labels, data_args.preprocessing_num_workers)
     root = Path(data_args.data_dir)
     if not root.exists():
         raise DataError(
@@ -177,16 +204,20 @@ def index_training_source(data_args: DataArguments, labels: LabelSet) -> tuple[d
         )
     saved = is_saved_dataset(root)
     declared = read_layout_labels(root if (root / LABELS_FILENAME).exists() or not saved else root.parent)
-    if declared.names != labels.names:
-        raise DataError(
-            f"{root} holds {declared.task} data ({len(declared.names)} classes) but the recipe's task is "
-            f"{labels.task}; set `task` to match."
-        )
+    _check_task(declared, labels, root)
     if saved:
         source = datasets.load_from_disk(str(root))["train"]
         return source, _index_saved_dataset(source, labels, data_args.preprocessing_num_workers)
     index = index_layout(root, "train", labels, num_proc=data_args.preprocessing_num_workers)
     return rows_to_dataset(index), index
+
+
+def _check_task(declared: LabelSet, labels: LabelSet, where: object) -> None:
+    if declared.names != labels.names:
+        raise DataError(
+            f"{where} holds {declared.task} data ({len(declared.names)} classes) but the recipe's task is "
+            f"{labels.task}; set `task` to match."
+        )
 
 
 def class_presence(row: IndexedImage, labels: LabelSet) -> tuple[bool, ...]:

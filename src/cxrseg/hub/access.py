@@ -57,10 +57,24 @@ def check_hub_access(repo_id: str | None, token: str | None = None) -> str:
     return full_id
 
 
-
 def is_hub_id(value: Any) -> bool:
     """Whether ``value`` names a Hub repo (``namespace/name``, not an existing local path)."""
     return isinstance(value, str) and not os.path.exists(value) and re.fullmatch(r"[\w.-]+/[\w.-]+", value) is not None
+
+
+HUB_DATASET_PREFIX = "hf://datasets/"  # data_dir naming a Hub dataset, as huggingface_hub's HfFileSystem names it
+
+
+def hub_dataset_id(data_dir: Any) -> tuple[str, str | None] | None:
+    """(repo id, revision or None) when ``data_dir`` names a Hub dataset, ``hf://datasets/NAMESPACE/NAME`` or
+    ``hf://datasets/NAMESPACE/NAME@REVISION`` (a branch, tag or commit); None for anything else (a local folder).
+    The prefix keeps a mistyped local path from turning into a network request."""
+    if not isinstance(data_dir, str) or not data_dir.startswith(HUB_DATASET_PREFIX):
+        return None
+    repo_id, _, revision = data_dir[len(HUB_DATASET_PREFIX) :].rstrip("/").partition("@")
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id) is None:
+        return None
+    return repo_id, revision or None
 
 
 def hub_api(token: str | None = None) -> HfApi:

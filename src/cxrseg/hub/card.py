@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from cxrseg.constants import CARD_FILENAME, POSTPROCESS_FILENAME, RECIPE_FILENAME
+from cxrseg.constants import CARD_FILENAME, CV_FILENAME, POSTPROCESS_FILENAME, RECIPE_FILENAME
 from cxrseg.errors import ModelLoadError
 from cxrseg.files import atomic_write_text
-from cxrseg.hub.access import is_hub_id
+from cxrseg.hub.access import hub_dataset_id, is_hub_id
 from cxrseg.hub.redaction import shareable_recipe
 from cxrseg.labels import labels_from_config
 
@@ -61,6 +61,29 @@ NIH_CITATION = """@inproceedings{wang2017chestxray,
   pages = {3462--3471},
   year = {2017}
 }"""
+# model-index (the Hub's evaluation results): each card metric → (metric type, readable name). Counts and the
+# threshold are settings, not results, and stay out.
+INDEX_METRICS = {
+    "dice": ("dice", "Dice (pooled pixels)"),
+    "kaggle_dice": ("dice", "Mean per-image Dice (SIIM-ACR rule)"),
+    "iou": ("iou", "IoU (pooled pixels)"),
+    "ap": ("average_precision", "Pixel average precision"),
+    "best_f1": ("f1", "Best pixel F1"),
+}
+TASK_TYPE = "image-segmentation"  # the Hub's task id, also the pipeline tag
+VALIDATION_SPLIT = "validation"  # the held-out split of splits.json, named as datasets names it
+OUT_OF_FOLD_SPLIT = "out-of-fold"  # every image of a CV folder, each scored by the fold model that never trained on it
+# The card's license (the Hub's `license`): cxrseg's own for models trained on its synthetic data; "other" pointing
+# at the data's terms for models trained on a public dataset (review them before sharing), and for custom data.
+SYNTHETIC_LICENSE = "apache-2.0"
+DATA_LICENSES = {  # task → (license_name, license_link) of a `license: other`
+    "pneumothorax": (
+        "siim-acr-pneumothorax-data-terms",
+        "https://www.kaggle.com/competitions/siim-acr-pneumothorax-segmentation/rules",
+    ),
+    "chestxdet": ("chestx-det-data-terms", "https://github.com/Deepwise-AILab/ChestX-Det-Dataset"),
+}
+CUSTOM_DATA_LICENSE = ("training-data-terms", None)
 DATASETS = {  # task → (dataset name, its page, what to cite); other tasks: "custom data"
     "pneumothorax": (
         "SIIM-ACR Pneumothorax Segmentation",
@@ -73,6 +96,10 @@ DATASETS = {  # task → (dataset name, its page, what to cite); other tasks: "c
         (CHESTXDET_CITATION, NIH_CITATION),
     ),
 }
+
+
+DATASET_TYPES = {"pneumothorax": "siim-acr-pneumothorax", "chestxdet": "chestx-det"}  # model-index dataset ids
+SYNTHETIC_DATASET = ("cxrseg synthetic demo data", "cxrseg-synthetic")  # (name, type) of generate_demo_data runs
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -135,14 +162,22 @@ def card_values(
     else:
         results = _read_json(folder / "all_results.json") or _read_json(folder / "eval_results.json")
     dataset_name, dataset_url, citations = DATASETS.get(labels.task, ("custom data", None, ()))
+    dataset = _dataset(recipe, labels.task)
+    if dataset["hub_id"]:
+        dataset_name, dataset_url = dataset["hub_id"], f"https://huggingface.co/datasets/{dataset['hub_id']}"
     base_model = recipe.get("model_name_or_path")
+    out_of_fold = _out_of_fold_results(folder)
+    index = [
+        *index_results(results, labels, dataset, VALIDATION_SPLIT, prefix="eval_"),
+        *index_results(out_of_fold, labels, dataset, OUT_OF_FOLD_SPLIT, prefix=""),
+    ]
     return {
         "title": repo_id.split("/")[-1] if repo_id else f"cxrseg {labels.task} model",
         "model_id": repo_id or "path/to/this/folder",
         "task": labels.task,
         "multilabel": labels.multilabel,
         "id2label": labels.id2label,
-        "synthetic": bool(recipe.get("generate_demo_data")),
+        "synthetic": dataset["type"] == SYNTHETIC_DATASET[1],
         "dataset_name": dataset_name,
         "dataset_url": dataset_url,
         "citations": citations,
@@ -150,6 +185,13 @@ def card_values(
         "hub_base_model": base_model if is_hub_id(base_model) else None,
         "from_scratch": base_model is None,
         "checkpoint_step": state.get("global_step"),
+        "dataset": dataset,
+        "license": _license(labels.task, dataset),
+        "eval_results": index,
+        "out_of_fold": [
+            (r.metric_name, _format(r.metric_value)) for r in index if r.dataset_split == OUT_OF_FOLD_SPLIT
+        ],
+        "num_folds": _read_json(folder.resolve().parent / CV_FILENAME).get("num_folds") if out_of_fold else None,
         "metrics": _metric_rows(results),
         "class_metrics": _class_rows(results, labels.foreground),
         "postprocess": _read_json(folder / POSTPROCESS_FILENAME),
@@ -159,21 +201,108 @@ def card_values(
     }
 
 
+def _dataset(recipe: dict[str, Any], task: str) -> dict[str, Any]:
+    """The training data as the card's metadata names it: ``name`` and ``type`` (the model-index dataset id: the
+    Hub dataset id when ``data_dir`` is ``hf://datasets/ID[@REVISION]``, else :data:`DATASET_TYPES`' slug),
+    ``hub_id`` and ``revision``."""
+    hub = hub_dataset_id(recipe.get("data_dir"))
+    if hub is not None:  # read from the Hub: generate_demo_data does not apply
+        return {"name": hub[0], "type": hub[0], "hub_id": hub[0], "revision": hub[1]}
+    if recipe.get("generate_demo_data"):
+        name, kind = SYNTHETIC_DATASET
+        return {"name": name, "type": kind, "hub_id": None, "revision": None}
+    name = DATASETS.get(task, ("custom data",))[0]
+    return {"name": name, "type": DATASET_TYPES.get(task, "custom"), "hub_id": None, "revision": None}
+
+
+def training_data(folder: str | os.PathLike) -> str | None:
+    """What the model in ``folder`` was trained on, in words, from its ``recipe.yaml`` (as its card says it); None
+    when the folder holds no recipe (a model cxrseg did not train, or one downloaded without it)."""
+    path = Path(folder) / RECIPE_FILENAME
+    if not path.is_file():
+        return None
+    recipe = yaml.safe_load(path.read_text()) or {}
+    dataset = _dataset(recipe, recipe.get("task", "pneumothorax"))
+    if dataset["type"] == SYNTHETIC_DATASET[1]:
+        return "cxrseg's synthetic demo images (drawn radiograph-like pictures, not real X-rays)"
+    if dataset["hub_id"]:
+        return f"the Hub dataset {dataset['hub_id']}" + (f" at {dataset['revision']}" if dataset["revision"] else "")
+    return dataset["name"]
+
+
+def _license(task: str, dataset: dict[str, Any]) -> tuple[str, str | None, str | None]:
+    """(license, license_name, license_link) of the card (see :data:`DATA_LICENSES`)."""
+    if dataset["type"] == SYNTHETIC_DATASET[1]:
+        return SYNTHETIC_LICENSE, None, None
+    return ("other", *DATA_LICENSES.get(task, CUSTOM_DATA_LICENSE))
+
+
+def _out_of_fold_results(folder: Path) -> dict[str, Any]:
+    """The out-of-fold metrics of the CV folder that holds ``folder`` (a fold's or an averaged model's folder):
+    ``evaluation/val/metrics.json`` of ``cxrseg evaluate --model CV_FOLDER``; empty elsewhere."""
+    root = folder.resolve().parent
+    if not (root / CV_FILENAME).is_file():
+        return {}
+    return _read_json(root / "evaluation" / "val" / "metrics.json")
+
+
+def index_results(
+    results: dict[str, Any], labels: Any, dataset: dict[str, Any], split: str, prefix: str = "eval_"
+) -> list[EvalResult]:
+    """The model-index entries (``huggingface_hub.EvalResult``) of ``results``: each :data:`INDEX_METRICS` metric
+    found as ``<prefix><metric>`` (all classes pooled), and for multi-label models each ``<prefix><metric>/<class>``
+    with the class as ``metric_config``. NaN and missing values are left out (the model-index holds numbers)."""
+    entries = []
+    task_name = f"{labels.task} segmentation"
+    for metric, (metric_type, metric_name) in INDEX_METRICS.items():
+        keys = [(f"{prefix}{metric}", None)]
+        if labels.multilabel:
+            keys += [(f"{prefix}{metric}/{name}", name) for name in labels.foreground]
+        for key, name in keys:
+            value = results.get(key)
+            if not isinstance(value, int | float) or math.isnan(value):
+                continue
+            entries.append(
+                EvalResult(
+                    task_type=TASK_TYPE,
+                    task_name=task_name,
+                    dataset_type=dataset["type"],
+                    dataset_name=dataset["name"],
+                    dataset_split=split,
+                    dataset_revision=dataset["revision"],
+                    metric_type=metric_type,
+                    metric_name=f"{metric_name}, {name}" if name else metric_name,
+                    metric_config=name,
+                    metric_value=round(float(value), 4),
+                )
+            )
+    return entries
+
+
 def model_card(
     folder: str | os.PathLike, repo_id: str | None = None, checkpoint: str | os.PathLike | None = None
 ) -> str:
     """The model card (``README.md``) of an output folder (or of its ``checkpoint``, see :func:`card_values`):
     :data:`CARD_TEMPLATE` filled with :func:`card_values`.
 
-    Its metadata: library transformers, pipeline image-segmentation, :data:`CARD_TAGS` and the task, and the base
-    model when it is a Hub id.
+    Its metadata (the Hub's model card spec, read back by ``huggingface_hub.ModelCard.load``): library transformers,
+    pipeline image-segmentation, :data:`CARD_TAGS` and the task, the license (:data:`DATA_LICENSES`), the base model
+    when it is a Hub id, the training dataset when it is a Hub dataset, and ``model-index``: the validation results
+    (:func:`index_results`) and, for a fold of a cross-validation folder, the out-of-fold results of its folds.
     """
     values = card_values(folder, repo_id, checkpoint)
+    license_id, license_name, license_link = values["license"]
     metadata = ModelCardData(
         library_name="transformers",
-        pipeline_tag="image-segmentation",
+        pipeline_tag=TASK_TYPE,
         tags=[*CARD_TAGS, values["task"]],
         base_model=values["hub_base_model"],
+        license=license_id,
+        license_name=license_name,
+        license_link=license_link,
+        datasets=[values["dataset"]["hub_id"]] if values["dataset"]["hub_id"] else None,
+        model_name=values["title"],
+        eval_results=values["eval_results"] or None,
     )
     return str(ModelCard.from_template(metadata, template_str=card_template(), **values))
 

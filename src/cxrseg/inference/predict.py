@@ -12,6 +12,9 @@ Outputs in ``OUT`` (each file written atomically: temporary file, then rename):
 * with ``submission``: the SIIM Kaggle CSV ``ImageId,EncodedPixels``, one row per image in input order, ``-1`` when
   empty, RLE (:func:`cxrseg.prepare.rle.rle_encode`) of the mask at 1024x1024 — an input of another size has its mask
   resized there with nearest neighbour. Single-foreground models only.
+* with ``dicom_seg`` (``binary`` or ``fractional``), for each DICOM input: ``dicom_seg/<id>.dcm``, a DICOM
+  Segmentation referencing it (:func:`cxrseg.imageio.dicom_seg.write_dicom_seg`): the masks (binary) or the
+  probabilities (fractional), one segment per output class; other inputs get none.
 * ``problems.csv`` (``path,error``) when an input could not be read; it is skipped and the others complete.
 
 ``OUT`` must be new, empty or an earlier ``predict`` output (:func:`cxrseg.files.check_output_folder`), apart from the
@@ -29,6 +32,7 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 import cv2
@@ -39,7 +43,8 @@ from tqdm.auto import tqdm
 
 from cxrseg.errors import PredictError
 from cxrseg.files import PREDICTIONS, AtomicCsv, check_output_file, check_output_folder, mark_output
-from cxrseg.imageio.images import IMAGE_SUFFIXES, read_image, write_png
+from cxrseg.imageio.dicom_seg import write_dicom_seg
+from cxrseg.imageio.images import DICOM_SUFFIXES, IMAGE_SUFFIXES, read_image, write_png
 from cxrseg.inference.predictor import Predictor
 from cxrseg.inference.preprocessor import Preprocessor
 from cxrseg.labels import LabelSet, pack_multilabel
@@ -54,6 +59,9 @@ SUBMISSION_COLUMNS = ("ImageId", "EncodedPixels")
 OUTPUT_WRITERS = min(8, os.cpu_count() or 1)
 """Threads writing masks, overlays and probabilities while the model runs: a GPU outruns one writer (see
 ``bench/inference.py``)."""
+
+DICOM_SEG_TYPES = ("binary", "fractional")
+"""What ``dicom_seg`` writes: the masks, or the probabilities (DICOM SEG ``FRACTIONAL``, ``PROBABILITY``)."""
 
 SUBMISSION_SIZE = 1024
 """Side of the masks the SIIM-ACR submission RLE encodes (the competition's images are 1024x1024)."""
@@ -152,9 +160,13 @@ def predict(
     save_probabilities: bool = False,
     batch_size: int = 8,
     num_workers: int = 0,
+    dicom_seg: str | None = None,
 ) -> PredictionSummary:
-    """Predict every input (see the module docstring for the outputs) and return a summary."""
+    """Predict every input (see the module docstring for the outputs) and return a summary. dicom_seg: None, or
+    one of :data:`DICOM_SEG_TYPES` to also write a DICOM SEG for each DICOM input."""
     names = segmenter.output_names
+    if dicom_seg not in (None, *DICOM_SEG_TYPES):
+        raise PredictError(f"dicom_seg must be one of {DICOM_SEG_TYPES} (or None), got {dicom_seg!r}.")
     multilabel = len(names) > 1
     if submission is not None and multilabel:
         raise PredictError(
@@ -203,8 +215,10 @@ def predict(
                 if good:
                     probs = segmenter.probabilities(torch.stack([item["pixel_values"] for item in good]), tta)
                     for item, image_probs in zip(good, probs):
-                        image_id = files[item["index"]].stem
-                        args = (segmenter, out, image_id, item["image"], image_probs, colours, save_probabilities)
+                        source = files[item["index"]]
+                        seg = dicom_seg if source.suffix.lower() in DICOM_SUFFIXES else None
+                        image_id = source.stem
+                        args = (segmenter, out, source, item["image"], image_probs, colours, save_probabilities, seg)
                         writing.append((image_id, writers.submit(_write_outputs, *args)))
                 while len(writing) > 2 * batch_size:
                     finish_one()
@@ -240,15 +254,17 @@ def _write_problems(out: Path, problems: list[tuple[str, str]], submission: bool
 def _write_outputs(
     segmenter: Predictor,
     out: Path,
-    image_id: str,
+    source: Path,
     image: np.ndarray,
     probs: torch.Tensor,
     colours: np.ndarray,
     save_probabilities: bool,
+    dicom_seg: str | None = None,
 ) -> np.ndarray:
-    """Write one image's mask, overlay and (optionally) probabilities at its original size; returns masks
-    uint8 0/1 [K, H, W]."""
+    """Write the mask, overlay and (optionally) probabilities and DICOM SEG of the input ``source`` at its original
+    size; returns masks uint8 0/1 [K, H, W]."""
     names = segmenter.output_names
+    image_id = source.stem
     probs_at_size = segmenter.resize_probabilities(probs, image.shape[:2])
     masks = segmenter.masks(probs, probs_at_size)
     write_png(out / "masks" / f"{image_id}.png", mask_png_pixels(masks))
@@ -262,7 +278,32 @@ def _write_outputs(
         else:
             for name, plane in zip(names, levels):
                 write_png(out / "probabilities" / image_id / f"{_safe_name(name)}.png", plane)
+    if dicom_seg is not None:
+        fractional = dicom_seg == "fractional"
+        write_dicom_seg(
+            source,
+            out / "dicom_seg" / f"{image_id}.dcm",
+            probs_at_size.numpy() if fractional else masks,
+            names,
+            task=segmenter.labels.task,
+            fractional=fractional,
+            model_name=model_name(segmenter),
+            software_version=cxrseg_version(),
+        )
     return masks
+
+
+def model_name(segmenter: Predictor) -> str:
+    """How a DICOM SEG names the model: its Hub id, or a local folder's name only (no local path leaves here)."""
+    return Path(segmenter.source).name if segmenter.is_local else segmenter.source
+
+
+def cxrseg_version() -> str:
+    """cxrseg's installed version (the SEG's software version); "unknown" when run from a source tree."""
+    try:
+        return metadata.version("cxrseg")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def mask_png_pixels(masks: np.ndarray) -> np.ndarray:

@@ -1,16 +1,30 @@
 """The PNG layout as a ``datasets.DatasetDict``: ``prepare --save-dataset`` (``OUT/hf_dataset``) and
-``--push-to-hub`` (always a private repository)."""
+``--push-to-hub`` (always a private repository).
+
+A pushed dataset repository (:func:`push_dataset`), which ``data_dir: hf://datasets/ID`` trains from
+(:func:`cxrseg.data.dataset.index_training_source`)::
+
+    data/<split>-NNNNN-of-NNNNN.parquet   each split in shards of at most MAX_SHARD_BYTES of PNG files, the image and
+                                          mask bytes embedded (the Hub's and ``datasets.push_to_hub``'s naming)
+    labels.json                           the label set (cxrseg.labels.LabelSet)
+    README.md                             a dataset card: its ``configs`` name the splits' files; private, with terms
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import cv2
+from huggingface_hub import CommitOperationAdd, DatasetCard, DatasetCardData
 
+from cxrseg.constants import LABELS_FILENAME
 from cxrseg.errors import PrepareError
+from cxrseg.hub.access import hub_api
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +76,55 @@ def save_dataset(root: Path, positives: Mapping[tuple[str, str], bool] | None = 
     return folder
 
 
-def push_dataset(root: Path, repo_id: str, positives: Mapping[tuple[str, str], bool] | None = None) -> None:
-    """Push the layout at ``root`` to the Hub repository ``repo_id``, always private: SIIM-ACR's terms forbid
-    public redistribution. positives: as :func:`layout_to_datasetdict`'s."""
+MAX_SHARD_BYTES = 500 * 2**20
+"""Largest parquet shard of a pushed split, in bytes of PNG files (``datasets.push_to_hub``'s default 500 MB)."""
+
+
+def dataset_repo_files(root: str | os.PathLike, folder: str | os.PathLike, positives=None) -> dict[str, Path]:
+    """Write the files of the dataset repository of the layout at ``root`` (module docstring) into ``folder``;
+    returns path in the repository → local file. positives: as :func:`layout_to_datasetdict`'s."""
+    # deferred for start-up time: torch and datasets load only when this runs
+    from datasets.table import embed_table_storage
+
+    root, folder = Path(root), Path(folder)
+    dataset = layout_to_datasetdict(root, positives)
+    files: dict[str, Path] = {}
+    configs = []
+    for split, rows in dataset.items():
+        size = sum(p.stat().st_size for kind in ("images", "masks") for p in (root / kind / split).glob("*.png"))
+        num_shards = max(1, min(rows.num_rows, math.ceil(size / MAX_SHARD_BYTES)))
+        for index in range(num_shards):
+            shard = rows.shard(num_shards, index, contiguous=True).with_format("arrow")
+            shard = shard.map(embed_table_storage, batched=True, keep_in_memory=True)  # the PNG bytes, not paths
+            name = f"data/{split}-{index:05d}-of-{num_shards:05d}.parquet"
+            (folder / "data").mkdir(parents=True, exist_ok=True)
+            shard.with_format(None).to_parquet(str(folder / name))
+            files[name] = folder / name
+        configs.append({"split": split, "path": f"data/{split}-*"})
+    files[LABELS_FILENAME] = root / LABELS_FILENAME
+    card = DatasetCard.from_template(
+        DatasetCardData(configs=[{"config_name": "default", "data_files": configs}], tags=["cxrseg", "chest-x-ray"]),
+        template_str="---\n{{ card_data }}\n---\n\n# Chest radiographs in cxrseg's layout\n\nPrepared with "
+        "`cxrseg prepare`; train with `data_dir: hf://datasets/<this id>`. Private: the source data's terms may "
+        "forbid redistribution (SIIM-ACR's do).\n",
+    )
+    card.save(folder / "README.md")
+    files["README.md"] = folder / "README.md"
+    return files
+
+
+def push_dataset(
+    root: Path, repo_id: str, positives: Mapping[tuple[str, str], bool] | None = None, token: str | None = None
+) -> str:
+    """Push the layout at ``root`` to the Hub dataset repository ``repo_id`` (module docstring), always private:
+    SIIM-ACR's terms forbid public redistribution. One commit through cxrseg's Hub client
+    (:func:`cxrseg.hub.access.hub_api`, with the token of ``token``, ``HF_TOKEN`` or ``hf auth login``), as model
+    pushes are. positives: as :func:`layout_to_datasetdict`'s. Returns the commit URL."""
     logger.info("Pushing the dataset to the Hub as a PRIVATE repository %s.", repo_id)
-    layout_to_datasetdict(root, positives).push_to_hub(repo_id, private=True)
+    api = hub_api(token)
+    with tempfile.TemporaryDirectory(prefix="cxrseg-push-") as folder:
+        files = dataset_repo_files(root, folder, positives)
+        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=path) for name, path in files.items()]
+        api.create_repo(repo_id, repo_type="dataset", private=True, exist_ok=True)
+        commit = api.create_commit(repo_id, operations, repo_type="dataset", commit_message="Upload cxrseg dataset")
+    return getattr(commit, "commit_url", str(commit))

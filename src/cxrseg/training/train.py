@@ -24,7 +24,7 @@ from cxrseg.data.png_layout import IndexedImage
 from cxrseg.data.splits import save_split
 from cxrseg.errors import CxrsegError, RecipeError, report
 from cxrseg.files import TRAINING_RUN, check_output_folder, mark_output
-from cxrseg.hub.access import check_hub_access, is_hub_id
+from cxrseg.hub.access import check_hub_access, hub_dataset_id, is_hub_id
 from cxrseg.hub.card import write_model_card
 from cxrseg.hub.checkpoints import HubCheckpointPush, download_checkpoint
 from cxrseg.hub.push import push_folder
@@ -192,7 +192,11 @@ def train(
 
 def write_demo_data_if_asked(data_args: DataArguments, labels: LabelSet) -> None:
     """With ``generate_demo_data``, write the synthetic demo dataset to a missing ``data_dir``."""
-    if data_args.generate_demo_data and not Path(data_args.data_dir).exists():
+    if (
+        data_args.generate_demo_data
+        and not hub_dataset_id(data_args.data_dir)
+        and not Path(data_args.data_dir).exists()
+    ):
         logger.info("Writing the synthetic demo dataset to %s", data_args.data_dir)
         DEMO_DATA_MAKERS[labels.task](data_args.data_dir, num_images=data_args.demo_num_images, seed=0)
 
