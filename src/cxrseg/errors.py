@@ -42,6 +42,10 @@ class OutputError(CxrsegError):
     write, or it is a file where a folder belongs (or the reverse)."""
 
 
+class OutputLockedError(OutputError):
+    """The output folder is locked by another run that is still going on; the message names the process."""
+
+
 class PrepareError(CxrsegError):
     """A prepare run that cannot go on (bad arguments, unusable input, or problems under ``--strict``)."""
 
