@@ -187,7 +187,8 @@ CASES = [
     ("resume-other-shape", "train",
      lambda ws: train(ws, "--resume_from_checkpoint", str(ws / "other_shape/checkpoint-1")),
      r"model\.safetensors does not fit this model: .* has shape"),
-    ("resume-unsafe-rng", "train", lambda ws: train(ws, "--resume_from_checkpoint", str(ws / "unsafe_rng/checkpoint-1")),
+    ("resume-unsafe-rng", "train",
+     lambda ws: train(ws, "--resume_from_checkpoint", str(ws / "unsafe_rng/checkpoint-1")),
      r"rng_state\.pth cannot be loaded safely .*never loads a checkpoint file unsafely"),
     # a finished run, then a rerun that only torch or the Trainer would have stopped: the run stays byte-identical
     ("rerun-negative-learning-rate", "train", lambda ws: train(ws, "--output_dir", str(ws / "run"), "--learning_rate",
