@@ -83,6 +83,8 @@ class AtomicCsv:
 
     def __init__(self, path: str | os.PathLike, header: Sequence[str]) -> None:
         self.path = Path(path)
+        if self.path.parent.is_dir():
+            remove_leftovers(self.path)  # a killed earlier write of this CSV (its temporary file, beside the user's)
         fd, self.tmp = _temporary_beside(self.path)
         self.handle = os.fdopen(fd, "w", newline="")
         self.writer = csv.writer(self.handle)
@@ -118,10 +120,26 @@ def output_kind(folder: str | os.PathLike) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
+TEMPORARY_FILE = re.compile(r"^\..+\.tmp-(?P<pid>\d+)-[0-9a-f]{8}$")
+"""The name of a temporary file of :func:`atomic_write_bytes` and :class:`AtomicCsv`: ``.NAME.tmp-PID-HEX``."""
+
+
+def remove_temporary_files(folder: Path) -> None:
+    """Remove, anywhere under the cxrseg output ``folder``, the temporary files of writes killed half-way (their
+    process no longer runs)."""
+    for path in folder.rglob(".*.tmp-*"):
+        match = TEMPORARY_FILE.match(path.name)
+        if match and path.is_file() and not path.is_symlink() and not _process_is_running(int(match["pid"])):
+            logger.info("Removing %s, left by an interrupted run.", path)
+            path.unlink(missing_ok=True)
+
+
 def mark_output(folder: str | os.PathLike, kind: str) -> Path:
-    """Create ``folder`` (and its parents) if needed and mark it as cxrseg's output of ``kind``. Returns ``folder``."""
+    """Create ``folder`` (and its parents) if needed and mark it as cxrseg's output of ``kind``; the temporary files
+    a killed run left in it are removed (:func:`remove_temporary_files`). Returns ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    remove_temporary_files(folder)
     if output_kind(folder) != kind:
         atomic_write_text(folder / OUTPUT_MARKER, json.dumps({"kind": kind}) + "\n")
     return folder
@@ -293,13 +311,22 @@ def _process_is_running(pid: int) -> bool:
 
 
 def remove_leftovers(out: Path) -> None:
-    """Remove the temporary folders that :func:`atomic_folder` calls for ``out`` left behind when they were killed
-    (the process id in their name no longer runs). The old folder of a replacement killed half-way goes back to
-    ``out`` first when ``out`` is missing."""
-    leftover_name = re.compile(rf"^\.{re.escape(out.name)}\.(?P<what>partial|previous)-(?P<pid>\d+)-")
+    """Remove the temporary files and folders that writes of ``out`` (:func:`atomic_folder`, :func:`atomic_write_bytes`,
+    :class:`AtomicCsv`) left beside it when they were killed (the process id in their name no longer runs): only
+    names cxrseg made for ``out``, ``.OUT.tmp-PID-HEX`` files and ``.OUT.partial-PID-HEX`` or
+    ``.OUT.previous-PID-HEX`` folders, never anything else of the folder. The old folder of a replacement killed
+    half-way goes back to ``out`` first when ``out`` is missing."""
+    leftover_name = re.compile(rf"^\.{re.escape(out.name)}\.(?P<what>partial|previous|tmp)-(?P<pid>\d+)-[0-9a-f]{{8}}$")
     for leftover in sorted(out.parent.iterdir()):
         match = leftover_name.match(leftover.name)
-        if match is None or not leftover.is_dir() or _process_is_running(int(match["pid"])):
+        if match is None or _process_is_running(int(match["pid"])):
+            continue
+        if match["what"] == "tmp":
+            if leftover.is_file() and not leftover.is_symlink():
+                logger.info("Removing %s, left by an interrupted run.", leftover)
+                leftover.unlink(missing_ok=True)
+            continue
+        if not leftover.is_dir():
             continue
         kept = leftover / out.name
         if match["what"] == "previous" and kept.is_dir() and not out.exists():
