@@ -41,8 +41,8 @@ def session_processes(session: int) -> list[str]:
 
 
 def kill_at_random(cmd: list[str], started, window: float, seed: int, log: Path) -> None:
-    """Start ``cmd`` in a new session; once ``started(pid of the run)`` holds, wait a random part of ``window`` seconds and
-    ``kill -9`` its main process; then require every process of its session to be gone within 60 s."""
+    """Start ``cmd`` in a new session; once ``started(pid of the run)`` holds, wait a random part of ``window``
+    seconds and ``kill -9`` its main process; then require every process of its session to be gone within 60 s."""
     with open(log, "w") as output:
         run = subprocess.Popen(cmd, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     try:
