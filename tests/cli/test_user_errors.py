@@ -79,6 +79,12 @@ def ws(tmp_path_factory, demo_root) -> Path:
     (ws / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     (ws / "syntax.yaml").write_text("task: [pneumothorax\n")
     (ws / "wrong_type.yaml").write_text(yaml.safe_dump({**recipe, "num_train_epochs": "three"}))
+    for name, text in {
+        "semicolon.csv": "ImageId;EncodedPixels\n1.2;-1\n", "fields.csv": "ImageId,EncodedPixels\n1.2,-1\n1.3,1 2,5\n",
+        "traversal.csv": "ImageId,EncodedPixels\n../../etc/x,-1\n", "no_id.csv": "ImageId,EncodedPixels\n ,-1\n",
+    }.items():  # malformed SIIM RLE CSVs
+        (ws / name).write_text(text)
+    (ws / "binary.csv").write_bytes(bytes(range(256)))
     (ws / "nan_rate.yaml").write_text(yaml.safe_dump(recipe) + "learning_rate: .nan\n")
     # checkpoints a run cannot resume from: another model's shapes; an RNG state torch's safe load refuses
     trainer_state = json.dumps({"global_step": 1, "log_history": []})
@@ -331,6 +337,17 @@ CASES = [
     ("prepare-missing-csv", "cli",
      lambda ws: ["prepare", "siim", "--dicom-dir", str(ws / "empty"), "--rle-csv", str(ws / "nothere.csv"), "--out",
                  str(ws / "p")], r"nothere\.csv: cannot read the RLE CSV"),
+    # cxrseg prepare siim: a malformed RLE CSV ends in one line naming the file and line
+    *[(f"prepare-siim-{name}", "cli", lambda ws, name=name: ["prepare", "siim", "--dicom-dir", str(ws / "empty"),
+                                                              "--rle-csv", str(ws / f"{name}.csv"), "--out",
+                                                              str(ws / "p")], message)
+      for name, message in [
+          ("semicolon", r"semicolon\.csv: expected the columns ImageId and EncodedPixels"),
+          ("fields", r"fields\.csv, line 3: expected 2 fields, found 3"),
+          ("traversal", r"traversal\.csv, ImageId '\.\./\.\./etc/x': .* is not a plain file name"),
+          ("no_id", r"no_id\.csv, line 2: empty ImageId"),
+          ("binary", r"binary\.csv: (cannot read the RLE CSV|expected the columns)"),
+      ]],
     ("prepare-zero-processes", "cli", lambda ws: prepare(ws, "--out", str(ws / "p"), "--num-proc", "0"),
      r"--num-proc: must be at least 1"),
 ]  # fmt: skip
