@@ -330,7 +330,7 @@ CASES = [
      r"user\.csv: needs the columns image_id and PatientID"),
     ("app-bad-limit", "cli", lambda ws: ["app", "--model", str(ws / "model"), "--max-megapixels", "0"],
      r"^--max-megapixels must be a positive number"),
-    ("app-missing-model", "cli", lambda ws: ["app", "--model", str(ws / "nothere")], r"nothere"),
+    ("app-missing-model", "cli", lambda ws: ["app", "--model", str(ws / "nothere"), "--port", "0"], r"nothere"),
     ("prepare-chestxdet-bad-json", "cli",
      lambda ws: ["prepare", "chestxdet", "--images", str(ws / "raw/images"), "--annotations", str(ws / "bad.json"),
                  "--out", str(ws / "p")], r"bad\.json: cannot read the annotation JSON"),

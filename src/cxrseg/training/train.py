@@ -24,7 +24,7 @@ from cxrseg.constants import RECIPE_FILENAME, SPLITS_FILENAME
 from cxrseg.data.dataset import build_sampler, index_training_source, load_training_data
 from cxrseg.data.png_layout import IndexedImage
 from cxrseg.data.splits import save_split
-from cxrseg.errors import CxrsegError, OutputLockedError, RecipeError, report
+from cxrseg.errors import CxrsegError, OutputLockedError, RecipeError, environment_problem, report
 from cxrseg.files import TRAINING_RUN, check_output_folder, lock_output, mark_output
 from cxrseg.hub.access import check_hub_access, is_hub_id
 from cxrseg.hub.card import write_model_card
@@ -307,6 +307,7 @@ CV_LOG_KEYS = ("eval_dice", "eval_kaggle_dice", "eval_ap", "eval_loss")
 
 
 def main(argv: list[str] | None = None) -> int:
+    recipe = None
     try:
         recipe = parse_recipe(argv)
         if recipe.data.num_folds is None:
@@ -315,4 +316,9 @@ def main(argv: list[str] | None = None) -> int:
             train_folds(recipe)
     except CxrsegError as error:  # a user error: one line, its exit status; anything else is a bug (traceback)
         return report(error)
+    except Exception as error:  # the machine's (disk full, no permission): one line saying what to free or change
+        problem = environment_problem(error, [recipe.training.output_dir if recipe else None])
+        if problem is None:
+            raise
+        return report(problem)
     return 0
