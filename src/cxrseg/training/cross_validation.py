@@ -44,9 +44,10 @@ logger = logging.getLogger(__name__)
 
 
 
-def prepare_folds(recipe: Recipe, labels: LabelSet, index: list[IndexedImage]) -> list[Split]:
+def prepare_folds(recipe: Recipe, labels: LabelSet, index: list[IndexedImage], write: bool = True) -> list[Split]:
     """Load or make the folds of the recipe's data (``index``: :func:`~cxrseg.data.dataset.index_training_source`'s)
-    in ``OUTPUT_DIR/splits.json``, and write ``cv.json``.
+    in ``OUTPUT_DIR/splits.json``, and write ``cv.json``; ``write=False`` only checks and makes them (the same folds:
+    they are seeded), for the checks before a run's first write.
 
     Strata are the rarest class present per image; groups the patients (:func:`cxrseg.data.groups.patient_groups`
     of the data folder). Under DDP every process calls it, the main one first (``main_process_first``): the
@@ -71,6 +72,7 @@ def prepare_folds(recipe: Recipe, labels: LabelSet, index: list[IndexedImage]) -
         groups,
         data_args.num_folds,
         data_args.split_seed,
+        save=write and recipe.training.should_save,
     )
     summary = {
         "num_folds": data_args.num_folds,
@@ -80,7 +82,7 @@ def prepare_folds(recipe: Recipe, labels: LabelSet, index: list[IndexedImage]) -
         "groups": described,
         "num_images": len(image_ids),
     }
-    if recipe.training.should_save:  # the data and the folds are checked (train_folds checked the folder)
+    if write and recipe.training.should_save:  # the data and the folds are checked (train_folds checked the folder)
         mark_output(output_dir, TRAINING_RUN)
         atomic_write_text(output_dir / CV_FILENAME, json.dumps(summary, indent=2) + "\n")
     logger.info("%d folds of %d images (%s) in %s.", data_args.num_folds, len(image_ids), described, output_dir)

@@ -257,6 +257,7 @@ def train_folds(recipe: Recipe, callbacks: Sequence[TrainerCallback] = ()) -> di
     with args.main_process_first(desc="demo data, mask index and model"):
         write_demo_data_if_asked(data_args, labels)
         indexed = index_training_source(data_args, labels)  # once for every fold
+        prepare_folds(recipe, labels, indexed[1], write=False)  # checked before anything is written
         source = recipe.model.model_name_or_path
         model, _ = build_model(source, recipe.model.model_config, labels, data_args.image_size)
         check_model_runs(model, data_args.image_size, source or "model_config")
