@@ -11,6 +11,11 @@ variables switch the hooks on:
   is done, SIGKILL the process group of every registered process (the launcher's, each rank's with its data-loader
   workers), its own last: a ``kill -9`` of the whole run at a reproducible point of a checkpoint save.
 
+* ``PAUSE_ROOT``, ``PAUSE_NAME``, ``PAUSE_DIR``, ``PAUSE_RANK``: in the main process of rank ``PAUSE_RANK`` (empty: the
+  one process of a run without ranks), just before the first write under ``PAUSE_ROOT`` of a file named
+  ``PAUSE_NAME``, create ``PAUSE_DIR/paused`` (holding the process id) and wait until ``PAUSE_DIR/go`` exists: a run
+  held at a known point (e.g. just after it took its output folder's lock) while a test starts another.
+
 Writes done outside Python are not seen: safetensors writes from Rust, ``torch.save`` from C++.
 """
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 
@@ -86,6 +92,25 @@ def install_kill(root: str, pids: str, step: str, after: int) -> None:
     sys.addaudithook(hook)
 
 
+def install_pause(root: str, name: str, folder: str) -> None:
+    main_pid, done = os.getpid(), [False]
+
+    def hook(event: str, args: tuple) -> None:
+        path = written_path(event, args)
+        if done[0] or path is None or os.getpid() != main_pid or not under(path, root):
+            return
+        if os.path.basename(path) != name:
+            return
+        done[0] = True
+        with open(os.path.join(folder, "paused.tmp"), "w") as file:
+            file.write(str(os.getpid()))
+        os.replace(os.path.join(folder, "paused.tmp"), os.path.join(folder, "paused"))
+        while not os.path.exists(os.path.join(folder, "go")):
+            time.sleep(0.05)
+
+    sys.addaudithook(hook)
+
+
 _rank = os.environ.get("RANK", "")
 if os.environ.get("AUDIT_ROOT") and _rank:
     install_audit_log(os.environ["AUDIT_ROOT"], os.environ["AUDIT_DIR"], _rank)
@@ -98,3 +123,5 @@ if os.environ.get("KILL_ROOT"):
             os.environ["KILL_STEP"],
             int(os.environ["KILL_AFTER"]),
         )
+if os.environ.get("PAUSE_ROOT") and _rank == os.environ.get("PAUSE_RANK", ""):
+    install_pause(os.path.abspath(os.environ["PAUSE_ROOT"]), os.environ["PAUSE_NAME"], os.environ["PAUSE_DIR"])

@@ -14,6 +14,7 @@ from cxrseg.files import (
     DATASET,
     OUTPUT_MARKER,
     PREDICTIONS,
+    AtomicCsv,
     atomic_folder,
     check_output_file,
     check_output_folder,
@@ -100,6 +101,40 @@ def test_a_killed_atomic_folder_leaves_a_partial_folder_that_the_next_one_remove
     with atomic_folder(out, DATASET) as building:
         (building / "whole.txt").write_text("whole")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_killed_csv_write_leaves_a_temporary_file_that_the_next_write_of_it_removes(tmp_path):
+    """kill -9 while a CSV is written beside the user's files; the rerun removes its temporary file, and only it:
+    not the user's files, not a temporary file of a process still running, not another file's."""
+    script = (
+        "import os, signal, sys\n"
+        "from cxrseg.files import AtomicCsv\n"
+        "csv = AtomicCsv(sys.argv[1], ['ImageId', 'EncodedPixels'])\n"
+        "csv.writerow(['a', '-1']); csv.handle.flush()\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", script, str(tmp_path / "submission.csv")]).returncode == -9
+    (left,) = tmp_path.iterdir()
+    assert left.name.startswith(".submission.csv.tmp-")
+    running = tmp_path / f".submission.csv.tmp-{os.getpid()}-0123abcd"
+    users = [tmp_path / ".submission.csv.tmp-notes", tmp_path / f".other.csv.tmp-{99999999}-0123abcd"]
+    for path in (running, *users):
+        path.write_text("keep")
+    with AtomicCsv(tmp_path / "submission.csv", ["ImageId", "EncodedPixels"]) as csv:
+        csv.writerow(["b", "-1"])
+    expected = ["submission.csv", running.name, *(p.name for p in users)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(expected)
+
+
+def test_mark_output_removes_the_temporary_files_of_killed_writes_in_the_folder(tmp_path):
+    out = mark_output(tmp_path / "out", PREDICTIONS)
+    (out / "masks").mkdir()
+    dead = [out / ".per_image.csv.tmp-99999999-0123abcd", out / "masks/.a.png.tmp-99999999-89abcdef"]
+    kept = [out / "masks/a.png", out / f"masks/.b.png.tmp-{os.getpid()}-0123abcd"]
+    for path in (*dead, *kept):
+        path.write_text("x")
+    mark_output(out, PREDICTIONS)
+    assert not any(path.exists() for path in dead) and all(path.exists() for path in kept)
 
 
 def test_check_output_folder(tmp_path):

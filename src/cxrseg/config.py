@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -395,6 +396,7 @@ def _parse_recipe(argv: list[str] | None) -> Recipe:
         raise RecipeError(f"{_one_line(error)} (from {known.config or 'the defaults'} + the command line)") from error
     hub_token, training.hub_token = training.hub_token, None
     _check_task_settings(model, sampling)
+    _check_ranges((model, data, loss, sampling, training), known.config)
     explicit = set(RECIPE_DEFAULTS) | set(recipe) | set(_cli_keys(rest))
     resolved: dict[str, Any] = {}
     for args in (model, data, loss, sampling, precision_args):
@@ -412,6 +414,82 @@ def _check_task_settings(model: ModelArguments, sampling: SamplingArguments) -> 
             f"negative_keep_ratio and positive_weight apply to single-label tasks; task {model.task} balances its "
             "classes with class_balance_power and empty_image_weight."
         )
+
+
+def _positive(value) -> bool:
+    return value > 0
+
+
+def _non_negative(value) -> bool:
+    return value >= 0
+
+
+def _fraction(value) -> bool:
+    return 0 <= value <= 1
+
+
+def _seed(value) -> bool:
+    return 0 <= value < 2**32  # numpy's seeds; set_seed seeds numpy
+
+
+def _one_or_more(value) -> bool:
+    return value >= 1
+
+
+VALUE_RANGES: dict[str, tuple[Any, str]] = {
+    # key: (test of a value that is not None, what a valid value is)
+    "image_size": (_one_or_more, "at least 1 (pixels)"),
+    "split_seed": (_seed, "an integer in [0, 2**32)"),
+    "preprocessing_num_workers": (_one_or_more, "at least 1"),
+    "demo_num_images": (_one_or_more, "at least 1"),
+    "lambda_ce": (_non_negative, ">= 0"),
+    "lambda_dice": (_non_negative, ">= 0"),
+    "dice_smooth": (_non_negative, ">= 0"),
+    "max_pos_weight": (_positive, "> 0"),
+    "auxiliary_loss_weight": (_non_negative, ">= 0"),
+    "negative_keep_ratio": (_fraction, "in [0, 1]: the fraction of negatives kept each epoch"),
+    "positive_weight": (_positive, "> 0"),
+    "class_balance_power": (_non_negative, ">= 0"),
+    "empty_image_weight": (_non_negative, ">= 0"),
+    "learning_rate": (_positive, "> 0"),
+    "weight_decay": (_non_negative, ">= 0"),
+    "adam_beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "adam_beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "adam_epsilon": (_positive, "> 0"),
+    "max_grad_norm": (_non_negative, ">= 0"),
+    "num_train_epochs": (_positive, "> 0"),
+    "warmup_steps": (_non_negative, ">= 0"),
+    "per_device_train_batch_size": (_one_or_more, "at least 1"),
+    "per_device_eval_batch_size": (_one_or_more, "at least 1"),
+    "gradient_accumulation_steps": (_one_or_more, "at least 1"),
+    "seed": (_seed, "an integer in [0, 2**32)"),
+    "data_seed": (_seed, "an integer in [0, 2**32)"),
+    "dataloader_num_workers": (_non_negative, ">= 0"),
+    "logging_steps": (_positive, "> 0"),
+    "save_total_limit": (_one_or_more, "at least 1 (or null to keep every checkpoint)"),
+}
+"""The ranges :func:`parse_recipe` checks before anything runs: values that only torch, numpy or the Trainer would
+reject later (a negative learning rate, a batch size of 0, a negative seed), and values that would train nonsense."""
+
+
+def _check_ranges(arguments: tuple, source: str | None) -> None:
+    """Raise :class:`~cxrseg.errors.RecipeError` naming the first key of :data:`VALUE_RANGES` whose value is out of
+    range or not a finite number, and where the recipe came from."""
+    where = f"{source} + the command line" if source else "the command line"
+    for args in arguments:
+        for f in dataclasses.fields(args):
+            if f.name not in VALUE_RANGES or getattr(args, f.name, None) is None:
+                continue
+            value = getattr(args, f.name)
+            test, valid = VALUE_RANGES[f.name]
+            if isinstance(value, float) and not math.isfinite(value) or not test(value):
+                raise RecipeError(f"{f.name} must be {valid}, got {value} (from {where}).")
+    loss = next(args for args in arguments if isinstance(args, LossArguments))
+    if loss.lambda_ce == 0 and loss.lambda_dice == 0:
+        raise RecipeError(f"lambda_ce and lambda_dice are both 0: nothing would be trained (from {where}).")
+    weights = loss.class_weights
+    if isinstance(weights, list) and not all(math.isfinite(w) and w >= 0 for w in weights):
+        raise RecipeError(f"class_weights must be finite numbers >= 0, got {weights} (from {where}).")
 
 
 def _class_names() -> str:

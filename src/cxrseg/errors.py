@@ -4,6 +4,8 @@ Exit statuses, the same for ``run_train.py`` and every ``cxrseg`` command:
 
 * **0**: the work finished and every input was used.
 * **1**: the work finished but some inputs were skipped; they are listed (with the reason) in ``problems.csv``.
+* **1** also: the machine stopped the work (no space left, no permission, a port in use): an
+  :class:`EnvironmentProblem`, whose line says what to free or change.
 * **2**: a user error found before the work was done (bad arguments, recipe, data or model); nothing was produced.
 
 A :class:`CxrsegError` is printed as one line (``error: ...``) by :func:`report` at the entry points
@@ -14,9 +16,13 @@ With the environment variable ``CXRSEG_DEBUG=1`` a user error also prints its tr
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import sys
 import traceback
+from collections.abc import Sequence
+from pathlib import Path
 
 EXIT_OK = 0
 EXIT_INPUTS_SKIPPED = 1
@@ -40,6 +46,10 @@ class DataError(CxrsegError):
 class OutputError(CxrsegError):
     """An output path cxrseg may not write: it is, holds or lies inside an input, it holds files cxrseg did not
     write, or it is a file where a folder belongs (or the reverse)."""
+
+
+class OutputLockedError(OutputError):
+    """The output folder is locked by another run that is still going on; the message names the process."""
 
 
 class PrepareError(CxrsegError):
@@ -80,6 +90,63 @@ class TrackingSetupError(CxrsegError):
 
 class OptionalDependencyError(CxrsegError):
     """An optional part of cxrseg whose packages are not installed; the message names the pip extra."""
+
+
+class EnvironmentProblem(CxrsegError):
+    """The machine stopped the work, not the input: no space left, no permission, a read-only file system, a port in
+    use. Exit status 1 (the work did not finish; what was written is whole, and a rerun or resume goes on); the
+    message says what to free or change."""
+
+    exit_code = 1
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded", "StorageFull", "os error 28")
+"""How a full disk shows in errors that are not an ``OSError`` with its errno: safetensors (Rust) and torch (C++)
+put the OS's message in their own exceptions."""
+
+
+TORCH_WRITE_FAILED = ("PytorchStreamWriter", "inline_container.cc")
+"""torch.save's failed writes, which do not say why (``unexpected pos 1036544 vs 1036436``): a full disk when the
+disk of the output is full too."""
+FULL_BELOW = 16 * 2**20
+"""Free bytes under which the disk of an output counts as full, for :data:`TORCH_WRITE_FAILED`."""
+
+
+def _disk_is_full(paths: Sequence[str | os.PathLike | None]) -> bool:
+    for path in paths:
+        existing = next((p for p in (Path(path), *Path(path).parents) if p.exists()), None) if path else None
+        if existing is not None and shutil.disk_usage(existing).free < FULL_BELOW:
+            return True
+    return False
+
+
+def environment_problem(
+    error: BaseException, outputs: Sequence[str | os.PathLike | None] = ()
+) -> EnvironmentProblem | None:
+    """The :class:`EnvironmentProblem` an exception (or one in its chain) stands for, or None when it is none: a full
+    disk (``ENOSPC``, ``EDQUOT``, or their text in a safetensors error; a failed ``torch.save`` when the disk of one
+    of ``outputs`` has under :data:`FULL_BELOW` bytes free), no permission (``EACCES``, ``EPERM``), a read-only
+    file system (``EROFS``)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        number = error.errno if isinstance(error, OSError) else None
+        where = f" ({error.filename})" if isinstance(error, OSError) and error.filename else ""
+        torch_write = any(text in str(error) for text in TORCH_WRITE_FAILED) and _disk_is_full(outputs)
+        if number in NO_SPACE or any(text in str(error) for text in NO_SPACE_TEXT) or torch_write:
+            return EnvironmentProblem(
+                f"No space left on the disk{where}: free space there, or choose an output on another disk, and run "
+                "again (a training run: with --resume_from_checkpoint last; its complete checkpoints are intact)."
+            )
+        if number in (errno.EACCES, errno.EPERM):
+            return EnvironmentProblem(
+                f"Permission denied{where}: give your user access to it (or choose another path) and run again."
+            )
+        if number == errno.EROFS:
+            return EnvironmentProblem(f"Read-only file system{where}: choose an output on a writable disk.")
+        error = error.__cause__ or error.__context__
+    return None
 
 
 DEBUG_VARIABLE = "CXRSEG_DEBUG"

@@ -11,6 +11,7 @@ they are never deleted or overwritten.
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from cxrseg.errors import OutputError
+from cxrseg.errors import OutputError, OutputLockedError
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,8 @@ class AtomicCsv:
 
     def __init__(self, path: str | os.PathLike, header: Sequence[str]) -> None:
         self.path = Path(path)
+        if self.path.parent.is_dir():
+            remove_leftovers(self.path)  # a killed earlier write of this CSV (its temporary file, beside the user's)
         fd, self.tmp = _temporary_beside(self.path)
         self.handle = os.fdopen(fd, "w", newline="")
         self.writer = csv.writer(self.handle)
@@ -117,10 +120,26 @@ def output_kind(folder: str | os.PathLike) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
+TEMPORARY_FILE = re.compile(r"^\..+\.tmp-(?P<pid>\d+)-[0-9a-f]{8}$")
+"""The name of a temporary file of :func:`atomic_write_bytes` and :class:`AtomicCsv`: ``.NAME.tmp-PID-HEX``."""
+
+
+def remove_temporary_files(folder: Path) -> None:
+    """Remove, anywhere under the cxrseg output ``folder``, the temporary files of writes killed half-way (their
+    process no longer runs)."""
+    for path in folder.rglob(".*.tmp-*"):
+        match = TEMPORARY_FILE.match(path.name)
+        if match and path.is_file() and not path.is_symlink() and not _process_is_running(int(match["pid"])):
+            logger.info("Removing %s, left by an interrupted run.", path)
+            path.unlink(missing_ok=True)
+
+
 def mark_output(folder: str | os.PathLike, kind: str) -> Path:
-    """Create ``folder`` (and its parents) if needed and mark it as cxrseg's output of ``kind``. Returns ``folder``."""
+    """Create ``folder`` (and its parents) if needed and mark it as cxrseg's output of ``kind``; the temporary files
+    a killed run left in it are removed (:func:`remove_temporary_files`). Returns ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    remove_temporary_files(folder)
     if output_kind(folder) != kind:
         atomic_write_text(folder / OUTPUT_MARKER, json.dumps({"kind": kind}) + "\n")
     return folder
@@ -175,7 +194,8 @@ def check_output_folder(
         return False
     if not out.is_dir():
         raise OutputError(f"{out} is a file; the output must be a folder (new or empty, or one cxrseg wrote).")
-    if all(path.name in may_hold and path.is_file() for path in out.iterdir()):
+    check_not_locked(out)
+    if all(path.name in (*may_hold, LOCK_FILE) and path.is_file() for path in out.iterdir()):
         return False
     found = output_kind(out)
     if found is None:
@@ -211,6 +231,73 @@ def check_output_file(
     return path
 
 
+LOCK_FILE = ".cxrseg.lock"
+"""The lock file of an output folder in use (:func:`lock_output`); it holds the process id of the run that locked it
+last. The file stays; only the lock on it (which the OS releases when that process ends) means a run is going on."""
+
+
+class OutputLock:
+    """An advisory ``fcntl.flock`` on ``FOLDER/.cxrseg.lock``, held from :func:`lock_output` until :meth:`release`
+    or the end of the process (the OS releases it when the process dies, however it dies, so a killed run never
+    blocks the next one)."""
+
+    def __init__(self, folder: Path, fd: int) -> None:
+        self.folder, self.fd = folder, fd
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing the last descriptor releases the flock
+            self.fd = -1
+
+    def __enter__(self) -> OutputLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def check_not_locked(folder: str | os.PathLike) -> None:
+    """Raise :class:`~cxrseg.errors.OutputLockedError` when a run holds ``folder``'s lock; writes nothing (a check
+    for the start of a command, long before :func:`lock_output`)."""
+    try:
+        fd = os.open(Path(folder) / LOCK_FILE, os.O_RDONLY)
+    except OSError:  # no lock file (or an unreadable one, which lock_output will report)
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _locked(Path(folder), fd) from None
+    finally:
+        os.close(fd)
+
+
+def _locked(folder: Path, fd: int) -> OutputLockedError:
+    holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+    return OutputLockedError(
+        f"{folder} is in use by another cxrseg run (process {holder}); wait for it to finish, stop it, or choose "
+        "another output folder."
+    )
+
+
+def lock_output(folder: str | os.PathLike) -> OutputLock:
+    """Create ``folder`` if needed and take its lock, so no second run writes into it at the same time; raise
+    :class:`~cxrseg.errors.OutputLockedError` naming the folder and the process holding the lock when another run
+    holds it. Call it after every check and before the first write: a refused run has written nothing (but the
+    folder it was about to create)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        error = _locked(folder, fd)
+        os.close(fd)
+        raise error from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return OutputLock(folder, fd)
+
+
 def _process_is_running(pid: int) -> bool:
     if pid == os.getpid():
         return True
@@ -224,13 +311,22 @@ def _process_is_running(pid: int) -> bool:
 
 
 def remove_leftovers(out: Path) -> None:
-    """Remove the temporary folders that :func:`atomic_folder` calls for ``out`` left behind when they were killed
-    (the process id in their name no longer runs). The old folder of a replacement killed half-way goes back to
-    ``out`` first when ``out`` is missing."""
-    leftover_name = re.compile(rf"^\.{re.escape(out.name)}\.(?P<what>partial|previous)-(?P<pid>\d+)-")
+    """Remove the temporary files and folders that writes of ``out`` (:func:`atomic_folder`, :func:`atomic_write_bytes`,
+    :class:`AtomicCsv`) left beside it when they were killed (the process id in their name no longer runs): only
+    names cxrseg made for ``out``, ``.OUT.tmp-PID-HEX`` files and ``.OUT.partial-PID-HEX`` or
+    ``.OUT.previous-PID-HEX`` folders, never anything else of the folder. The old folder of a replacement killed
+    half-way goes back to ``out`` first when ``out`` is missing."""
+    leftover_name = re.compile(rf"^\.{re.escape(out.name)}\.(?P<what>partial|previous|tmp)-(?P<pid>\d+)-[0-9a-f]{{8}}$")
     for leftover in sorted(out.parent.iterdir()):
         match = leftover_name.match(leftover.name)
-        if match is None or not leftover.is_dir() or _process_is_running(int(match["pid"])):
+        if match is None or _process_is_running(int(match["pid"])):
+            continue
+        if match["what"] == "tmp":
+            if leftover.is_file() and not leftover.is_symlink():
+                logger.info("Removing %s, left by an interrupted run.", leftover)
+                leftover.unlink(missing_ok=True)
+            continue
+        if not leftover.is_dir():
             continue
         kept = leftover / out.name
         if match["what"] == "previous" and kept.is_dir() and not out.exists():

@@ -90,7 +90,8 @@ class LabelSet:
 
         ``task`` ``pneumothorax`` or ``chestxdet`` names a built-in set; any other task (default ``custom``) needs
         ``names``: a list of strings, single-label 2..255 of them with ``"background"`` first, multi-label
-        (``"multilabel": true``) 1..16. Raises :class:`~cxrseg.errors.DataError` naming the file and the key.
+        (``"multilabel": true``) 1..16, each name once and not empty. Raises :class:`~cxrseg.errors.DataError`
+        naming the file and the key.
         """
         path = Path(path)
         try:
@@ -119,6 +120,14 @@ class LabelSet:
                 f"{path}: key 'names' must be a list of class names (single-label: 'background' first); task "
                 f"{task!r} is not built in ({', '.join(map(repr, TASKS))})."
             )
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise DataError(
+                f"{path}: key 'names' names {', '.join(map(repr, repeated))} more than once; each class needs one "
+                "name of its own (its index is its value in the masks)."
+            )
+        if any(not name.strip() for name in names):
+            raise DataError(f"{path}: key 'names' holds an empty class name; give every class a name.")
         if multilabel and len(names) > MAX_MULTILABEL_CLASSES:
             raise DataError(
                 f"{path}: key 'names': at most {MAX_MULTILABEL_CLASSES} multi-label classes fit a 16-bit mask, "

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 from transformers import AutoImageProcessor, UperNetConfig, UperNetForSemanticSegmentation
 
@@ -88,20 +89,53 @@ def build_image_processor(image_size: int) -> SegformerImageProcessor:
     )
 
 
-def _inline_config(model_config: dict[str, Any], labels: LabelSet) -> UperNetConfig:
+CONFIG_ERRORS = (KeyError, TypeError, ValueError, RuntimeError, ArithmeticError, IndexError, StrictDataclassError)
+"""What transformers and torch raise for a model config whose values do not fit: an unknown model_type or key,
+a value of the wrong type (the configs' strict dataclass checks), heads that do not divide the embedding (a
+reshape), channels that do not match (a convolution), a window of 0 (a modulo)."""
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(f"{type(error).__name__}: {error}".split()).rstrip(".")
+
+
+def _inline_model(model_config: dict[str, Any], labels: LabelSet) -> UperNetForSemanticSegmentation:
+    """A UperNet built from the recipe's ``model_config``; :class:`~cxrseg.errors.RecipeError` when the config or the
+    model cannot be built from it."""
     spec = dict(model_config)
-    if "backbone_config" not in spec:
+    if not isinstance(spec.get("backbone_config"), dict):
         raise RecipeError("model_config needs a 'backbone_config' mapping (e.g. model_type: swin, embed_dim: 16).")
     try:
-        return UperNetConfig(
+        config = UperNetConfig(
             **spec,
             num_labels=labels.num_labels,
             id2label=labels.id2label,
             label2id=labels.label2id,
             loss_ignore_index=IGNORE_INDEX,
         )
-    except (KeyError, TypeError, ValueError) as error:  # transformers' config checks: unknown model_type, bad key
-        raise RecipeError(f"model_config is not a valid UperNet config: {type(error).__name__}: {error}.") from error
+        return UperNetForSemanticSegmentation(config)
+    except CONFIG_ERRORS as error:
+        raise RecipeError(f"model_config is not a valid UperNet config: {_one_line(error)}.") from error
+
+
+def check_model_runs(model: UperNetForSemanticSegmentation, image_size: int, where: str) -> None:
+    """A dry forward pass of one blank ``image_size`` square image (eval mode, no gradients; the model is left as it
+    was): shapes that only fail when the model runs (heads that do not divide a stage's width, mismatched channels,
+    an image too small for the backbone) end here as one :class:`~cxrseg.errors.RecipeError` naming ``where`` the
+    model came from, before a run writes anything, instead of at the first training step."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            channels = getattr(model.config.backbone_config, "num_channels", 3)
+            model(pixel_values=torch.zeros(1, channels, image_size, image_size))
+    except CONFIG_ERRORS as error:
+        raise RecipeError(
+            f"The model from {where} cannot run on {image_size}x{image_size} images ({_one_line(error)}): fix "
+            "model_config (e.g. num_heads must divide each stage's width embed_dim * 2**stage) or image_size."
+        ) from error
+    finally:
+        model.train(was_training)
 
 
 def build_model(
@@ -140,7 +174,7 @@ def build_model(
             logger.info("No image processor at %s; using the default Swin one.", model_name_or_path)
             processor = build_image_processor(image_size)
     else:
-        model = UperNetForSemanticSegmentation(_inline_config(model_config, labels))
+        model = _inline_model(model_config, labels)
         processor = build_image_processor(image_size)
     model.config.loss_ignore_index = IGNORE_INDEX
     set_attention(model, attention)

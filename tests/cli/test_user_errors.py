@@ -5,6 +5,7 @@ afterwards (inputs, a finished training run, a user's own folder and files)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import cv2
 import huggingface_hub
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from cxrseg.cli import main as cli_main
@@ -77,6 +79,21 @@ def ws(tmp_path_factory, demo_root) -> Path:
     (ws / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     (ws / "syntax.yaml").write_text("task: [pneumothorax\n")
     (ws / "wrong_type.yaml").write_text(yaml.safe_dump({**recipe, "num_train_epochs": "three"}))
+    for name, text in {
+        "semicolon.csv": "ImageId;EncodedPixels\n1.2;-1\n", "fields.csv": "ImageId,EncodedPixels\n1.2,-1\n1.3,1 2,5\n",
+        "traversal.csv": "ImageId,EncodedPixels\n../../etc/x,-1\n", "no_id.csv": "ImageId,EncodedPixels\n ,-1\n",
+    }.items():  # malformed SIIM RLE CSVs
+        (ws / name).write_text(text)
+    (ws / "binary.csv").write_bytes(bytes(range(256)))
+    (ws / "nan_rate.yaml").write_text(yaml.safe_dump(recipe) + "learning_rate: .nan\n")
+    # checkpoints a run cannot resume from: another model's shapes; an RNG state torch's safe load refuses
+    trainer_state = json.dumps({"global_step": 1, "log_history": []})
+    (save_tiny_model(ws / "other_shape/checkpoint-1", labels=TASKS["chestxdet"]) / "trainer_state.json").write_text(
+        trainer_state
+    )
+    unsafe = save_tiny_model(ws / "unsafe_rng/checkpoint-1")
+    (unsafe / "trainer_state.json").write_text(trainer_state)
+    torch.save({"python": None, "numpy": None, "cpu": argparse.Namespace(payload=1)}, unsafe / "rng_state.pth")
     return ws
 
 
@@ -87,6 +104,15 @@ def snapshot(root: Path) -> dict[str, bytes | None]:
 
 def train(ws: Path, *extra: str) -> list[str]:
     return ["--config", str(ws / "recipe.yaml"), "--output_dir", str(ws / "new_run"), *extra]
+
+
+def model_config(**backbone) -> str:
+    """TINY_MODEL_CONFIG as JSON with some backbone values changed (``auxiliary_in_channels`` changes the head)."""
+    config = json.loads(json.dumps(TINY_MODEL_CONFIG))
+    if "auxiliary_in_channels" in backbone:
+        config["auxiliary_in_channels"] = backbone.pop("auxiliary_in_channels")
+    config["backbone_config"].update(backbone)
+    return json.dumps(config)
 
 
 def cxrseg_train(ws: Path, *extra: str) -> list[str]:
@@ -125,6 +151,60 @@ CASES = [
      r"^model_config is not a valid UperNet config"),
     ("settings-clash", "train", lambda ws: train(ws, "--eval_strategy", "no"), r"load_best_model_at_end requires"),
     ("no-eval-rows", "train", lambda ws: train(ws, "--max_eval_samples", "0"), r"^max_eval_samples must be at least 1"),
+    # run_train.py: values only torch, numpy or the Trainer would check, checked before anything is written
+    ("negative-learning-rate", "train", lambda ws: train(ws, "--learning_rate=-1e-4"), r"^learning_rate must be > 0"),
+    ("nan-learning-rate-yaml", "train", lambda ws: ["--config", str(ws / "nan_rate.yaml"), "--output_dir",
+                                                    str(ws / "new_run")], r"^learning_rate must be > 0, got nan"),
+    ("zero-batch-size", "train", lambda ws: train(ws, "--per_device_train_batch_size", "0"),
+     r"^per_device_train_batch_size must be at least 1"),
+    ("zero-eval-batch-size", "train", lambda ws: train(ws, "--per_device_eval_batch_size", "0"),
+     r"^per_device_eval_batch_size must be at least 1"),
+    ("negative-seed", "train", lambda ws: train(ws, "--seed", "-1"), r"^seed must be an integer in \[0, 2\*\*32\)"),
+    ("huge-seed", "train", lambda ws: train(ws, "--seed", str(2**40)), r"^seed must be an integer"),
+    ("negative-split-seed", "train", lambda ws: train(ws, "--split_seed", "-5"), r"^split_seed must be"),
+    ("negative-keep-ratio", "train", lambda ws: train(ws, "--negative_keep_ratio", "-0.5"),
+     r"^negative_keep_ratio must be in \[0, 1\]"),
+    ("zero-positive-weight", "train", lambda ws: train(ws, "--balanced_sampling", "true", "--positive_weight", "0"),
+     r"^positive_weight must be > 0"),
+    ("negative-weight-decay", "train", lambda ws: train(ws, "--weight_decay=-0.1"), r"^weight_decay must be >= 0"),
+    ("zero-epochs", "train", lambda ws: train(ws, "--num_train_epochs", "0"), r"^num_train_epochs must be > 0"),
+    ("zero-accumulation", "train", lambda ws: train(ws, "--gradient_accumulation_steps", "0"),
+     r"^gradient_accumulation_steps must be at least 1"),
+    ("no-loss-term", "train", lambda ws: train(ws, "--lambda_ce", "0", "--lambda_dice", "0"),
+     r"^lambda_ce and lambda_dice are both 0"),
+    ("negative-class-weight", "train", lambda ws: train(ws, "--class_weights", "1,-2"),
+     r"^class_weights must be finite numbers >= 0"),
+    ("zero-image-size", "train", lambda ws: train(ws, "--image_size", "0"), r"^image_size must be at least 1"),
+    # run_train.py: model_config built and run (a dry forward pass) before anything is written
+    ("heads-do-not-divide", "train", lambda ws: train(ws, "--model_config", model_config(num_heads=[3, 3, 3, 3])),
+     r"^The model from model_config cannot run on 64x64 images .*num_heads must divide"),
+    ("model-config-wrong-type", "train", lambda ws: train(ws, "--model_config", model_config(embed_dim="16")),
+     r"^model_config is not a valid UperNet config: .*embed_dim"),
+    ("model-config-zero-window", "train", lambda ws: train(ws, "--model_config", model_config(window_size=0)),
+     r"^The model from model_config cannot run"),
+    ("model-config-channels", "train", lambda ws: train(ws, "--model_config", model_config(auxiliary_in_channels=7)),
+     r"^The model from model_config cannot run .*channels"),
+    ("model-config-no-backbone", "train", lambda ws: train(ws, "--model_config", '{"backbone_config": 3}'),
+     r"^model_config needs a 'backbone_config' mapping"),
+    ("cv-heads-do-not-divide", "train",
+     lambda ws: train(ws, "--num_folds", "2", "--model_config", model_config(num_heads=[3, 3, 3, 3])),
+     r"^The model from model_config cannot run"),
+    # run_train.py: a checkpoint the Trainer could not resume from
+    ("resume-other-shape", "train",
+     lambda ws: train(ws, "--resume_from_checkpoint", str(ws / "other_shape/checkpoint-1")),
+     r"model\.safetensors does not fit this model: .* has shape"),
+    ("resume-unsafe-rng", "train",
+     lambda ws: train(ws, "--resume_from_checkpoint", str(ws / "unsafe_rng/checkpoint-1")),
+     r"rng_state\.pth cannot be loaded safely .*never loads a checkpoint file unsafely"),
+    # a finished run, then a rerun that only torch or the Trainer would have stopped: the run stays byte-identical
+    ("rerun-negative-learning-rate", "train", lambda ws: train(ws, "--output_dir", str(ws / "run"), "--learning_rate",
+                                                               "-1"), r"^learning_rate must be > 0"),
+    ("rerun-heads-do-not-divide", "train",
+     lambda ws: train(ws, "--output_dir", str(ws / "run"), "--model_config", model_config(num_heads=[3, 3, 3, 3])),
+     r"cannot run on 64x64 images"),
+    ("rerun-resume-other-shape", "train",
+     lambda ws: train(ws, "--output_dir", str(ws / "run"), "--resume_from_checkpoint",
+                      str(ws / "other_shape/checkpoint-1")), r"does not fit this model"),
     # run_train.py: data, split, loss, model
     ("bad-mask", "train", lambda ws: train(ws, "--data_dir", str(ws / "bad_mask")),
      r"demo_00000\.png has values \[7\]"),
@@ -167,6 +247,10 @@ CASES = [
      r"^--learning_rate on the command line: invalid float value: 'fast'"),
     ("cxrseg-train-bad-mask", "cli", lambda ws: cxrseg_train(ws, "--data_dir", str(ws / "bad_mask")),
      r"demo_00000\.png has values \[7\]"),
+    ("cxrseg-train-zero-batch-size", "cli", lambda ws: cxrseg_train(ws, "--per_device_train_batch_size=0"),
+     r"^per_device_train_batch_size must be at least 1"),
+    ("cxrseg-train-heads-do-not-divide", "cli",
+     lambda ws: cxrseg_train(ws, "--model_config", model_config(num_heads=[3, 3, 3, 3])), r"cannot run on 64x64"),
     ("cxrseg-train-output-is-the-data", "cli", lambda ws: cxrseg_train(ws, "--output_dir", str(ws / "data")),
      r"is also an input"),
     # cxrseg: command lines
@@ -246,13 +330,24 @@ CASES = [
      r"user\.csv: needs the columns image_id and PatientID"),
     ("app-bad-limit", "cli", lambda ws: ["app", "--model", str(ws / "model"), "--max-megapixels", "0"],
      r"^--max-megapixels must be a positive number"),
-    ("app-missing-model", "cli", lambda ws: ["app", "--model", str(ws / "nothere")], r"nothere"),
+    ("app-missing-model", "cli", lambda ws: ["app", "--model", str(ws / "nothere"), "--port", "0"], r"nothere"),
     ("prepare-chestxdet-bad-json", "cli",
      lambda ws: ["prepare", "chestxdet", "--images", str(ws / "raw/images"), "--annotations", str(ws / "bad.json"),
                  "--out", str(ws / "p")], r"bad\.json: cannot read the annotation JSON"),
     ("prepare-missing-csv", "cli",
      lambda ws: ["prepare", "siim", "--dicom-dir", str(ws / "empty"), "--rle-csv", str(ws / "nothere.csv"), "--out",
                  str(ws / "p")], r"nothere\.csv: cannot read the RLE CSV"),
+    # cxrseg prepare siim: a malformed RLE CSV ends in one line naming the file and line
+    *[(f"prepare-siim-{name}", "cli", lambda ws, name=name: ["prepare", "siim", "--dicom-dir", str(ws / "empty"),
+                                                              "--rle-csv", str(ws / f"{name}.csv"), "--out",
+                                                              str(ws / "p")], message)
+      for name, message in [
+          ("semicolon", r"semicolon\.csv: expected the columns ImageId and EncodedPixels"),
+          ("fields", r"fields\.csv, line 3: expected 2 fields, found 3"),
+          ("traversal", r"traversal\.csv, ImageId '\.\./\.\./etc/x': .* is not a plain file name"),
+          ("no_id", r"no_id\.csv, line 2: empty ImageId"),
+          ("binary", r"binary\.csv: (cannot read the RLE CSV|expected the columns)"),
+      ]],
     ("prepare-zero-processes", "cli", lambda ws: prepare(ws, "--out", str(ws / "p"), "--num-proc", "0"),
      r"--num-proc: must be at least 1"),
 ]  # fmt: skip

@@ -90,3 +90,23 @@ def test_a_cache_copied_from_another_dataset_is_not_trusted(tmp_path):
     [our_cache], [their_cache] = cache_files(ours), cache_files(theirs)
     shutil.copyfile(their_cache, our_cache)
     assert index_layout(ours, "train", PNEUMOTHORAX) == truth
+
+
+def test_files_the_layout_does_not_read_are_counted_and_named(tmp_path, demo_root, caplog):
+    """A JPEG with its mask, a mask without an image and a subfolder are not read: the warning counts and names
+    them; hidden files are not named; the PNG pairs are all read."""
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    first = sorted((root / "images/train").iterdir())[0]
+    shutil.copyfile(first, root / "images/train/scan.jpg")
+    shutil.copyfile(root / "masks/train" / first.name, root / "masks/train/scan.jpg")
+    shutil.copyfile(root / "masks/train" / first.name, root / "masks/train/orphan.png")
+    (root / "images/train/more").mkdir()
+    (root / "images/train/.DS_Store").write_text("")
+    with caplog.at_level("WARNING", logger="cxrseg"):
+        rows = index_layout(root, "train", PNEUMOTHORAX)
+    assert len(rows) == len(list((demo_root / "images/train").iterdir()))
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(f"2 entries of {root / 'images/train'} are not read: more, scan.jpg." in m for m in messages), messages
+    assert any(f"2 entries of {root / 'masks/train'} are not read: orphan.png, scan.jpg." in m for m in messages)
+    assert not any(".DS_Store" in m for m in messages)

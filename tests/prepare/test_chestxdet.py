@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from cxrseg.cli import main as cli_main
 from cxrseg.errors import PrepareError
 from cxrseg.labels import CHESTXDET_CLASSES, unpack_multilabel
 from cxrseg.prepare.chestxdet import prepare_chestxdet, split_of_annotation_file
@@ -177,3 +180,79 @@ def test_strict_and_split_rules(chestxdet_raw, tmp_path):
     (chestxdet_raw / "bad.json").write_text(json.dumps([{"file_name": "../1.png", "syms": [], "polygons": []}]))
     with pytest.raises(PrepareError, match=r"bad\.json, record 0: ImageId '\.\./1\.png' is not a plain file name"):
         prepare_chestxdet(chestxdet_raw / "images", [chestxdet_raw / "bad.json"], PrepareOptions(tmp_path / "o"))
+
+
+# ---------------------------------------------------------------------------------------------- malformed records
+# The real ChestX-Det test annotations (Apache-2.0) from the shared/ folder beside the checkout (or beside the folder
+# of worktrees holding it); read-only.
+SHARED_TEST_FILE = "shared/data/chestxdet/ChestX_Det_test.json.gz"
+CHESTXDET_TEST = next(
+    (up / SHARED_TEST_FILE for up in Path(__file__).resolve().parents[3:5] if (up / SHARED_TEST_FILE).exists()),
+    Path(SHARED_TEST_FILE),
+)
+
+
+def test_real_annotations_in_coco_flat_form_convert_and_malformed_records_are_listed(tmp_path, capsys):
+    """Real records: rewritten with COCO-style flat polygons (and one region split into COCO parts) they give the
+    same masks as the originals; records with a null field and polygons that are null or have an odd number of
+    coordinates are listed in problems.csv (exit 1) naming the file and record, and the other records are written."""
+    if not CHESTXDET_TEST.exists():
+        pytest.skip(f"{CHESTXDET_TEST} is not here")
+    with gzip.open(CHESTXDET_TEST, "rt") as handle:
+        records = [r for r in json.load(handle) if len(r["polygons"]) >= 2][:6]
+    images = tmp_path / "images"
+    images.mkdir()
+    for r in records:  # the polygons are in the original 1024 px frame
+        cv2.imwrite(str(images / r["file_name"]), np.full((1024, 1024), 128, np.uint8))
+    original = tmp_path / "ChestX_Det_test.json"
+    original.write_text(json.dumps(records))
+    changed = json.loads(json.dumps(records))
+    changed[0]["polygons"] = [[c for point in polygon for c in point] for polygon in changed[0]["polygons"]]
+    first = [c for point in changed[1]["polygons"][0] for c in point]  # one region in two overlapping COCO parts
+    changed[1]["polygons"][0] = [first, first[: len(first) // 2 * 2]]
+    changed[2]["syms"] = None
+    changed[3]["file_name"] = None
+    changed[4]["polygons"][0] = None
+    changed[5]["polygons"][1] = [c for point in changed[5]["polygons"][1] for c in point][:-1]
+    malformed = tmp_path / "malformed" / "ChestX_Det_test.json"
+    malformed.parent.mkdir()
+    malformed.write_text(json.dumps(changed))
+    for annotation_file, out in ((original, "reference"), (malformed, "converted")):
+        argv = ["prepare", "chestxdet", "--images", str(images), "--annotations", str(annotation_file), "--out",
+                str(tmp_path / out), "--image-size", "64"]  # fmt: skip
+        status = cli_main(argv)
+        assert status == (0 if out == "reference" else 1), capsys.readouterr().err
+    with open(tmp_path / "converted/problems.csv") as handle:
+        rows = [(row["image_id"], row["reason"], row["action"]) for row in csv.DictReader(handle)]
+    assert sorted(rows) == sorted([
+        (Path(records[2]["file_name"]).stem, "malformed_record", "image skipped"),
+        ("record 3", "malformed_record", "image skipped"),
+        (Path(records[3]["file_name"]).stem, "unannotated_image", "image skipped"),  # its record names no file
+        (Path(records[4]["file_name"]).stem, "malformed_polygon", "region dropped"),
+        (Path(records[5]["file_name"]).stem, "malformed_polygon", "region dropped"),
+    ])  # fmt: skip
+    text = (tmp_path / "converted/problems.csv").read_text()
+    assert f"{malformed}, record 2: syms is null" in text and f"{malformed}, record 3: file_name is null" in text
+    assert f"{malformed}, record 4: region 0" in text and "odd number (" in text
+    for r in records[:2]:  # converted from COCO form: the very masks of the original annotations
+        name = f"test/{r['file_name']}"
+        np.testing.assert_array_equal(
+            planes_of(tmp_path / "converted/masks" / name), planes_of(tmp_path / "reference/masks" / name)
+        )
+    for r in records[4:]:  # written without the dropped region
+        assert (tmp_path / "converted/masks/test" / r["file_name"]).is_file()
+
+
+def test_a_labels_file_naming_a_class_twice_is_refused_naming_it(tmp_path, capsys):
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"task": "lesions", "names": ["nodule", "mass", "nodule"], "multilabel": True}))
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    argv = ["prepare", "folder", "--images", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"), "--labels",
+            str(labels), "--out", str(tmp_path / "out")]  # fmt: skip
+    assert cli_main(argv) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {labels}: key 'names' names 'nodule' more than once; each class needs one name of its own (its index "
+        "is its value in the masks)."
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "labels.json", "masks"]

@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from cxrseg.errors import CxrsegError, UsageError, report
+from cxrseg.errors import CxrsegError, UsageError, environment_problem, report
 
 # Subcommand modules under cxrseg.cli, in the order `cxrseg --help` lists them.
 SUBCOMMANDS = (
@@ -67,6 +67,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    args = None
     try:
         args = build_parser(argv).parse_args(argv)
         if not getattr(args, "sets_up_logging", False):  # `cxrseg train` logs as run_train.py does
@@ -74,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except CxrsegError as error:  # a user error: one line, its exit status; anything else is a bug (traceback)
         return report(error)
+    except Exception as error:  # the machine's (disk full, no permission): one line saying what to free or change
+        problem = environment_problem(error, [getattr(args, "out", None), getattr(args, "submission", None)])
+        if problem is None:
+            raise
+        return report(problem)
 
 
 if __name__ == "__main__":

@@ -77,7 +77,26 @@ def list_pairs(root: str | os.PathLike, split: str) -> list[tuple[str, Path, Pat
         if not mask.exists():
             raise DataError(f"No mask for {image}: expected {mask} (an empty mask is an all-zero PNG).")
         pairs.append((image.stem, image, mask))
+    read = {image.name for image in images}
+    report_unread(image_dir, [p for p in image_dir.iterdir() if p.name not in read])
+    if mask_dir.is_dir():
+        report_unread(mask_dir, [p for p in mask_dir.iterdir() if p.name not in read])
     return pairs
+
+
+def report_unread(folder: Path, unread: list[Path]) -> list[Path]:
+    """Warn, counting and naming them (the first five), about the entries of a layout ``folder`` that are not read:
+    files that are not PNG (a JPEG with a mask is not read), masks without an image, subfolders. Hidden entries
+    (``.DS_Store``, cxrseg's temporary files) are left out. Returns the entries named."""
+    unread = sorted(p for p in unread if not p.name.startswith("."))
+    if unread:
+        names = ", ".join(p.name for p in unread[:5]) + (", ..." if len(unread) > 5 else "")
+        logger.warning(
+            "%d entr%s of %s %s not read: %s. The layout reads only <ImageId>.png pairs in images/ and masks/; "
+            "convert other images with `cxrseg prepare folder` (see docs/data.md).",
+            len(unread), "y" if len(unread) == 1 else "ies", folder, "is" if len(unread) == 1 else "are", names,
+        )  # fmt: skip
+    return unread
 
 
 def _index_pair(args: tuple[str, str, str, LabelSet]) -> IndexedImage:

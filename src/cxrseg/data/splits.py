@@ -272,9 +272,10 @@ def load_or_make_folds(
     groups: Sequence[str],
     num_folds: int,
     seed: int,
+    save: bool = True,
 ) -> list[Split]:
     """The folds saved at ``path`` if it exists (:func:`check_folds`; their number must be ``num_folds``), else new
-    ones (:func:`make_folds`) saved there."""
+    ones (:func:`make_folds`) saved there (with ``save``; without, only checked and made)."""
     path = Path(path)
     if path.exists():
         folds = read_splits(path)
@@ -288,5 +289,6 @@ def load_or_make_folds(
             raise DataError(f"{path} holds {len(folds)} folds but the recipe says num_folds: {num_folds}.")
         return folds
     folds = make_folds(image_ids, presence, groups, num_folds, seed)
-    save_split(path, folds)
+    if save:
+        save_split(path, folds)
     return folds

@@ -14,13 +14,19 @@ regions of different classes overlap, so the mask is written with :func:`cxrseg.
 Reported in ``problems.csv`` (image kept unless said otherwise): unknown class names (region dropped), polygons
 partly outside the image (clipped), polygons wholly outside or with fewer than 3 points (region dropped), records
 whose ``syms`` and ``polygons`` differ in length or whose image is missing/unreadable (image skipped), repeated
-file names (later record skipped) and images in the folder without a record (image skipped).
+file names (later record skipped) and images in the folder without a record (image skipped), records whose
+``file_name``, ``syms`` or ``polygons`` is missing, null or of the wrong type (``malformed_record``, record skipped)
+and polygons that are neither ``[[x, y], ...]`` nor COCO-style flat coordinates (``malformed_polygon``, region
+dropped). COCO-style flat polygons (``[x, y, x, y, ...]``, or a list of them for a region in parts) are converted.
+An annotation file may be gzipped (``.json.gz``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,7 +107,17 @@ def prepare_chestxdet(
             splits.append(split)
         for index, record in enumerate(_load_records(annotation_path)):
             where = f"{annotation_path}, record {index}"
-            file_name = check_image_id(str(record["file_name"]), where)
+            try:
+                file_name, syms, polygons = _record_fields(record)
+            except MalformedRecord as error:  # its image (when the record names one) is reported here, once
+                named = record["file_name"] if isinstance(record["file_name"], str) else None
+                image_id = Path(named).stem if named else f"record {index}"
+                if named:
+                    used.setdefault(image_id, str(annotation_path))
+                detail = f"{where}: {error}"
+                problems.append(Problem(image_id, split, "malformed_record", IMAGE_SKIPPED, detail))
+                continue
+            file_name = check_image_id(file_name, where)
             image_id = Path(file_name).stem
             if image_id in used:
                 detail = f"{where}: {file_name} already annotated in {used[image_id]}"
@@ -112,16 +128,18 @@ def prepare_chestxdet(
                 detail = f"{where}: no {file_name} under {images_dir}"
                 problems.append(Problem(image_id, split, "missing_image", IMAGE_SKIPPED, detail))
                 continue
-            syms, polygons = record["syms"], record["polygons"]
             if len(syms) != len(polygons):
                 detail = f"{where}: {len(syms)} syms but {len(polygons)} polygons"
                 problems.append(Problem(image_id, split, "syms_polygons_mismatch", IMAGE_SKIPPED, detail))
                 continue
-            regions = tuple(
-                (str(name), tuple(tuple(map(float, point)) for point in polygon))
-                for name, polygon in zip(syms, polygons)
-            )
-            items.append(ChestXDetItem(image_id, split, str(on_disk[file_name]), regions, options.image_size))
+            regions = []
+            for number, (name, polygon) in enumerate(zip(syms, polygons)):
+                try:
+                    regions.extend((name, points) for points in polygon_points(polygon))
+                except MalformedRecord as error:
+                    detail = f"{where}: region {number} ({name}): {error}"
+                    problems.append(Problem(image_id, split, "malformed_polygon", "region dropped", detail))
+            items.append(ChestXDetItem(image_id, split, str(on_disk[file_name]), tuple(regions), options.image_size))
     for file_name, path in on_disk.items():
         if Path(file_name).stem not in used:
             problems.append(Problem(Path(file_name).stem, "", "unannotated_image", IMAGE_SKIPPED, str(path)))
@@ -192,11 +210,60 @@ def convert_chestxdet_item(item: ChestXDetItem, root: Path) -> ItemResult:
     return ItemResult(row, problems)
 
 
+class MalformedRecord(ValueError):
+    """A record or polygon of an annotation file that is not in the format; listed in ``problems.csv``."""
+
+
+
+def _record_fields(record: Any) -> tuple[str, list[str], list[Any]]:
+    """``file_name``, ``syms`` and ``polygons`` of one record (a JSON object holding the three keys, as
+    :func:`_load_records` checked), or :class:`MalformedRecord` saying which is null or of the wrong type."""
+    for key, kind in (("file_name", str), ("syms", list), ("polygons", list)):
+        if record[key] is None:
+            raise MalformedRecord(f"{key} is null")
+        if not isinstance(record[key], kind):
+            raise MalformedRecord(f"{key} must be a {kind.__name__}, found {type(record[key]).__name__}")
+    bad = [name for name in record["syms"] if not isinstance(name, str)]
+    if bad:
+        raise MalformedRecord(f"syms must be class names (strings), found {bad[0]!r}")
+    return record["file_name"], record["syms"], record["polygons"]
+
+
+def polygon_points(polygon: Any) -> list[tuple[tuple[float, float], ...]]:
+    """The polygons (each a tuple of (x, y) points, pixel units) that one ``polygons`` entry holds.
+
+    Accepted: ChestX-Det's ``[[x, y], ...]``; COCO's flat ``[x, y, x, y, ...]``; COCO's list of flat polygons
+    ``[[x, y, x, y, ...], ...]`` (one region in several parts). Anything else (null, an odd number of coordinates,
+    values that are not finite numbers) raises :class:`MalformedRecord` saying what was found."""
+    if not isinstance(polygon, list) or not polygon:
+        raise MalformedRecord(f"the polygon must be a list of points, found {json.dumps(polygon)[:60]}")
+    if all(_is_number(value) for value in polygon):  # COCO flat
+        parts = [polygon]
+    elif all(isinstance(point, list) and len(point) == 2 and all(map(_is_number, point)) for point in polygon):
+        return [tuple((float(x), float(y)) for x, y in polygon)]
+    elif all(isinstance(part, list) and part and all(map(_is_number, part)) for part in polygon):  # COCO parts
+        parts = polygon
+    else:
+        raise MalformedRecord(f"not a list of [x, y] points nor COCO flat coordinates: {json.dumps(polygon)[:60]}")
+    for part in parts:
+        if len(part) % 2:
+            raise MalformedRecord(f"COCO-style flat polygon with an odd number ({len(part)}) of coordinates")
+    return [tuple((float(part[i]), float(part[i + 1])) for i in range(0, len(part), 2)) for part in parts]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _load_records(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     try:
-        records = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+        if path.suffix == ".gz":  # the annotation files as some mirrors ship them
+            with gzip.open(path, "rt", encoding="utf-8") as handle:
+                records = json.load(handle)
+        else:
+            records = json.loads(path.read_text())
+    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise PrepareError(f"{path}: cannot read the annotation JSON: {error}") from error
     if not isinstance(records, list):
         raise PrepareError(f"{path}: expected a list of records, found {type(records).__name__}.")

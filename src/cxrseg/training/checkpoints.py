@@ -15,12 +15,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import shutil
 import zipfile
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError, safe_open
+from torch import nn
 from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_pt_utils import safe_globals
 from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from cxrseg.constants import CHECKPOINT_NAME
@@ -120,6 +124,38 @@ def resume_checkpoint(resume_from_checkpoint: str | None, output_dir: Path) -> s
     check_readable(checkpoint)
     logger.info("Resuming from %s.", checkpoint)
     return str(checkpoint)
+
+
+def check_fits(checkpoint: str | os.PathLike, model: nn.Module) -> None:
+    """Raise :class:`CheckpointError` when the Trainer would fail to resume ``model`` from ``checkpoint``: a weight
+    whose shape differs from the model's (a checkpoint of another model_config or task), or an RNG state
+    (``rng_state*.pth``) that torch cannot load with ``weights_only=True`` — the safe load the Trainer uses; cxrseg
+    never loads it otherwise, and never suggests it."""
+    checkpoint = Path(checkpoint)
+    shapes = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    for weights in sorted(checkpoint.glob("*.safetensors")):
+        with safe_open(weights, framework="pt") as handle:
+            for name in handle.keys():
+                saved = tuple(handle.get_slice(name).get_shape())
+                if name in shapes and shapes[name] != saved:
+                    raise CheckpointError(
+                        f"{weights} does not fit this model: {name} has shape {list(saved)} there and "
+                        f"{list(shapes[name])} in the model. Resume with the model_config (and task) the checkpoint "
+                        "was trained with, or start without resume_from_checkpoint."
+                    )
+    for rng_file in sorted(checkpoint.glob("rng_state*.pth")):
+        try:
+            with safe_globals():
+                state = torch.load(rng_file, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or not {"python", "numpy", "cpu"} <= state.keys():
+                raise ValueError("not the Trainer's RNG state (python, numpy, cpu)")
+        except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError, AttributeError) as error:
+            plain = isinstance(error, ValueError) and not isinstance(error, pickle.UnpicklingError)
+            reason = str(error).split("\n")[0] if plain else "it holds objects that are not plain data"
+            raise CheckpointError(
+                f"{rng_file} cannot be loaded safely ({reason}), and cxrseg never loads a checkpoint file unsafely. "
+                f"Resume from another checkpoint, or delete {rng_file.name} to resume without the saved random state."
+            ) from None
 
 
 def publish_checkpoint(staged: Path, final: Path) -> None:

@@ -52,9 +52,10 @@ from cxrseg.labels import LabelSet
 logger = logging.getLogger(__name__)
 
 
-def prepare_folds(recipe: Recipe, labels: LabelSet, index: list[IndexedImage]) -> list[Split]:
+def prepare_folds(recipe: Recipe, labels: LabelSet, index: list[IndexedImage], write: bool = True) -> list[Split]:
     """Load or make the folds of the recipe's data (``index``: :func:`~cxrseg.data.dataset.index_training_source`'s)
-    in ``OUTPUT_DIR/splits.json``, and write ``cv.json``.
+    in ``OUTPUT_DIR/splits.json``, and write ``cv.json``; ``write=False`` only checks and makes them (the same folds:
+    they are seeded), for the checks before a run's first write.
 
     Balanced per class (:func:`~cxrseg.data.splits.make_folds`); groups the patients
     (:func:`cxrseg.data.groups.patient_groups` of the data folder). Under DDP every process calls it, the main one
@@ -79,6 +80,7 @@ def prepare_folds(recipe: Recipe, labels: LabelSet, index: list[IndexedImage]) -
         groups,
         data_args.num_folds,
         data_args.split_seed,
+        save=write and recipe.training.should_save,
     )
     summary = {
         "num_folds": data_args.num_folds,
@@ -90,7 +92,7 @@ def prepare_folds(recipe: Recipe, labels: LabelSet, index: list[IndexedImage]) -
         "cv_checkpoint": data_args.cv_checkpoint,
         "checkpoint_chosen_on": checkpoint_chosen_on(recipe),
     }
-    if recipe.training.should_save:  # the data and the folds are checked (train_folds checked the folder)
+    if write and recipe.training.should_save:  # the data and the folds are checked (train_folds checked the folder)
         mark_output(output_dir, TRAINING_RUN)
         atomic_write_text(output_dir / CV_FILENAME, json.dumps(summary, indent=2) + "\n")
     logger.info("%d folds of %d images (%s) in %s.", data_args.num_folds, len(image_ids), described, output_dir)

@@ -9,31 +9,33 @@ import gc
 import logging
 import sys
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from pathlib import Path
 
 import datasets
 import torch
 import transformers
 from accelerate import PartialState
-from transformers import TrainerCallback, set_seed
+from accelerate.utils import broadcast_object_list
+from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from cxrseg.config import DataArguments, Recipe, parse_recipe, save_recipe
 from cxrseg.constants import RECIPE_FILENAME, SPLITS_FILENAME
 from cxrseg.data.dataset import build_sampler, index_training_source, load_training_data
 from cxrseg.data.png_layout import IndexedImage
 from cxrseg.data.splits import save_split
-from cxrseg.errors import CxrsegError, RecipeError, report
-from cxrseg.files import TRAINING_RUN, check_output_folder, mark_output
+from cxrseg.errors import CxrsegError, OutputLockedError, RecipeError, environment_problem, report
+from cxrseg.files import TRAINING_RUN, check_output_folder, lock_output, mark_output
 from cxrseg.hub.access import check_hub_access, hub_dataset_id, is_hub_id
 from cxrseg.hub.card import write_model_card
 from cxrseg.hub.checkpoints import HubCheckpointPush, download_checkpoint
 from cxrseg.hub.push import push_folder
 from cxrseg.inference.cv_folder import fold_dir, fold_is_finished
 from cxrseg.labels import LabelSet, get_labels
-from cxrseg.model import build_model
+from cxrseg.model import build_model, check_model_runs
 from cxrseg.plots import plot_training_curves
 from cxrseg.synthetic import DEMO_DATA_MAKERS
-from cxrseg.training.checkpoints import is_resume_last, resume_checkpoint
+from cxrseg.training.checkpoints import check_fits, is_resume_last, resume_checkpoint
 from cxrseg.training.cross_validation import (
     fold_recipe,
     fold_training_splits,
@@ -58,7 +60,38 @@ def train(
     """Run one recipe; returns the final evaluation metrics (``eval_*``). ``callbacks`` join the Trainer's own.
     last_run: False keeps the process group (and the trackers' process state) for another run in this program.
     indexed: the recipe's data already indexed (:func:`~cxrseg.data.dataset.index_training_source`), as the folds
-    of a cross-validation share it."""
+    of a cross-validation share it.
+
+    Every check runs before the first write; then the output folder's lock (:func:`lock_run`) is taken and held
+    until the run ends, so a second run on the same folder is refused."""
+    with ExitStack() as held:
+        return _train(recipe, callbacks, last_run, indexed, held)
+
+
+def lock_run(output_dir: Path, args: TrainingArguments) -> AbstractContextManager:
+    """Take ``output_dir``'s lock (:func:`~cxrseg.files.lock_output`) in the main process (rank 0 of a distributed
+    run) and tell every process whether it got it: a refused run raises the same one-line
+    :class:`~cxrseg.errors.OutputLockedError` on every rank, so no rank waits for a peer that has left."""
+    lock, refusal = nullcontext(), None
+    if args.process_index == 0:
+        try:
+            lock = lock_output(output_dir)
+        except OutputLockedError as error:
+            refusal = str(error)
+    if args.world_size > 1:
+        refusal = broadcast_object_list([refusal], from_process=0)[0]
+    if refusal is not None:
+        raise OutputLockedError(refusal)
+    return lock
+
+
+def _train(
+    recipe: Recipe,
+    callbacks: Sequence[TrainerCallback],
+    last_run: bool,
+    indexed: tuple[datasets.Dataset, list[IndexedImage]] | None,
+    held: ExitStack,
+) -> dict[str, float]:
     if recipe.data.num_folds is not None:  # train_folds trains each fold through here with num_folds unset
         raise RecipeError(
             "train() runs one recipe; a recipe with num_folds trains its folds with train_folds() "
@@ -119,6 +152,11 @@ def train(
         model, processor = build_model(
             model_args.model_name_or_path, model_args.model_config, labels, data_args.image_size
         )
+        # A dry forward pass and the checkpoint's shapes and RNG state: failures the first training step (or the
+        # Trainer's resume) would meet, met now, before anything is written.
+        check_model_runs(model, data_args.image_size, model_args.model_name_or_path or "model_config")
+        if last_checkpoint is not None:
+            check_fits(last_checkpoint, model)
         data = load_training_data(
             data_args,
             labels,
@@ -137,6 +175,7 @@ def train(
     # ------------------------------------------------------------------ Output folder
     # Everything the run needs is checked: only now is output_dir created or changed (a run that fails earlier
     # leaves it as it was).
+    held.enter_context(lock_run(output_dir, args))  # one run per output folder, until this run ends
     if args.should_save:
         mark_output(output_dir, TRAINING_RUN)
         save_recipe(recipe, output_dir / RECIPE_FILENAME)
@@ -225,10 +264,28 @@ def train_folds(recipe: Recipe, callbacks: Sequence[TrainerCallback] = ()) -> di
     labels = get_labels(recipe.model.task)
     output_dir = Path(args.output_dir)
     check_output_folder(output_dir, TRAINING_RUN, inputs=run_inputs(recipe), may_hold=[SPLITS_FILENAME])
-    with args.main_process_first(desc="demo data and folds"):
+    with args.main_process_first(desc="demo data, mask index and model"):
         write_demo_data_if_asked(data_args, labels)
         indexed = index_training_source(data_args, labels)  # once for every fold
-        folds = fold_training_splits(recipe, labels, indexed[1], prepare_folds(recipe, labels, indexed[1]))
+        prepare_folds(recipe, labels, indexed[1], write=False)  # checked before anything is written
+        source = recipe.model.model_name_or_path
+        model, _ = build_model(source, recipe.model.model_config, labels, data_args.image_size)
+        check_model_runs(model, data_args.image_size, source or "model_config")
+        del model  # each fold builds its own; this one only proves, before the first write, that it can
+    with lock_run(output_dir, args):  # the whole cross-validation; each fold's train() locks its fold folder too
+        with args.main_process_first(desc="folds"):
+            folds = fold_training_splits(recipe, labels, indexed[1], prepare_folds(recipe, labels, indexed[1]))
+        return _train_folds(recipe, callbacks, labels, indexed, folds)
+
+
+def _train_folds(
+    recipe: Recipe,
+    callbacks: Sequence[TrainerCallback],
+    labels: LabelSet,
+    indexed: tuple[datasets.Dataset, list[IndexedImage]],
+    folds: list,
+) -> dict[int, dict[str, float]]:
+    args, data_args, output_dir = recipe.training, recipe.data, Path(recipe.training.output_dir)
     if args.should_save:
         save_recipe(recipe, output_dir / RECIPE_FILENAME)
     resuming = is_resume_last(args.resume_from_checkpoint)
@@ -261,6 +318,7 @@ CV_LOG_KEYS = ("eval_dice", "eval_kaggle_dice", "eval_ap", "eval_loss")
 
 
 def main(argv: list[str] | None = None) -> int:
+    recipe = None
     try:
         recipe = parse_recipe(argv)
         if recipe.data.num_folds is None:
@@ -269,4 +327,9 @@ def main(argv: list[str] | None = None) -> int:
             train_folds(recipe)
     except CxrsegError as error:  # a user error: one line, its exit status; anything else is a bug (traceback)
         return report(error)
+    except Exception as error:  # the machine's (disk full, no permission): one line saying what to free or change
+        problem = environment_problem(error, [recipe.training.output_dir if recipe else None])
+        if problem is None:
+            raise
+        return report(problem)
     return 0
