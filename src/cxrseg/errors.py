@@ -9,7 +9,8 @@ Exit statuses, the same for ``run_train.py`` and every ``cxrseg`` command:
 * **2**: a user error found before the work was done (bad arguments, recipe, data or model); nothing was produced.
 
 A :class:`CxrsegError` is printed as one line (``error: ...``) by :func:`report` at the entry points
-(``cxrseg.cli.main``, ``cxrseg.training.train.main``); any other exception is a bug and keeps its traceback. Library errors
+(``cxrseg.cli.main``, ``cxrseg.training.train.main``); any other exception is a bug and keeps its traceback. Library
+errors
 (yaml, safetensors, the Hub, albumentations, argparse) are converted to one of these where cxrseg calls the library.
 With the environment variable ``CXRSEG_DEBUG=1`` a user error also prints its traceback.
 """

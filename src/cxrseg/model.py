@@ -28,7 +28,8 @@ ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
 DEFAULT_ATTENTION = "sdpa"
 """How Swin computes its window attention. "sdpa": ``torch.nn.functional.scaled_dot_product_attention`` with the
 relative position bias (plus the shifted-window mask) as its additive ``attn_mask``, which lets PyTorch pick a fused
-kernel; "eager": the explicit matmul, softmax, matmul. Same weights, same outputs (``tests/inference/test_attention.py``);
+kernel; "eager": the explicit matmul, softmax, matmul. Same weights, same outputs
+(``tests/inference/test_attention.py``);
 ``BENCHMARKS.md`` has the speeds. The choice is not saved in ``config.json``: a plain
 ``UperNetForSemanticSegmentation.from_pretrained`` loads every model cxrseg writes."""
 

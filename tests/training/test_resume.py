@@ -1,10 +1,12 @@
 """Every interrupted run resumes with the same command plus ``--resume_from_checkpoint last``.
 
-One test per finding through the real entry point (``cxrseg.training.train.main``): an incomplete checkpoint is skipped with
+One test per finding through the real entry point (``cxrseg.training.train.main``): an incomplete checkpoint is
+skipped with
 a warning naming it, a corrupt one is an error naming the file (exit 2, no traceback, the output folder untouched),
 ``last`` without a checkpoint warns and starts from scratch. The fault test kills a 1-process run (``kill -9`` of the
 whole run) at a seeded random point of a checkpoint save, resumes it and compares the final weights with the
-uninterrupted run's; tests/training/test_ddp.py does the same with two processes. ``CXRSEG_FAULT_SEED`` picks other points.
+uninterrupted run's; tests/training/test_ddp.py does the same with two processes. ``CXRSEG_FAULT_SEED`` picks other
+points.
 """
 
 from __future__ import annotations

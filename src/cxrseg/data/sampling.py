@@ -6,7 +6,8 @@ Accelerate shards a sampler by having every process iterate the *same* sequence 
 must be a pure function of ``(seed, epoch)``: a ``torch.Generator`` seeded with both, never global RNG. The samplers
 yield :class:`SampleKey` items, not bare rows: a key also names the draw's place in the epoch, from which the dataset
 seeds that sample's augmentation, so prefetching, data-loader workers, sharding and resumption cannot change what a
-step sees. The Trainer calls ``set_epoch`` at the start of each epoch. :func:`cxrseg.data.dataset.build_sampler` picks the
+step sees. The Trainer calls ``set_epoch`` at the start of each epoch. :func:`cxrseg.data.dataset.build_sampler`
+picks the
 recipe's sampler.
 """
 

@@ -2,7 +2,8 @@
 
 The transformers Trainer's own push stays off (it would upload ``training_args.bin``, TensorBoard logs and its own
 card); :class:`HubCheckpointPush` gives ``hub_strategy`` the Trainer's meanings with cxrseg's card and redaction
-(:func:`cxrseg.hub.push.shared_file`: no token, no local path, never ``training_args.bin``). At each save (``checkpoint-N``):
+(:func:`cxrseg.hub.push.shared_file`: no token, no local path, never ``training_args.bin``). At each save
+(``checkpoint-N``):
 
 - ``every_save``: one commit with the model of ``checkpoint-N`` (``config.json``, weights,
   ``preprocessor_config.json``), ``recipe.yaml``, ``splits.json`` and a model card showing that checkpoint's last
@@ -12,7 +13,8 @@ card); :class:`HubCheckpointPush` gives ``hub_strategy`` the Trainer's meanings 
 - ``all_checkpoints``: the checkpoint folder keeps its name, ``checkpoint-N/``;
 - ``end``: nothing during training.
 
-The final commit of every strategy is :func:`cxrseg.hub.push.push_folder` at the end of the run. Commits run one at a time,
+The final commit of every strategy is :func:`cxrseg.hub.push.push_folder` at the end of the run. Commits run one at a
+time,
 in order, in ``HfApi``'s background thread (``run_as_future``), so training does not wait for the network; as in the
 Trainer, a save that comes while the previous commit is still running is not pushed unless ``hub_always_push``.
 """

@@ -1,6 +1,7 @@
 """Checkpoints: which one a run resumes from, and the rename that keeps a kill from leaving a broken one.
 
-Writing: :class:`~cxrseg.training.trainer.SegmentationTrainer` saves ``checkpoint-N`` inside :data:`STAGING_DIR` and, once
+Writing: :class:`~cxrseg.training.trainer.SegmentationTrainer` saves ``checkpoint-N`` inside :data:`STAGING_DIR` and,
+once
 every process has written its part, :func:`publish_checkpoint` renames it into the output folder; so a
 ``checkpoint-N/`` there is complete whenever a run is killed.
 

@@ -248,9 +248,11 @@ def run_inputs(recipe: Recipe) -> list[str | None]:
 
 def train_folds(recipe: Recipe, callbacks: Sequence[TrainerCallback] = ()) -> dict[int, dict[str, float]]:
     """Cross-validation: train the recipe's folds (``fold: all`` or one index) one after the other in this program;
-    returns each trained fold's final evaluation metrics. Layout and resumption: :mod:`cxrseg.training.cross_validation`.
+    returns each trained fold's final evaluation metrics. Layout and resumption:
+    :mod:`cxrseg.training.cross_validation`.
 
-    Each fold is a full :func:`train` run of :func:`~cxrseg.training.cross_validation.fold_recipe` (so multi-GPU, seeds and
+    Each fold is a full :func:`train` run of :func:`~cxrseg.training.cross_validation.fold_recipe` (so multi-GPU,
+    seeds and
     checkpoints work as for one run), as the Trainer's own hyper-parameter search trains trial after trial. Between
     folds: the process group stays up (set up once by the launcher, left at the very end), the trackers' runs are
     finished (one W&B run per fold), and the fold's model, optimizer and compiled graphs are released.
