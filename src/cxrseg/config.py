@@ -67,7 +67,10 @@ CV_CHECKPOINTS = ("last", "inner")
 
 @dataclass
 class DataArguments:
-    data_dir: str = field(default="data/siim-png", metadata={"help": "PNG layout root (or a saved datasets folder)."})
+    data_dir: str = field(
+        default="data/siim-png",
+        metadata={"help": "PNG layout root, a saved datasets folder, or a Hub dataset hf://datasets/ID[@REVISION]."},
+    )
     image_size: int = field(default=512, metadata={"help": "Square training and evaluation size, pixels."})
     augmentation: str = field(default="standard", metadata={"help": f"One of {AUGMENTATIONS}."})
     val_fraction: float = field(default=0.1, metadata={"help": "Held-out fraction, stratified by positivity."})

@@ -107,7 +107,9 @@ def test_a_bug_gives_a_message_in_the_page_and_a_traceback_in_the_log(tmp_path, 
     analyse = next(f.fn for f in demo.fns.values() if f.api_name == "segment")
     message, *outputs = analyse(str(tmp_path / "scan.png"), False)
     assert "Cannot use scan.png</b>: internal error (RuntimeError); see the server log." in message
+    *outputs, seg = outputs
     assert outputs == [None, None, "", None] and "Traceback" not in message
+    assert (seg.value, seg.visible) == (None, False)  # no DICOM SEG download
     assert "RuntimeError: a bug" in caplog.text  # the traceback, in the server's log
 
 

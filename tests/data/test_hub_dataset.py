@@ -12,6 +12,7 @@ import pytest
 from huggingface_hub import ModelCard
 from PIL import Image
 
+from cxrseg.cli import main as cli_main
 from cxrseg.config import DataArguments
 from cxrseg.data.dataset import index_training_source
 from cxrseg.data.png_layout import DataError, index_layout
@@ -54,8 +55,12 @@ def test_a_pushed_layout_is_read_back_by_its_hub_id_at_a_revision(served_hub, de
 
 
 @pytest.mark.slow
-def test_training_from_a_hub_dataset_id(served_hub, demo_root, tmp_path):
-    push_dataset(demo_root, "lab/demo-train")
+def test_prepare_push_to_hub_then_train_from_the_id(served_hub, demo_root, tmp_path):
+    # Machine 1: prepare a folder of images and masks and push it (access checked first, with the token's whoami).
+    argv = ["prepare", "folder", "--images", str(demo_root / "images/train"), "--masks", str(demo_root / "masks/train")]
+    assert cli_main([*argv, "--out", str(tmp_path / "prepared"), "--push-to-hub", "lab/demo-train"]) == 0
+    assert served_hub.calls[0] == ("whoami",)
+    # Machine 2: train from the id alone (everything comes over HTTP into an empty cache).
     out = tmp_path / "out"
     argv = [
         "--config", "recipe/demo.yaml", "--data_dir", "hf://datasets/lab/demo-train", "--image_size", "64",
