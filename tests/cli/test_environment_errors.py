@@ -4,6 +4,7 @@ status 1, no traceback; a full disk during a checkpoint save leaves the last com
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -59,7 +60,7 @@ def test_environment_problems_are_recognised_through_the_chain(error, message):
         assert problem is None
     else:
         assert problem.exit_code == 1
-        assert pytest.importorskip("re").search(message, str(problem)), str(problem)
+        assert re.search(message, str(problem)), str(problem)
 
 
 def private_mounts_work() -> bool:

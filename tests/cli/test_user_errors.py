@@ -94,6 +94,9 @@ def ws(tmp_path_factory, demo_root) -> Path:
     unsafe = save_tiny_model(ws / "unsafe_rng/checkpoint-1")
     (unsafe / "trainer_state.json").write_text(trainer_state)
     torch.save({"python": None, "numpy": None, "cpu": argparse.Namespace(payload=1)}, unsafe / "rng_state.pth")
+    unsafe_optimizer = save_tiny_model(ws / "unsafe_optimizer/checkpoint-1")
+    (unsafe_optimizer / "trainer_state.json").write_text(trainer_state)
+    torch.save({"state": {}, "param_groups": [argparse.Namespace(lr=1)]}, unsafe_optimizer / "optimizer.pt")
     return ws
 
 
@@ -196,6 +199,9 @@ CASES = [
     ("resume-unsafe-rng", "train",
      lambda ws: train(ws, "--resume_from_checkpoint", str(ws / "unsafe_rng/checkpoint-1")),
      r"rng_state\.pth cannot be loaded safely .*never loads a checkpoint file unsafely"),
+    ("resume-unsafe-optimizer", "train",
+     lambda ws: train(ws, "--resume_from_checkpoint", str(ws / "unsafe_optimizer/checkpoint-1")),
+     r"optimizer\.pt cannot be loaded safely \(it holds objects that are not plain data\).* another checkpoint\.$"),
     # a finished run, then a rerun that only torch or the Trainer would have stopped: the run stays byte-identical
     ("rerun-negative-learning-rate", "train", lambda ws: train(ws, "--output_dir", str(ws / "run"), "--learning_rate",
                                                                "-1"), r"^learning_rate must be > 0"),

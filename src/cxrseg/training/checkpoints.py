@@ -127,11 +127,16 @@ def resume_checkpoint(resume_from_checkpoint: str | None, output_dir: Path) -> s
     return str(checkpoint)
 
 
+TRAINER_PICKLES = ("optimizer.pt", "scheduler.pt", "scaler.pt")
+"""The Trainer's other ``torch.save`` files of a checkpoint, which it loads with ``weights_only=True`` on resume."""
+
+
 def check_fits(checkpoint: str | os.PathLike, model: nn.Module) -> None:
     """Raise :class:`CheckpointError` when the Trainer would fail to resume ``model`` from ``checkpoint``: a weight
     whose shape differs from the model's (a checkpoint of another model_config or task), or an RNG state
-    (``rng_state*.pth``) that torch cannot load with ``weights_only=True`` — the safe load the Trainer uses; cxrseg
-    never loads it otherwise, and never suggests it."""
+    (``rng_state*.pth``) or optimizer, scheduler or scaler state (:data:`TRAINER_PICKLES`) that torch cannot load
+    with ``weights_only=True`` — the safe load the Trainer uses; cxrseg never loads them otherwise, and never
+    suggests it."""
     checkpoint = Path(checkpoint)
     shapes = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
     for weights in sorted(checkpoint.glob("*.safetensors")):
@@ -144,18 +149,22 @@ def check_fits(checkpoint: str | os.PathLike, model: nn.Module) -> None:
                         f"{list(shapes[name])} in the model. Resume with the model_config (and task) the checkpoint "
                         "was trained with, or start without resume_from_checkpoint."
                     )
-    for rng_file in sorted(checkpoint.glob("rng_state*.pth")):
+    rng_files = sorted(checkpoint.glob("rng_state*.pth"))
+    trainer_files = [checkpoint / name for name in TRAINER_PICKLES if (checkpoint / name).is_file()]
+    for path in [*rng_files, *trainer_files]:
+        rng = path in rng_files
         try:
-            with safe_globals():
-                state = torch.load(rng_file, map_location="cpu", weights_only=True)
-            if not isinstance(state, dict) or not {"python", "numpy", "cpu"} <= state.keys():
+            with safe_globals():  # mmap: the optimizer's tensors are not read, only what the pickle names
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            if rng and (not isinstance(state, dict) or not {"python", "numpy", "cpu"} <= state.keys()):
                 raise ValueError("not the Trainer's RNG state (python, numpy, cpu)")
         except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError, AttributeError) as error:
             plain = isinstance(error, ValueError) and not isinstance(error, pickle.UnpicklingError)
             reason = str(error).split("\n")[0] if plain else "it holds objects that are not plain data"
+            fix = f", or delete {path.name} to resume without the saved random state" if rng else ""
             raise CheckpointError(
-                f"{rng_file} cannot be loaded safely ({reason}), and cxrseg never loads a checkpoint file unsafely. "
-                f"Resume from another checkpoint, or delete {rng_file.name} to resume without the saved random state."
+                f"{path} cannot be loaded safely ({reason}), and cxrseg never loads a checkpoint file unsafely. "
+                f"Resume from another checkpoint{fix}."
             ) from None
 
 
