@@ -18,11 +18,12 @@ from cxrseg.config import DataArguments, SamplingArguments
 from cxrseg.constants import LABELS_FILENAME
 from cxrseg.data.features import LAYOUT_FEATURES
 from cxrseg.data.png_layout import DataError, IndexedImage, index_layout, mask_pixel_counts, read_layout_labels
+from cxrseg.data.prior import compute_prior_mask
 from cxrseg.data.sampling import BalancedSampler, ClassBalancedSampler, EpochSampler, SampleKey, ShuffledSampler
 from cxrseg.data.splits import load_or_make_split
 from cxrseg.data.transforms import ToModelInputs, build_transforms
 from cxrseg.imageio.pixels import to_gray
-from cxrseg.labels import LabelSet, binarize_mask, unpack_multilabel
+from cxrseg.labels import LabelSet
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,9 @@ class TrainingData:
     """train: :class:`AugmentedDataset` (rows read by sampler key, augmented). val: ``datasets.Dataset`` with columns
     image, mask, image_id, is_positive and a transform that yields ``pixel_values`` and ``labels``. pixel_counts: per
     class, summed over the training split (stored resolution).
-    train_class_presence: per training row, one flag per foreground class (``labels.foreground``): any pixel of it."""
+    train_class_presence: per training row, one flag per foreground class (``labels.foreground``): any pixel of it.
+    prior_mask: the training split's mean mask at 0.5 at the training size, bool [K, S, S]
+    (:func:`cxrseg.data.prior.compute_prior_mask`), the baseline evaluation reports."""
 
     train: AugmentedDataset
     val: datasets.Dataset
@@ -41,6 +44,7 @@ class TrainingData:
     num_pixels: int
     split: dict[str, list[str]]
     train_class_presence: list[tuple[bool, ...]] = field(default_factory=list)
+    prior_mask: np.ndarray | None = None
 
 
 def rows_to_dataset(rows: list[IndexedImage]) -> datasets.Dataset:
@@ -76,8 +80,7 @@ class PairTransform:
             # One stream shared by every step of the pipeline. (``set_random_seed`` would give each step its own
             # generator with the same seed, so steps with equal p would always be applied together.)
             self.pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
-        mask = np.asarray(mask)
-        mask = unpack_multilabel(mask, self.labels.num_labels) if self.labels.multilabel else binarize_mask(mask)
+        mask = self.labels.decode_mask(np.asarray(mask))
         out = self.pipeline(image=to_gray(image), mask=mask)
         return {"pixel_values": self.to_inputs.image(out["image"]), "labels": self.to_inputs.labels(out["mask"])}
 
@@ -158,31 +161,38 @@ def _index_saved_dataset(dataset: datasets.Dataset, labels: LabelSet, num_proc: 
         desc="Checking masks",
     )
     return [
-        IndexedImage(row["image_id"], "", "", row["size"][0], row["size"][1], tuple(row["pixel_counts"]))
+        IndexedImage(
+            row["image_id"], "", "", row["size"][0], row["size"][1], tuple(row["pixel_counts"]), labels.multilabel
+        )
         for row in counted
     ]
+
+
+def data_labels(data_dir: str | os.PathLike) -> LabelSet:
+    """The label set the data at ``data_dir`` declares: a PNG layout's ``labels.json`` (pneumothorax without one)
+    or, for a saved ``datasets`` folder, the ``labels.json`` in it or its parent (as ``cxrseg prepare
+    --save-dataset`` writes them). Raises :class:`DataError` for a missing folder or a bad labels file."""
+    root = Path(data_dir)
+    if not root.exists():
+        raise DataError(
+            f"Data folder {root} does not exist. Prepare data (README, Data) or run `cxrseg make-demo-data`."
+        )
+    saved = is_saved_dataset(root)
+    return read_layout_labels(root if (root / LABELS_FILENAME).exists() or not saved else root.parent)
 
 
 def index_training_source(data_args: DataArguments, labels: LabelSet) -> tuple[datasets.Dataset, list[IndexedImage]]:
     """The training images of ``data_args.data_dir`` as a dataset (files decoded when rows are read) and their
     validated index (pixel counts per class), row for row.
 
-    ``data_dir`` is a PNG layout root or a saved ``datasets`` folder (its ``train`` split; labels from a
-    ``labels.json`` in the folder or its parent, as ``cxrseg prepare --save-dataset`` writes them).
+    ``data_dir`` is a PNG layout root or a saved ``datasets`` folder (its ``train`` split; labels as
+    :func:`data_labels` finds them, which must be ``labels``).
     """
     root = Path(data_args.data_dir)
-    if not root.exists():
-        raise DataError(
-            f"Data folder {root} does not exist. Prepare data (README, Data) or run `cxrseg make-demo-data`."
-        )
-    saved = is_saved_dataset(root)
-    declared = read_layout_labels(root if (root / LABELS_FILENAME).exists() or not saved else root.parent)
-    if declared.names != labels.names:
-        raise DataError(
-            f"{root} holds {declared.task} data ({len(declared.names)} classes) but the recipe's task is "
-            f"{labels.task}; set `task` to match."
-        )
-    if saved:
+    declared = data_labels(root)
+    if declared != labels:
+        raise DataError(f"{root} declares {declared.describe()} but the run expects {labels.describe()}.")
+    if is_saved_dataset(root):
         source = datasets.load_from_disk(str(root))["train"]
         return source, _index_saved_dataset(source, labels, data_args.preprocessing_num_workers)
     index = index_layout(root, "train", labels, num_proc=data_args.preprocessing_num_workers)
@@ -191,8 +201,7 @@ def index_training_source(data_args: DataArguments, labels: LabelSet) -> tuple[d
 
 def class_presence(row: IndexedImage, labels: LabelSet) -> tuple[bool, ...]:
     """One flag per foreground class (``labels.foreground``): whether the image has any pixel of it."""
-    first_foreground = labels.num_labels - len(labels.foreground)  # 1 skips single-label background
-    return tuple(n > 0 for n in row.pixel_counts[first_foreground:])
+    return tuple(n > 0 for n in row.pixel_counts[labels.first_foreground :])
 
 
 def load_training_data(
@@ -229,21 +238,58 @@ def load_training_data(
         data_args.data_dir,
     )
     presence = [class_presence(r, labels) for r in train_rows]
-    return TrainingData(augmented, val, [r.is_positive for r in train_rows], pixel_counts, num_pixels, split, presence)
-
-
-def build_sampler(sampling_args: SamplingArguments, labels: LabelSet, data: TrainingData, seed: int) -> EpochSampler:
-    """The recipe's training sampler over ``data.train``'s rows: :class:`ShuffledSampler` unless
-    ``balanced_sampling``; then :class:`ClassBalancedSampler` for multi-label tasks, else :class:`BalancedSampler`."""
-    if not sampling_args.balanced_sampling:
-        return ShuffledSampler(len(data.train), seed=seed)
-    if labels.multilabel:
-        return ClassBalancedSampler(
-            data.train_class_presence,
-            sampling_args.class_balance_power,
-            sampling_args.empty_image_weight,
-            seed=seed,
-        )
-    return BalancedSampler(
-        data.train_is_positive, sampling_args.negative_keep_ratio, sampling_args.positive_weight, seed=seed
+    prior = compute_prior_mask(_MaskColumn(train), labels, data_args.image_size)
+    return TrainingData(
+        augmented, val, [r.is_positive for r in train_rows], pixel_counts, num_pixels, split, presence, prior
     )
+
+
+class _MaskColumn:
+    """The stored masks of a dataset's rows, decoded one at a time when indexed (not the whole column at once)."""
+
+    def __init__(self, rows: datasets.Dataset) -> None:
+        self.rows = rows.select_columns(["mask"])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.rows[index]["mask"]
+
+
+def build_sampler(
+    sampling_args: SamplingArguments, labels: LabelSet, data: TrainingData, seed: int
+) -> tuple[EpochSampler, str | None]:
+    """The recipe's training sampler over ``data.train``'s rows, and why balanced sampling was not used (None when
+    it was, or was not asked for), e.g. "every training image holds all of lung, heart (240 images)".
+
+    :class:`ShuffledSampler` unless ``balanced_sampling``; then :class:`ClassBalancedSampler` for multi-label tasks,
+    else :class:`BalancedSampler` (an image is positive if it holds any of the balanced classes). Both balance
+    over ``balance_classes`` (every foreground class when None). When there is nothing to balance — single-label:
+    every training image is positive, or none is; multi-label: every image holds every balanced class, or none
+    holds any — a balanced epoch would only draw the same images with replacement (about 63% of them distinct), so
+    the plain shuffle is used and the reason returned.
+    """
+    if not sampling_args.balanced_sampling:
+        return ShuffledSampler(len(data.train), seed=seed), None
+    balanced = list(sampling_args.balance_classes or labels.foreground)
+    columns = [labels.foreground.index(name) for name in balanced]
+    presence = [tuple(row[c] for c in columns) for row in data.train_class_presence]
+    # What the sampler tells apart: single-label, images holding any balanced class from the others; multi-label,
+    # images by the classes they hold (all images holding all of them weigh the same).
+    flags = presence if labels.multilabel else [(any(row),) for row in presence]
+    every, none = all(all(row) for row in flags), not any(any(row) for row in flags)
+    if every or none:
+        quantifier = ("all of " if labels.multilabel else "one of ") if every else "any of "
+        what = (quantifier if len(balanced) > 1 else "") + ", ".join(balanced)
+        which = "every training image holds" if every else "no training image holds"
+        return ShuffledSampler(len(data.train), seed=seed), f"{which} {what} ({len(presence)} images)"
+    if labels.multilabel:
+        sampler = ClassBalancedSampler(
+            presence, sampling_args.class_balance_power, sampling_args.empty_image_weight, seed=seed
+        )
+    else:
+        sampler = BalancedSampler(
+            [row[0] for row in flags], sampling_args.negative_keep_ratio, sampling_args.positive_weight, seed=seed
+        )
+    return sampler, None

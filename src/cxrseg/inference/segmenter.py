@@ -246,7 +246,7 @@ def load_segmenter(
         raise ModelLoadError(
             f"{model}: cannot load its image processor (preprocessor_config.json): {type(error).__name__}: {error}"
         ) from error
-    labels = labels_from_config(network.config.id2label)
+    labels = labels_from_config(network.config)
     preprocessor = Preprocessor(
         _working_size(processor, network.config), tuple(processor.image_mean), tuple(processor.image_std)
     )
