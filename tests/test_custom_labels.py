@@ -155,3 +155,34 @@ def test_a_label_set_of_your_own_from_prepare_to_pipeline(user, tmp_path, capsys
     segmenter = pipeline("image-segmentation", model=str(model), device="cpu")
     found = segmenter(Image.open(raw_images / "MCUCXR000.png").convert("RGB"))
     assert found and {result["label"] for result in found} <= set(NAMES)
+
+
+def test_the_anatomy_demo_data_is_a_label_set_of_its_own(tmp_path):
+    root = cxrseg_main(["make-demo-data", "--task", "anatomy", "--out", str(tmp_path / "a"), "--num-images", "6",
+                        "--size", "64"])  # fmt: skip
+    assert root == 0
+    assert json.loads((tmp_path / "a" / "labels.json").read_text()) == {
+        "task": "anatomy",
+        "names": ["background", "lung", "heart"],
+        "multilabel": False,
+    }
+    masks = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted((tmp_path / "a" / "masks" / "train").iterdir())]
+    assert all(set(np.unique(mask)) == {0, 1, 2} for mask in masks)  # both structures in every image
+    centres = [np.argwhere(mask == 2).mean(0) for mask in masks]
+    assert np.ptp(np.array(centres), axis=0).max() > 3  # the heart is not in one place: the prior is no oracle
+
+
+@pytest.mark.slow
+def test_the_anatomy_demo_recipe_runs(tmp_path):
+    """recipe/anatomy_demo.yaml (tiny model, 12 generated images, 1 epoch): the demo data is drawn, the model names
+    lung and heart, and the baselines are reported beside its metrics."""
+    argv = ["--config", "recipe/anatomy_demo.yaml", "--data_dir", str(tmp_path / "data"), "--demo_num_images", "12",
+            "--image_size", "64", "--model_config", json.dumps(TINY_MODEL_CONFIG), "--num_train_epochs", "1",
+            "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    assert train_main(argv) == 0
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["id2label"] == {"0": "background", "1": "lung", "2": "heart"} and config["cxrseg_task"] == "anatomy"
+    results = json.loads((tmp_path / "out" / "all_results.json").read_text())
+    assert {"eval_dice/lung", "eval_dice/heart", "eval_prior_mask_dice/lung", "eval_prior_mask_dice/heart"} <= set(
+        results
+    )

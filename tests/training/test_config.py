@@ -93,3 +93,9 @@ def test_the_recipe_is_checked_against_the_data_label_set(tmp_path):
     assert parse_recipe(["--balance_classes", "heart, lung"]).sampling.balance_classes == ["heart", "lung"]
     with pytest.raises(RecipeError, match="task must be a name"):
         parse_recipe(["--task", ""])
+
+
+def test_the_demo_tasks_a_recipe_may_name_are_the_demo_makers():
+    from cxrseg.synthetic import DEMO_DATA_MAKERS
+
+    assert list(DEMO_TASKS) == list(DEMO_DATA_MAKERS)
