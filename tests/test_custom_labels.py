@@ -20,18 +20,22 @@ from transformers import pipeline
 
 from cxrseg.cli import main as cxrseg_main
 from cxrseg.hub.push import push_folder
-from cxrseg.labels import labels_from_config, unpack_multilabel
+from cxrseg.labels import labels_from_config, pack_multilabel, unpack_multilabel
 from cxrseg.synthetic import synthetic_anatomy_radiograph
 from cxrseg.training.train import main as train_main
 from tests.conftest import TINY_MODEL_CONFIG
 
 SIZE = 64
-NAMES = ["background", "lung field", "heart"]
-LABELS = {"task": "lungs-and-heart", "names": NAMES}
+CLASSES = ["lung field", "heart"]
+LABEL_SETS = {  # the user's labels.json: one class per pixel (softmax), or overlapping structures (one sigmoid each)
+    "softmax": {"task": "lungs-and-heart", "names": ["background", *CLASSES]},
+    "multi-label": {"task": "scr", "names": CLASSES, "multilabel": True},
+}
 
 
-def write_user_folder(root: Path, prefix: str, count: int, seed: int) -> None:
-    """``count`` radiographs with their class-index masks, the images in three real-world formats."""
+def write_user_folder(root: Path, prefix: str, count: int, seed: int, kind: str) -> None:
+    """``count`` radiographs with their masks, the images in three real-world formats. Softmax: class indices
+    (the heart over the lung); multi-label: 16-bit bit fields where the lung field runs behind the heart."""
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir(parents=True)
     for i in range(count):
@@ -45,17 +49,20 @@ def write_user_folder(root: Path, prefix: str, count: int, seed: int) -> None:
             cv2.imwrite(str(root / "images" / f"{name}.png"), image.astype(np.uint16) * 257)  # 16-bit
         else:
             cv2.imwrite(str(root / "images" / f"{name}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        if kind == "multi-label":
+            classes = pack_multilabel(np.stack([classes > 0, classes == 2]))
         cv2.imwrite(str(root / "masks" / f"{name}.png"), classes)
-    (root / "labels.json").write_text(json.dumps(LABELS))
+    (root / "labels.json").write_text(json.dumps(LABEL_SETS[kind]))
 
 
 @pytest.fixture(scope="module")
 def user(tmp_path_factory) -> Path:
-    """The user's folders: ``train-raw`` (24 pairs) and ``held-out-raw`` (6 other patients), each with its
-    labels.json."""
+    """The user's folders, for each kind of label set: ``<kind>/train-raw`` (24 pairs) and ``<kind>/held-out-raw``
+    (6 other patients), each with its labels.json."""
     root = tmp_path_factory.mktemp("user")
-    write_user_folder(root / "train-raw", "JPCLN", 24, seed=100)
-    write_user_folder(root / "held-out-raw", "MCUCXR", 6, seed=900)
+    for kind in LABEL_SETS:
+        write_user_folder(root / kind / "train-raw", "JPCLN", 24, seed=100, kind=kind)
+        write_user_folder(root / kind / "held-out-raw", "MCUCXR", 6, seed=900, kind=kind)
     return root
 
 
@@ -79,10 +86,12 @@ RECIPE = {
 
 
 @pytest.mark.slow
-def test_a_label_set_of_your_own_from_prepare_to_pipeline(user, tmp_path, capsys, caplog, hub):
+@pytest.mark.parametrize("kind", LABEL_SETS)
+def test_a_label_set_of_your_own_from_prepare_to_pipeline(kind, user, tmp_path, capsys, caplog, hub):
+    labels = LABEL_SETS[kind]
     # ------------------------------------------------------------------ prepare: the user's own label set
     data, held_out = tmp_path / "data", tmp_path / "held-out"
-    for raw, out in ((user / "train-raw", data), (user / "held-out-raw", held_out)):
+    for raw, out in ((user / kind / "train-raw", data), (user / kind / "held-out-raw", held_out)):
         argv = ["prepare", "folder", "--images", str(raw / "images"), "--masks", str(raw / "masks")]
         assert cxrseg_main([*argv, "--labels", str(raw / "labels.json"), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -96,21 +105,23 @@ def test_a_label_set_of_your_own_from_prepare_to_pipeline(user, tmp_path, capsys
     wrong = ["--config", str(recipe), "--task", "pneumothorax", "--output_dir", str(tmp_path / "wrong")]
     assert train_main(wrong) == 2  # a recipe naming another task: one line, nothing written
     error = capsys.readouterr().err.strip()
-    assert "\n" not in error and "task is 'pneumothorax' but" in error and "lungs-and-heart" in error
+    assert "\n" not in error and "task is 'pneumothorax' but" in error and labels["task"] in error
     assert not (tmp_path / "wrong").exists()
     with caplog.at_level(logging.WARNING, logger="cxrseg"):
         assert train_main(["--config", str(recipe)]) == 0
     said = [r.getMessage() for r in caplog.records if "nothing to balance" in r.getMessage()]
-    assert len(said) == 1 and "every training image holds one of lung field, heart" in said[0]
+    quantifier = "all of" if kind == "multi-label" else "one of"
+    assert len(said) == 1 and f"every training image holds {quantifier} lung field, heart" in said[0]
     model = tmp_path / "model"
     config = json.loads((model / "config.json").read_text())
-    assert [config["id2label"][str(i)] for i in range(3)] == NAMES
-    assert labels_from_config(config).task == "lungs-and-heart" and not labels_from_config(config).multilabel
+    assert [config["id2label"][str(i)] for i in range(len(labels["names"]))] == labels["names"]
+    assert labels_from_config(config).task == labels["task"]
+    assert labels_from_config(config).multilabel == (kind == "multi-label")
     saved = (model / "recipe.yaml").read_text()
     assert "# Set by the run: balanced_sampling: false (every training image holds" in saved
     assert yaml.safe_load(saved)["balanced_sampling"] is False and yaml.safe_load(saved)["task"] is None
     results = json.loads((model / "all_results.json").read_text())
-    for name in NAMES[1:]:
+    for name in CLASSES:
         assert {f"eval_dice/{name}", f"eval_prior_mask_dice/{name}", f"eval_empty_mask_kaggle_dice/{name}"} <= set(
             results
         )
@@ -132,10 +143,10 @@ def test_a_label_set_of_your_own_from_prepare_to_pipeline(user, tmp_path, capsys
     assert "has no split 'test'" in error and "its splits are train" in error and "leave --split out" in error
 
     # ------------------------------------------------------------------ predict: the user's raw files
-    raw_images = user / "held-out-raw" / "images"
+    raw_images = user / kind / "held-out-raw" / "images"
     predicted = tmp_path / "p"
     assert cxrseg_main(["predict", "--model", str(model), "--input", str(raw_images), "--out", str(predicted)]) == 0
-    assert json.loads((predicted / "labels.json").read_text())["names"] == NAMES[1:]
+    assert json.loads((predicted / "labels.json").read_text())["names"] == CLASSES
     packed = cv2.imread(str(predicted / "masks" / "MCUCXR000.png"), cv2.IMREAD_UNCHANGED)
     assert packed.dtype == np.uint16 and packed.shape == (SIZE, SIZE) and unpack_multilabel(packed, 2).shape[2] == 2
     assert (predicted / "overlays" / "MCUCXR002.png").is_file()  # the JPEG
@@ -152,9 +163,10 @@ def test_a_label_set_of_your_own_from_prepare_to_pipeline(user, tmp_path, capsys
     card = (hub.repo("me/lungs") / "README.md").read_text()
     assert "segmenting **lung field, heart**" in card and "| lung field |" in card and "prior_mask_dice" in card
     assert "prior_mask.png" in hub.files("me/lungs")
+    assert ("sigmoid" in card) == (kind == "multi-label")  # the card's code reads the model as it was trained
     segmenter = pipeline("image-segmentation", model=str(model), device="cpu")
     found = segmenter(Image.open(raw_images / "MCUCXR000.png").convert("RGB"))
-    assert found and {result["label"] for result in found} <= set(NAMES)
+    assert found and {result["label"] for result in found} <= {"background", *CLASSES}
 
 
 def test_the_anatomy_demo_data_is_a_label_set_of_its_own(tmp_path):
