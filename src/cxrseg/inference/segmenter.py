@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoImageProcessor, UperNetForSemanticSegmentation
 
-from cxrseg.constants import POSTPROCESS_FILENAME, SPLITS_FILENAME
+from cxrseg.constants import POSTPROCESS_FILENAME, PRIOR_MASK_FILENAME, SPLITS_FILENAME
 from cxrseg.errors import ModelLoadError, UsageError
 from cxrseg.inference.preprocessor import Preprocessor
 from cxrseg.labels import LabelSet, labels_from_config
@@ -46,6 +46,7 @@ HUB_FILES = (
     "preprocessor_config.json",
     POSTPROCESS_FILENAME,
     SPLITS_FILENAME,
+    PRIOR_MASK_FILENAME,
     "trainer_state.json",
 )
 """What is downloaded of a Hub model repository (checkpoints and other large files are not)."""
