@@ -6,7 +6,7 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 # Extra pip options, e.g. TORCH_INDEX="--extra-index-url https://download.pytorch.org/whl/cpu" for CPU-only wheels.
 TORCH_INDEX ?=
 
-.PHONY: install install-dev demo cv-demo test test-fast quality clean
+.PHONY: install install-dev demo anatomy-demo cv-demo test test-fast quality clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ demo: install  ## synthetic data → train → metrics, on CPU in a few minutes
 	@$(PY) -c "import json; m = json.load(open('outputs/demo/all_results.json')); \
 	print('\n'.join(f'{k:>26} = {v:.4f}' for k, v in sorted(m.items()) if k.startswith('eval_'))); \
 	print('Model: outputs/demo  (UperNetForSemanticSegmentation.from_pretrained(\"outputs/demo\"))')"
+
+# The anatomy demo (docs/results.md): a label set of your own (lung fields, heart), trained, then evaluated with the
+# prior-mask baseline beside each class's Dice.
+anatomy-demo: install  ## synthetic lung fields + heart → train → evaluate (per class, with baselines), on CPU
+	$(PY) run_train.py --config recipe/anatomy_demo.yaml
+	$(PY) -m cxrseg evaluate --model outputs/anatomy-demo --data data/anatomy-demo
 
 # The cross-validation demo (README "Cross-validation"); a quick look: make cv-demo CV_IMAGES=48 CV_EPOCHS=1 ...
 CV_FOLDS ?= 3
@@ -67,4 +73,4 @@ quality: install-dev
 	$(VENV)/bin/ruff check src tests bench scripts run_train.py app.py
 
 clean:
-	rm -rf outputs data/demo data/demo-test .pytest_cache
+	rm -rf outputs data/demo data/demo-test data/anatomy-demo .pytest_cache

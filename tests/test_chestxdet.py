@@ -235,7 +235,7 @@ def test_tiny_model_learns_overlapping_classes(chestxdet_root, tmp_path):
     torch.manual_seed(0)
     model, processor = build_model(None, TINY_MODEL_CONFIG, CHESTXDET, SIZE)
     data = load(root, tmp_path, augmentation="none")
-    compute, preprocess = streaming_metrics(True, list(CHESTXDET.foreground))
+    compute, preprocess = streaming_metrics(CHESTXDET)
     args = TrainingArguments(
         output_dir=str(tmp_path / "out"),
         max_steps=80,
@@ -271,7 +271,7 @@ def test_tiny_model_learns_overlapping_classes(chestxdet_root, tmp_path):
         loss_fn=build_loss(
             LossArguments(class_weights="auto", max_pos_weight=5.0), CHESTXDET, data.pixel_counts, data.num_pixels
         ),
-        train_sampler=build_sampler(SamplingArguments(balanced_sampling=True), CHESTXDET, data, seed=0),
+        train_sampler=build_sampler(SamplingArguments(balanced_sampling=True), CHESTXDET, data, seed=0)[0],
     )
     before = trainer.evaluate()
     trainer.train()

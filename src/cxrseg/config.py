@@ -25,9 +25,10 @@ from transformers.hf_argparser import string_to_bool
 
 from cxrseg.errors import RecipeError
 from cxrseg.files import atomic_write_text
-from cxrseg.labels import TASKS, get_labels
+from cxrseg.labels import LabelSet
 
 AUGMENTATIONS = ("none", "standard", "aggressive")  # the recipe's `augmentation` (cxrseg.data.transforms)
+DEMO_TASKS = ("pneumothorax", "chestxdet", "anatomy")  # what generate_demo_data draws (cxrseg.synthetic)
 
 
 @dataclass
@@ -43,11 +44,18 @@ class ModelArguments:
             "(model_type swin); used when model_name_or_path is null (tiny offline models)."
         },
     )
-    task: str = field(default="pneumothorax", metadata={"help": "pneumothorax (softmax) or chestxdet (multi-label)."})
+    task: str | None = field(
+        default=None,
+        metadata={
+            "help": "Optional: the label set comes from the data's labels.json; a task named here must be the one "
+            "the data declares (a check). With generate_demo_data it picks the demo drawn: "
+            f"{', '.join(DEMO_TASKS)} (default {DEMO_TASKS[0]})."
+        },
+    )
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise RecipeError(f"task must be one of {sorted(TASKS)}, got {self.task!r}.")
+        if self.task is not None and not (isinstance(self.task, str) and self.task.strip()):
+            raise RecipeError(f"task must be a name (or null to take the data's), got {self.task!r}.")
         if self.model_name_or_path is None and self.model_config is None:
             raise RecipeError("Set model_name_or_path (a Hub id or folder) or model_config (an inline config).")
         spec = self.model_config
@@ -185,6 +193,23 @@ class SamplingArguments:
         default=1.0,
         metadata={"help": "Multi-label: draw weight of an image without findings (the most frequent class weighs 1)."},
     )
+    balance_classes: str | None = field(
+        default=None,
+        metadata={
+            "help": "The classes balanced sampling balances (a YAML list, or 'nodule,mass' on the command line); "
+            "null: every class. Single-label: an image is positive if it holds any of them. E.g. lung fields plus "
+            "a rare finding: balance the finding, not the lungs every image holds."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        names = self.balance_classes
+        if isinstance(names, str):
+            names = [name.strip() for name in names.split(",") if name.strip()]
+        valid = isinstance(names, list) and names and all(isinstance(name, str) for name in names)
+        if names is not None and not valid:
+            raise RecipeError(f"balance_classes must be null or a list of class names, got {self.balance_classes!r}.")
+        self.balance_classes = names
 
 
 @dataclass
@@ -245,7 +270,8 @@ SECRET_KEYS = ("hub_token",)
 
 @dataclass
 class Recipe:
-    """The parsed arguments plus the flat mapping that reproduces them (``recipe.yaml``).
+    """The parsed arguments plus the flat mapping that reproduces them (``recipe.yaml``). notes: the settings the
+    run changed (:meth:`override`), written as comments at the top of the saved recipe.
 
     hub_token: the recipe's ``hub_token``, kept here and out of ``training`` (whose ``hub_token`` is None): the
     Trainer pickles its arguments into ``training_args.bin`` in every checkpoint, and no secret may reach a file.
@@ -261,6 +287,17 @@ class Recipe:
     resolved: dict[str, Any]
     source: str | None
     hub_token: str | None = field(default=None, repr=False)
+    notes: list[str] = field(default_factory=list)
+
+    def override(self, key: str, value: Any, why: str) -> None:
+        """Change a setting that the data overrules (e.g. ``balanced_sampling`` with nothing to balance): in the
+        arguments and in ``resolved``, so that the saved recipe reproduces what ran, with ``why`` as a comment."""
+        for args in (self.model, self.data, self.loss, self.sampling, self.precision, self.training):
+            if key in {f.name for f in dataclasses.fields(args)}:
+                setattr(args, key, value)
+        self.resolved[key] = _plain(value)
+        shown = str(value).lower() if isinstance(value, bool) else value
+        self.notes.append(f"{key}: {shown} ({why})")
 
 
 def _known_keys() -> set[str]:
@@ -398,7 +435,6 @@ def _parse_recipe(argv: list[str] | None) -> Recipe:
     except ValueError as error:  # TrainingArguments' own checks of settings that do not fit together
         raise RecipeError(f"{_one_line(error)} (from {known.config or 'the defaults'} + the command line)") from error
     hub_token, training.hub_token = training.hub_token, None
-    _check_task_settings(model, sampling)
     _check_ranges((model, data, loss, sampling, training), known.config)
     explicit = set(RECIPE_DEFAULTS) | set(recipe) | set(_cli_keys(rest))
     resolved: dict[str, Any] = {}
@@ -410,12 +446,25 @@ def _parse_recipe(argv: list[str] | None) -> Recipe:
     return Recipe(model, data, loss, sampling, precision_args, training, resolved, known.config, hub_token)
 
 
-def _check_task_settings(model: ModelArguments, sampling: SamplingArguments) -> None:
-    """Settings that only one kind of task uses are an error on the other, before any data is read."""
-    if get_labels(model.task).multilabel and (sampling.negative_keep_ratio, sampling.positive_weight) != (1.0, 1.0):
+def check_task_settings(recipe: Recipe, labels: LabelSet) -> None:
+    """The recipe against the data's label set, before any work: a ``task`` it names must be the data's, and the
+    settings that only one kind of label set uses are an error on the other. Raises :class:`RecipeError`."""
+    task, sampling = recipe.model.task, recipe.sampling
+    if task is not None and task != labels.task:
         raise RecipeError(
-            f"negative_keep_ratio and positive_weight apply to single-label tasks; task {model.task} balances its "
-            "classes with class_balance_power and empty_image_weight."
+            f"The recipe's task is {task!r} but {recipe.data.data_dir} declares {labels.describe()} in its "
+            "labels.json; remove `task` from the recipe (the data decides) or point data_dir at the intended data."
+        )
+    if labels.multilabel and (sampling.negative_keep_ratio, sampling.positive_weight) != (1.0, 1.0):
+        raise RecipeError(
+            f"negative_keep_ratio and positive_weight apply to single-label tasks; {labels.task} is multi-label and "
+            "balances its classes with class_balance_power and empty_image_weight."
+        )
+    unknown = [name for name in sampling.balance_classes or () if name not in labels.foreground]
+    if unknown:
+        raise RecipeError(
+            f"balance_classes names {unknown}, which are not classes of {labels.describe()}; give some of "
+            f"{list(labels.foreground)}."
         )
 
 
@@ -503,4 +552,5 @@ def save_recipe(recipe: Recipe, path: str | os.PathLike) -> None:
     """Write the resolved recipe as YAML (atomically); reloading it with ``--config`` reproduces the run."""
     path = Path(path)
     header = f"# Resolved recipe (from {Path(recipe.source).name if recipe.source else 'defaults'} + overrides)\n"
+    header += "".join(f"# Set by the run: {note}\n" for note in recipe.notes)
     atomic_write_text(path, header + yaml.safe_dump(recipe.resolved, sort_keys=False))

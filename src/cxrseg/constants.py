@@ -2,8 +2,8 @@
 
 A dataset folder holds :data:`LABELS_FILENAME` and :data:`METADATA_FILENAME`; a training output folder (a Hub model
 repo) holds :data:`RECIPE_FILENAME`, :data:`SPLITS_FILENAME`, :data:`POSTPROCESS_FILENAME` and the model card
-:data:`CARD_FILENAME`; a cross-validation folder holds :data:`CV_FILENAME`, and each finished fold
-:data:`FOLD_RESULT_FILENAME`.
+:data:`CARD_FILENAME` and the baseline :data:`PRIOR_MASK_FILENAME`; a cross-validation folder holds
+:data:`CV_FILENAME`, and each finished fold :data:`FOLD_RESULT_FILENAME`.
 """
 
 import re
@@ -19,3 +19,4 @@ CV_FILENAME = "cv.json"  # marks a cross-validation folder (cxrseg.inference.cv_
 FOLD_RESULT_FILENAME = "cv_fold.json"  # a fold that has finished training
 ENSEMBLE_FILENAME = "ensemble.json"  # a CV folder's ensemble settings: member weights, what is averaged
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")  # transformers' PREFIX_CHECKPOINT_DIR-<step> (a test checks)
+PRIOR_MASK_FILENAME = "prior_mask.png"  # the training set's mean mask at 0.5, the baseline (cxrseg.data.prior)

@@ -1,19 +1,27 @@
 """The one labels contract: class names, id2label, mask encoding and the ignore index.
 
-Two tasks share it:
+A dataset's ``labels.json`` names its label set (:meth:`LabelSet.load`); the built-in sets are ``pneumothorax``
+and ``chestxdet``, and any other is the user's own (``{"task": "lungs", "names": ["background", "lung",
+"heart"]}``). Two kinds:
 
-* ``pneumothorax`` (SIIM-ACR) is single-label: the model has one softmax output per class, background explicit at
-  index 0, and masks are class-index maps ``int64 [H, W]`` with values in ``{0, 1}`` or :data:`IGNORE_INDEX`.
-* ``chestxdet`` is multi-label: one sigmoid output per finding, no background channel (background is "no finding
-  on"), and masks are binary planes ``float [C, H, W]``; on disk a multi-label mask is one 16-bit PNG whose bit
-  ``c`` is set where class ``c`` is present (:func:`pack_multilabel` / :func:`unpack_multilabel`), so no overlap
-  is lost.
+* **single-label** (``pneumothorax``, or any ``names`` list starting with ``"background"``): one softmax output per
+  class, background explicit at index 0; masks are class-index maps ``int64 [H, W]`` with values ``0..K-1`` or
+  :data:`IGNORE_INDEX` (on disk: a two-class mask is 0/1 or 0/255, a K-class mask holds the indices).
+* **multi-label** (``chestxdet``, or ``"multilabel": true``): one sigmoid output per class, no background channel
+  (background is "no class on"), so classes may overlap (clavicles over lungs); masks are binary planes
+  ``float [C, H, W]``; on disk one 16-bit PNG whose bit ``c`` is set where class ``c`` is present
+  (:func:`pack_multilabel` / :func:`unpack_multilabel`), so no overlap is lost.
+
+A saved model keeps its label set in ``config.json``: ``id2label`` (the names), ``problem_type``
+(``multi_label_classification`` or ``single_label_classification``) and ``cxrseg_task`` (the task's name):
+:func:`label_config` writes them and :func:`labels_from_config` reads them back.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +86,27 @@ class LabelSet:
     def foreground(self) -> tuple[str, ...]:
         """The classes that metrics report: all but background."""
         return self.names if self.multilabel else self.names[1:]
+
+    @property
+    def first_foreground(self) -> int:
+        """Index of the first reported class in ``names`` (and in per-class pixel counts): 1 skips background."""
+        return 0 if self.multilabel else 1
+
+    def describe(self) -> str:
+        """The task and its classes in words, for messages: ``lungs (background, lung, heart; softmax)``."""
+        kind = "multi-label" if self.multilabel else "softmax"
+        return f"{self.task} ({', '.join(self.names)}; {kind})"
+
+    def decode_mask(self, stored: np.ndarray) -> np.ndarray:
+        """A stored mask (uint8/uint16 ``[H, W]``, see the module docstring) as training reads it, the one place
+        masks are reduced: single-label class indices uint8 ``[H, W]`` (a two-class mask: any non-zero is class 1),
+        multi-label 0/1 planes uint8 ``[H, W, C]`` (channels last for albumentations)."""
+        stored = np.asarray(stored)
+        if self.multilabel:
+            return unpack_multilabel(stored, self.num_labels)
+        if self.num_labels == 2:
+            return binarize_mask(stored)
+        return stored.astype(np.uint8)
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write ``folder/labels.json`` (atomically): ``{"task": ..., "names": [...], "multilabel": ...}``."""
@@ -146,20 +175,49 @@ TASKS = {labels.task: labels for labels in (PNEUMOTHORAX, CHESTXDET)}
 
 
 def get_labels(task: str) -> LabelSet:
-    """The label set of ``task`` (``pneumothorax`` or ``chestxdet``)."""
+    """The built-in label set of ``task`` (``pneumothorax`` or ``chestxdet``)."""
     if task not in TASKS:
         raise ValueError(f"Unknown task {task!r}; choose one of {sorted(TASKS)}.")
     return TASKS[task]
 
 
-def labels_from_config(id2label: dict) -> LabelSet:
-    """Rebuild the label set of a saved model from its ``config.id2label`` (keys may be strings)."""
+TASK_KEY = "cxrseg_task"
+"""The key of a model's ``config.json`` that holds its task's name (not a transformers config field)."""
+MULTILABEL_PROBLEM = "multi_label_classification"
+SINGLE_LABEL_PROBLEM = "single_label_classification"
+
+
+def label_config(labels: LabelSet) -> dict:
+    """What a model's ``config.json`` records of its label set (keyword arguments of a transformers config):
+    ``id2label``/``label2id``, ``problem_type`` (multi- or single-label) and ``cxrseg_task``."""
+    return {
+        "num_labels": labels.num_labels,
+        "id2label": labels.id2label,
+        "label2id": labels.label2id,
+        "problem_type": MULTILABEL_PROBLEM if labels.multilabel else SINGLE_LABEL_PROBLEM,
+        TASK_KEY: labels.task,
+    }
+
+
+def labels_from_config(config: Mapping | object) -> LabelSet:
+    """The label set of a saved model from its config (a transformers config or the ``config.json`` dict):
+    ``id2label`` (keys may be strings), ``problem_type`` and ``cxrseg_task`` as :func:`label_config` writes them.
+    A config without the last two (models saved before them) is read as before: a built-in set whose names match,
+    else multi-label unless the first name is ``background``."""
+    get = config.get if isinstance(config, Mapping) else lambda key: getattr(config, key, None)
+    id2label = get("id2label")
     names = tuple(id2label[k] for k in sorted(id2label, key=int))
-    for labels in TASKS.values():
-        if labels.names == names:
-            return labels
-    multilabel = names[0] != "background"
-    return LabelSet("custom", names, multilabel=multilabel)
+    task, problem = get(TASK_KEY), get("problem_type")
+    if problem in (MULTILABEL_PROBLEM, SINGLE_LABEL_PROBLEM):
+        multilabel = problem == MULTILABEL_PROBLEM
+    else:
+        multilabel = None
+    for builtin in TASKS.values():
+        if builtin.names == names and multilabel in (None, builtin.multilabel) and task in (None, builtin.task):
+            return builtin
+    if multilabel is None:
+        multilabel = names[0] != "background"
+    return LabelSet(task if isinstance(task, str) and task else "custom", names, multilabel=multilabel)
 
 
 def binarize_mask(mask: np.ndarray) -> np.ndarray:

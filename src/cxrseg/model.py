@@ -17,7 +17,7 @@ except ImportError:  # transformers releases before the backend split
     from transformers import SegformerImageProcessor
 
 from cxrseg.errors import ModelLoadError, RecipeError
-from cxrseg.labels import IGNORE_INDEX, LabelSet
+from cxrseg.labels import IGNORE_INDEX, TASK_KEY, LabelSet, label_config
 
 logger = logging.getLogger(__name__)
 
@@ -109,9 +109,7 @@ def _inline_model(model_config: dict[str, Any], labels: LabelSet) -> UperNetForS
     try:
         config = UperNetConfig(
             **spec,
-            num_labels=labels.num_labels,
-            id2label=labels.id2label,
-            label2id=labels.label2id,
+            **label_config(labels),
             loss_ignore_index=IGNORE_INDEX,
         )
         return UperNetForSemanticSegmentation(config)
@@ -146,7 +144,8 @@ def build_model(
     image_size: int,
     attention: str = DEFAULT_ATTENTION,
 ) -> tuple[UperNetForSemanticSegmentation, SegformerImageProcessor]:
-    """A UperNet with ``labels.num_labels`` outputs and our id2label, plus its image processor.
+    """A UperNet with ``labels.num_labels`` outputs and the label set in its config
+    (:func:`cxrseg.labels.label_config`: id2label, problem_type, cxrseg_task), plus its image processor.
 
     From ``model_name_or_path`` (Hub id or local folder): pretrained weights; a head of another size (e.g. ADE20k's
     150 classes) is re-initialised (``ignore_mismatched_sizes``). Otherwise from the inline ``model_config``.
@@ -156,9 +155,7 @@ def build_model(
         try:
             model = UperNetForSemanticSegmentation.from_pretrained(
                 model_name_or_path,
-                num_labels=labels.num_labels,
-                id2label=labels.id2label,
-                label2id=labels.label2id,
+                **{key: value for key, value in label_config(labels).items() if key != TASK_KEY},
                 ignore_mismatched_sizes=True,
             )
         except (OSError, ValueError) as error:  # not found, offline, no weights, corrupt file, not a UperNet
@@ -178,6 +175,7 @@ def build_model(
         model = _inline_model(model_config, labels)
         processor = build_image_processor(image_size)
     model.config.loss_ignore_index = IGNORE_INDEX
+    setattr(model.config, TASK_KEY, labels.task)  # not a config field: from_pretrained would pass it to the model
     set_attention(model, attention)
     return make_batchnorm_single_value_safe(model), processor
 

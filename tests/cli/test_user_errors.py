@@ -64,6 +64,7 @@ def ws(tmp_path_factory, demo_root) -> Path:
     (ws / "user.png").write_bytes(cv2.imencode(".png", np.zeros((8, 8), np.uint8))[1].tobytes())
     (ws / "user.csv").write_text("patient,age\n1,40\n")
     (ws / "bad.json").write_text("{\n")
+    (ws / "labels_bad.json").write_text(json.dumps({"task": "lungs", "names": ["lung", "heart"]}))  # no background
     recipe = {
         "model_name_or_path": None,
         "model_config": TINY_MODEL_CONFIG,
@@ -225,6 +226,14 @@ CASES = [
      r"^model_name_or_path 'nobody/no-such-model' cannot be loaded"),
     ("missing-resume-path", "train", lambda ws: train(ws, "--resume_from_checkpoint", str(ws / "nothere")),
      r"^Checkpoint .*nothere does not exist"),
+    # run_train.py: the label set is the data's; a recipe's task and balance_classes must fit it
+    ("task-disagrees-with-data", "train", lambda ws: train(ws, "--task", "chestxdet"),
+     r"^The recipe's task is 'chestxdet' but .*data declares pneumothorax \(background, pneumothorax; softmax\)"),
+    ("balance-unknown-class", "train", lambda ws: train(ws, "--balanced_sampling", "true", "--balance_classes",
+                                                        "nodule"), r"^balance_classes names \['nodule'\]"),
+    ("demo-data-of-no-demo-task", "train",
+     lambda ws: train(ws, "--task", "lungs", "--generate_demo_data", "true", "--data_dir", str(ws / "nothere")),
+     r"^generate_demo_data draws pneumothorax, chestxdet, anatomy demo data; task 'lungs' has none"),
     # run_train.py: cross-validation
     ("fold-out-of-range", "train", lambda ws: train(ws, "--num_folds", "3", "--fold", "3"),
      r"^fold must be 'all' or an index 0\.\.2"),
@@ -296,6 +305,9 @@ CASES = [
     ("evaluate-bad-postprocess", "cli",
      lambda ws: ["evaluate", "--model", str(ws / "model"), "--data", str(ws / "data"), "--num-workers", "0",
                  "--postprocess", str(ws / "bad.json"), "--out", str(ws / "e")], r"bad\.json.*Fix it or remove it"),
+    ("evaluate-split-the-data-lacks", "cli",
+     lambda ws: ["evaluate", "--model", str(ws / "model"), "--data", str(ws / "data"), "--split", "test", "--out",
+                 str(ws / "e")], r"data has no split 'test': its splits are train .*leave --split out"),
     ("evaluate-out-is-data", "cli", lambda ws: ["evaluate", "--model", str(ws / "model"), "--data", str(ws / "data"),
                                                 "--split", "train", "--out", str(ws / "data")], r"is also an input"),
     ("evaluate-out-users-folder", "cli",
@@ -331,6 +343,12 @@ CASES = [
     ("prepare-nothing-to-write", "cli",
      lambda ws: ["prepare", "folder", "--images", str(ws / "empty/images"), "--masks", str(ws / "raw/masks"), "--out",
                  str(ws / "p")], r"No image could be written: 24 problems \(missing_image: 24\)"),
+    ("prepare-unreadable-labels", "cli",
+     lambda ws: prepare(ws, "--out", str(ws / "p"), "--labels", str(ws / "bad.json")),
+     r"bad\.json: cannot read the labels JSON"),
+    ("prepare-labels-without-background", "cli",
+     lambda ws: prepare(ws, "--out", str(ws / "p"), "--labels", str(ws / "labels_bad.json")),
+     r"labels_bad\.json: key 'names': a single-label set needs 2\.\.255 names with 'background' first"),
     ("prepare-bad-patient-ids", "cli",
      lambda ws: prepare(ws, "--out", str(ws / "p"), "--patient-ids", str(ws / "user.csv")),
      r"user\.csv: needs the columns image_id and PatientID"),

@@ -5,10 +5,10 @@ import torch
 from accelerate.data_loader import BatchSamplerShard, SkipBatchSampler
 from torch.utils.data import BatchSampler
 
-from cxrseg.config import DataArguments, SamplingArguments
-from cxrseg.data.dataset import build_sampler, load_training_data
+from cxrseg.config import DataArguments, SamplingArguments, parse_recipe, save_recipe
+from cxrseg.data.dataset import TrainingData, build_sampler, load_training_data
 from cxrseg.data.sampling import BalancedSampler, ClassBalancedSampler, SampleKey, ShuffledSampler
-from cxrseg.labels import CHESTXDET, PNEUMOTHORAX
+from cxrseg.labels import CHESTXDET, PNEUMOTHORAX, LabelSet
 from cxrseg.model import IMAGENET_MEAN, IMAGENET_STD
 from cxrseg.synthetic import make_multilabel_demo_data
 
@@ -160,13 +160,13 @@ def load_train_rows(root, labels, split_path):
 
 def test_build_sampler_single_label_follows_the_recipe(demo_root, tmp_path):
     data = load_train_rows(demo_root, PNEUMOTHORAX, tmp_path / "splits.json")
-    shuffled = build_sampler(SamplingArguments(), PNEUMOTHORAX, data, seed=0)
-    assert isinstance(shuffled, ShuffledSampler) and len(shuffled) == len(data.train)
+    shuffled, fallback = build_sampler(SamplingArguments(), PNEUMOTHORAX, data, seed=0)
+    assert isinstance(shuffled, ShuffledSampler) and len(shuffled) == len(data.train) and fallback is None
     positives_only = SamplingArguments(balanced_sampling=True, negative_keep_ratio=0.0, positive_weight=2.0)
-    sampler = build_sampler(positives_only, PNEUMOTHORAX, data, seed=5)
+    sampler, _ = build_sampler(positives_only, PNEUMOTHORAX, data, seed=5)
     assert isinstance(sampler, BalancedSampler) and len(sampler) == sum(data.train_is_positive) > 0
     assert all(data.train_is_positive[i] for i in sampler.indices(0))
-    assert build_sampler(positives_only, PNEUMOTHORAX, data, seed=6).indices(0) != sampler.indices(0)
+    assert build_sampler(positives_only, PNEUMOTHORAX, data, seed=6)[0].indices(0) != sampler.indices(0)
 
 
 def test_build_sampler_multilabel_follows_the_recipe(tmp_path):
@@ -174,6 +174,61 @@ def test_build_sampler_multilabel_follows_the_recipe(tmp_path):
     data = load_train_rows(root, CHESTXDET, tmp_path / "splits.json")
     assert not all(map(any, data.train_class_presence)), "the demo data needs images without findings"
     findings_only = SamplingArguments(balanced_sampling=True, empty_image_weight=0.0)
-    sampler = build_sampler(findings_only, CHESTXDET, data, seed=1)
+    sampler, _ = build_sampler(findings_only, CHESTXDET, data, seed=1)
     assert isinstance(sampler, ClassBalancedSampler) and len(sampler) == len(data.train)
     assert all(any(data.train_class_presence[i]) for i in sampler.indices(0))
+
+
+def presence_data(presence: list[tuple[bool, ...]]) -> TrainingData:
+    """A TrainingData stand-in holding only what build_sampler reads: rows and their class presence."""
+    return TrainingData(list(range(len(presence))), None, [any(p) for p in presence], [], 0, {}, presence)
+
+
+LUNGS_AND_NODULES = LabelSet("lungs", ("background", "lung", "nodule"), multilabel=False)
+
+
+@pytest.mark.parametrize("multilabel", [False, True], ids=["single-label", "multi-label"])
+def test_nothing_to_balance_falls_back_to_shuffling_and_says_why(multilabel):
+    labels = LabelSet("anatomy", ("lung", "heart") if multilabel else ("background", "lung", "heart"), multilabel)
+    balanced = SamplingArguments(balanced_sampling=True)
+    every = presence_data([(True, True)] * 10)
+    sampler, why = build_sampler(balanced, labels, every, seed=0)
+    assert isinstance(sampler, ShuffledSampler) and len(sampler) == 10
+    assert sorted(sampler.indices(0)) == list(range(10))  # every image once, not 63% of them drawn with replacement
+    quantifier = "all of" if multilabel else "one of"
+    assert why == f"every training image holds {quantifier} lung, heart (10 images)"
+    none = presence_data([(False, False)] * 4)
+    sampler, why = build_sampler(balanced, labels, none, seed=0)
+    assert isinstance(sampler, ShuffledSampler) and why == "no training image holds any of lung, heart (4 images)"
+    mixed = presence_data([(True, True)] * 5 + [(False, False)] * 5)  # half the images hold nothing: balance them
+    sampler, why = build_sampler(balanced, labels, mixed, seed=0)
+    assert why is None and isinstance(sampler, ClassBalancedSampler if multilabel else BalancedSampler)
+    if multilabel:  # a class missing from some images is something to balance for one sigmoid per class
+        partial = presence_data([(True, True)] * 5 + [(True, False)] * 5)
+        assert isinstance(build_sampler(balanced, labels, partial, seed=0)[0], ClassBalancedSampler)
+
+
+def test_balance_classes_balances_by_the_named_class():
+    """Lungs in every image, nodules in a few: balancing every class would see only positives; by nodule it
+    undersamples the images without one."""
+    presence = [(True, True)] * 4 + [(True, False)] * 16
+    data = presence_data(presence)
+    by_any = SamplingArguments(balanced_sampling=True, negative_keep_ratio=0.25)
+    sampler, why = build_sampler(by_any, LUNGS_AND_NODULES, data, seed=0)
+    assert isinstance(sampler, ShuffledSampler) and why == "every training image holds one of lung, nodule (20 images)"
+    by_nodule = SamplingArguments(balanced_sampling=True, negative_keep_ratio=0.25, balance_classes=["nodule"])
+    sampler, why = build_sampler(by_nodule, LUNGS_AND_NODULES, data, seed=0)
+    assert why is None and isinstance(sampler, BalancedSampler) and len(sampler) == 4 + 4
+    assert {i for i in sampler.indices(0) if i < 4} and len({i for i in sampler.indices(0) if i >= 4}) <= 4
+    lung_only = SamplingArguments(balanced_sampling=True, balance_classes=["lung"])
+    assert build_sampler(lung_only, LUNGS_AND_NODULES, data, seed=0)[1].startswith("every training image holds lung")
+
+
+def test_the_saved_recipe_records_the_fallback(tmp_path):
+    recipe = parse_recipe(["--balanced_sampling", "true"])
+    recipe.override("balanced_sampling", False, "every training image holds lung (10 images): nothing to balance")
+    assert recipe.sampling.balanced_sampling is False and recipe.resolved["balanced_sampling"] is False
+    save_recipe(recipe, tmp_path / "recipe.yaml")
+    text = (tmp_path / "recipe.yaml").read_text()
+    assert "# Set by the run: balanced_sampling: false (every training image holds lung (10 images)" in text
+    assert parse_recipe(["--config", str(tmp_path / "recipe.yaml")]).sampling.balanced_sampling is False

@@ -28,6 +28,7 @@ from cxrseg.inference.segmenter import Segmenter, load_segmenter
 from cxrseg.labels import PNEUMOTHORAX, LabelSet, pack_multilabel
 from cxrseg.model import IMAGENET_MEAN, IMAGENET_STD
 from cxrseg.postprocessing.rules import ClassPostProcess, PostProcess
+from cxrseg.synthetic import make_demo_data
 from tests.conftest import save_tiny_model
 
 
@@ -170,27 +171,40 @@ def test_search_finds_the_triplet_the_data_was_built_for(tmp_path):
     assert again.metrics["kaggle_dice"] == pytest.approx(result.metrics["kaggle_dice"])  # metrics stay at 0.5
 
 
-def test_split_comes_from_splits_json_then_from_a_layout_folder(tmp_path, demo_root):
+def test_split_comes_from_splits_json_on_the_training_data_and_other_data_is_scored_whole(tmp_path, demo_root):
     index = index_layout(demo_root, "train", PNEUMOTHORAX)
     split = make_split([r.image_id for r in index], [r.is_positive for r in index], 0.25, 0)
     segmenter = intensity_segmenter(tmp_path)
-    segmenter.splits = split
-    rows, described = split_rows(segmenter, demo_root, "val")
-    assert [r.image_id for r in rows] == split["val"] and "splits.json" in described
-    rows, _ = split_rows(segmenter, demo_root, "train")
+    segmenter.splits = split  # demo_root is its training data: it holds every id of splits.json
+    rows, described, name = split_rows(segmenter, demo_root)  # default: val
+    assert [r.image_id for r in rows] == split["val"] and "splits.json" in described and name == "val"
+    rows, _, _ = split_rows(segmenter, demo_root, "train")
     assert [r.image_id for r in rows] == split["train"]
-    with pytest.raises(DataError, match=r"'test' is neither in the model's splits.json .*images/test"):
+    with pytest.raises(DataError, match=r"training data; split 'test' is neither in its splits.json \(train, val\)"):
         split_rows(segmenter, demo_root, "test")
 
-    segmenter.splits = None
-    rows, described = split_rows(segmenter, demo_root, "train")  # the whole folder
+    # Held-out data the model never saw, prepared with the default split name "train": scored whole, no gymnastics.
+    held_out = make_demo_data(tmp_path / "held-out", num_images=5, size=32, seed=7, split="train")
+    for image in (held_out / "images" / "train").iterdir():  # file names unlike the training data's
+        image.rename(image.with_name("other_" + image.name))
+    for mask in (held_out / "masks" / "train").iterdir():
+        mask.rename(mask.with_name("other_" + mask.name))
+    rows, described, name = split_rows(segmenter, held_out)
+    assert len(rows) == 5 and "not trained on" in described and name == "held-out"
+    rows, _, name = split_rows(segmenter, held_out, "train")
+    assert len(rows) == 5 and name == "train"
+    with pytest.raises(DataError, match=r"has no split 'val' .*its splits are train .*leave --split out"):
+        split_rows(segmenter, held_out, "val")
+
+    segmenter.splits = None  # no splits.json: any data is scored whole
+    rows, described, _ = split_rows(segmenter, demo_root, "train")
     assert len(rows) == 24 and "every image" in described
-    with pytest.raises(DataError, match="it has no splits.json"):
+    with pytest.raises(DataError, match="its splits are train"):
         split_rows(segmenter, demo_root, "val")
 
-    segmenter.splits = {"train": ["nope"], "val": ["missing_id"]}
-    with pytest.raises(DataError, match="'missing_id'"):
-        split_rows(segmenter, demo_root, "val")
+    segmenter.splits = {"train": ["nope"], "val": [index[0].image_id]}  # a real mismatch: some ids, not all
+    with pytest.raises(DataError, match=r"holds 1 of the 2 images .* not the others \(first: 'nope'\).*prepare"):
+        split_rows(segmenter, demo_root)
     segmenter.labels = LabelSet("custom", ("a", "b"), multilabel=True)
     with pytest.raises(DataError, match="predicts"):
         split_rows(segmenter, demo_root, "val")

@@ -226,7 +226,7 @@ CARD_PARTS = {
     "custom data": "trained with cxrseg on custom data.",
     "synthetic data": "trained with cxrseg on the synthetic demo dataset",
     "no results": "| (no evaluation results in this folder) | | |",
-    "class table": "| class | dice | kaggle_dice | ap |",
+    "class table": "| class | dice | prior_mask_dice | kaggle_dice | prior_mask_kaggle_dice | ap |",
     "post-processing": "Post-processing (`postprocess.json`, the SIIM-ACR winners' triplet rule): keep",
     "pipeline code": 'segmenter = pipeline("image-segmentation", model="me/card")',
     "sigmoid code": "mode='bilinear').sigmoid()[0]",
@@ -355,8 +355,8 @@ def test_hub_strategy_end_pushes_our_card_and_no_checkpoints_at_the_end(hub, dem
     commits = [call for call in hub.calls if call[0] == "create_commit"]
     assert hub.calls[0] == ("whoami",) and ("create_repo", "me/tiny", True) in hub.calls and len(commits) == 1
     files = hub.files("me/tiny")
-    assert REPO_FILES - {"postprocess.json", "training_curves.png"} <= files
-    assert files <= REPO_FILES | {"eval_results.json", "train_results.json"}
+    assert REPO_FILES - {"postprocess.json", "training_curves.png"} | {"prior_mask.png"} <= files
+    assert files <= REPO_FILES | {"eval_results.json", "train_results.json", "prior_mask.png"}
     card = (hub.repo("me/tiny") / "README.md").read_text()
     assert "not a medical device" in card and 'model="me/tiny"' in card
     assert "More information needed" not in card  # not the Trainer's generated card

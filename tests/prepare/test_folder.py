@@ -164,3 +164,53 @@ def test_patient_ids_match_with_or_without_file_suffixes_and_a_csv_matching_noth
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "patients.csv: none of its 2 image_ids names an image of this run (first: 'scans/a.dcm.gz'" in result.stderr
     assert not out.exists()
+
+
+def test_real_world_files_are_converted_and_reported_per_file(tmp_path):
+    """Palette (inverted gray, as JSRT conversions), 16-bit, JPEG and MONOCHROME1 DICOM images, with masks as a GIF
+    with an inverted palette and 0/1 PNGs: each file read by the one rule, and metadata.csv says what was done."""
+    from PIL import Image
+
+    from cxrseg.imageio.dicom import write_dicom
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    gray = np.tile(np.linspace(20, 230, 48).astype(np.uint8), (40, 1))
+    lung = np.zeros((40, 48), np.uint8)
+    lung[5:35, 5:20] = 1
+    palette = Image.fromarray(255 - gray, mode="L").convert("P")
+    palette.putpalette([level for i in range(256) for level in (255 - i,) * 3])
+    palette.save(images / "jsrt.png")
+    cv2.imwrite(str(images / "deep.png"), gray.astype(np.uint16) * 16)
+    cv2.imwrite(str(images / "photo.jpg"), gray, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    write_dicom(images / "film.dcm", 255 - gray, jpeg=False, photometric="MONOCHROME1")
+    for name in ("jsrt", "deep", "photo"):
+        cv2.imwrite(str(masks / f"{name}.png"), lung)  # 0/1
+    scr = Image.fromarray(lung, mode="L").convert("P")
+    scr.putpalette([255, 255, 255, 0, 0, 0] + [0] * 762)  # lung black on white
+    scr.save(masks / "film.gif")
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"task": "lungs", "names": ["background", "lung"]}))
+
+    out = tmp_path / "out"
+    result = run_prepare(
+        "folder", "--images", str(images), "--masks", str(masks), "--labels", str(labels), "--out", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Wrote 4 images" in result.stdout and "Converted (per file: metadata.csv, column converted)" in result.stdout
+    assert "image: palette → gray through its palette (inverted gray palette): 1" in result.stdout
+    with (out / "metadata.csv").open() as handle:
+        converted = {row["image_id"]: row["converted"] for row in csv.DictReader(handle)}
+    assert converted == {
+        "deep": "image: 16/32-bit gray → 8-bit (linear min-max stretch); mask: 0/1 → 0/255",
+        "film": "image: DICOM MONOCHROME1 → inverted (larger is brighter); "
+        "mask: palette mask → its gray levels (inverted gray palette)",
+        "jsrt": "image: palette → gray through its palette (inverted gray palette); mask: 0/1 → 0/255",
+        "photo": "mask: 0/1 → 0/255",
+    }
+    for name in ("jsrt", "film"):
+        np.testing.assert_array_equal(cv2.imread(str(out / "images" / "train" / f"{name}.png"), 0), gray)
+    np.testing.assert_array_equal(cv2.imread(str(out / "masks" / "train" / "jsrt.png"), 0), lung * 255)
+    # the GIF's palette shows the lung black on white: read through it, the lung is 0 and the rest the finding
+    np.testing.assert_array_equal(cv2.imread(str(out / "masks" / "train" / "film.png"), 0), (1 - lung) * 255)

@@ -3,8 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cxrseg.config import parse_recipe, save_recipe
+from cxrseg.config import DEMO_TASKS, check_task_settings, parse_recipe, save_recipe
 from cxrseg.errors import RecipeError
+from cxrseg.labels import CHESTXDET, LabelSet
 
 RECIPES = sorted(Path("recipe").glob("*.yaml"))
 
@@ -13,7 +14,7 @@ RECIPES = sorted(Path("recipe").glob("*.yaml"))
 def test_every_recipe_parses(path):
     recipe = parse_recipe(["--config", str(path)])
     assert recipe.training.output_dir
-    assert recipe.resolved["task"] in ("pneumothorax", "chestxdet")
+    assert recipe.resolved["task"] in (None, *DEMO_TASKS)
 
 
 def _write(tmp_path, text):
@@ -76,13 +77,22 @@ def test_saved_recipe_reproduces_the_run(tmp_path):
     assert yaml.safe_load(text)["negative_keep_ratio"] == 0.15
 
 
-def test_single_label_sampling_settings_on_a_multilabel_task_fail_at_parse_time(tmp_path):
-    config = _write(tmp_path, "task: chestxdet\nnegative_keep_ratio: 0.15\n")
+def test_the_recipe_is_checked_against_the_data_label_set(tmp_path):
+    lungs = LabelSet("lungs", ("background", "lung", "heart"), multilabel=False)
+    assert parse_recipe(["--task", "lungs"]).model.task == "lungs"  # any name: the data decides
+    assert parse_recipe([]).model.task is None
+    check_task_settings(parse_recipe([]), lungs)  # no task: the data's
+    check_task_settings(parse_recipe(["--task", "lungs"]), lungs)
+    with pytest.raises(RecipeError, match=r"task is 'pneumothorax' but .* declares lungs \(background, lung, heart"):
+        check_task_settings(parse_recipe(["--task", "pneumothorax"]), lungs)
+    config = _write(tmp_path, "negative_keep_ratio: 0.15\n")
     with pytest.raises(RecipeError, match="class_balance_power"):
-        parse_recipe(["--config", config])
-    with pytest.raises(RecipeError, match="task must be one of"):
-        parse_recipe(["--task", "lungs"])
-
+        check_task_settings(parse_recipe(["--config", config]), CHESTXDET)
+    with pytest.raises(RecipeError, match=r"balance_classes names \['nodule'\]"):
+        check_task_settings(parse_recipe(["--balance_classes", "heart,nodule"]), lungs)
+    assert parse_recipe(["--balance_classes", "heart, lung"]).sampling.balance_classes == ["heart", "lung"]
+    with pytest.raises(RecipeError, match="task must be a name"):
+        parse_recipe(["--task", ""])
 
 def test_null_on_the_command_line_unsets_keys_that_accept_it(tmp_path):
     config = _write(tmp_path, "model_name_or_path: some/model\nmax_train_samples: 8\nclass_weights: auto\n")
@@ -116,3 +126,9 @@ def test_null_on_the_command_line_unsets_keys_that_accept_it(tmp_path):
         parse_recipe(["--image_size", "null"])
     with pytest.raises(RecipeError, match="model_config"):
         parse_recipe(["--model_name_or_path", "null"])
+
+
+def test_the_demo_tasks_a_recipe_may_name_are_the_demo_makers():
+    from cxrseg.synthetic import DEMO_DATA_MAKERS
+
+    assert list(DEMO_TASKS) == list(DEMO_DATA_MAKERS)

@@ -19,9 +19,9 @@ from accelerate.commands.config.config_args import load_config_from_file
 from transformers import TrainerCallback, TrainingArguments, UperNetForSemanticSegmentation
 
 from cxrseg.config import Recipe, parse_recipe
-from cxrseg.data.dataset import TrainingData, build_sampler, load_training_data
+from cxrseg.data.dataset import TrainingData, build_sampler, data_labels, load_training_data
 from cxrseg.data.sampling import BalancedSampler
-from cxrseg.labels import get_labels
+from cxrseg.labels import PNEUMOTHORAX
 from cxrseg.model import build_image_processor
 from cxrseg.training.checkpoints import STAGING_DIR
 from cxrseg.training.losses import DiceCELoss
@@ -133,7 +133,7 @@ def ddp_run(tmp_path_factory, demo_root) -> DistributedRun:
     recipe = parse_recipe(["--config", str(out / "recipe.yaml")])
     processor = build_image_processor(recipe.data.image_size)
     data = load_training_data(
-        recipe.data, get_labels(recipe.model.task), out / "splits.json", mean=processor.image_mean,
+        recipe.data, data_labels(recipe.data.data_dir), out / "splits.json", mean=processor.image_mean,
         std=processor.image_std,
     )  # fmt: skip
     return DistributedRun(
@@ -147,7 +147,8 @@ def ddp_run(tmp_path_factory, demo_root) -> DistributedRun:
 
 def balanced_draws(run: DistributedRun, epoch: int) -> list[str]:
     """The image ids the recipe's sampler draws in ``epoch``, rebuilt in this process."""
-    sampler = build_sampler(run.recipe.sampling, get_labels(run.recipe.model.task), run.data, run.recipe.training.seed)
+    labels = data_labels(run.recipe.data.data_dir)
+    sampler, _ = build_sampler(run.recipe.sampling, labels, run.data, run.recipe.training.seed)
     assert isinstance(sampler, BalancedSampler)
     return [run.data.split["train"][i] for i in sampler.indices(epoch)]  # dataset rows are the split's train ids
 
@@ -181,7 +182,7 @@ def test_two_process_evaluation_equals_one_process(ddp_run, tmp_path):
     }
     for folder, reported in distributed.items():
         model = UperNetForSemanticSegmentation.from_pretrained(folder)
-        compute, preprocess = streaming_metrics(False, ["pneumothorax"])
+        compute, preprocess = streaming_metrics(PNEUMOTHORAX)
         args = TrainingArguments(
             output_dir=str(tmp_path / "single"), per_device_eval_batch_size=3, use_cpu=True, report_to="none",
             batch_eval_metrics=True, remove_unused_columns=False, label_names=["labels"],

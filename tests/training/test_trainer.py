@@ -62,7 +62,7 @@ def make_trainer(
         save_total_limit=None,
         **overrides,
     )
-    compute, preprocess = streaming_metrics(False, ["pneumothorax"])
+    compute, preprocess = streaming_metrics(PNEUMOTHORAX)
     trainer = SegmentationTrainer(
         model=model,
         args=args,

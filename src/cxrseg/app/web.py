@@ -77,8 +77,8 @@ def create_app(
     ) as demo:
         trained_on = training_data(segmenter.model_dir) if segmenter.model_dir is not None else None
         gr.Markdown(
-            f"## cxrseg: chest X-ray segmentation\nModel `{segmenter.source}`, finding"
-            f"{'s' if len(names) > 1 else ''}: {', '.join(names)}. "
+            f"## cxrseg: chest X-ray segmentation\nModel `{segmenter.source}`, class"
+            f"{'es' if len(names) > 1 else ''}: {', '.join(names)}. "
             f"Trained on: {trained_on or 'not recorded with this model (no recipe.yaml)'}. "
             "**Research software, not a medical device: not for diagnosis.**",
             elem_id="model-info",
@@ -103,7 +103,7 @@ def create_app(
                         label="Overlay", format="png", interactive=False, buttons=BUTTONS, elem_id="overlay"
                     )
                     probability = gr.Image(
-                        label="Probability" + (" (highest of any finding)" if len(names) > 1 else ""),
+                        label="Probability" + (" (highest of any class)" if len(names) > 1 else ""),
                         format="png",
                         interactive=False,
                         buttons=BUTTONS,
@@ -111,7 +111,8 @@ def create_app(
                     )
                 table = gr.HTML(elem_id="findings")
                 mask_file = gr.File(
-                    label="Mask PNG" + (" (0/255)" if len(names) == 1 else " (16-bit: bit c = finding c, in order)"),
+                    label="Mask PNG"
+                    + (" (0/255)" if len(names) == 1 else f" (16-bit: bit c = class c: {', '.join(names)})"),
                     interactive=False,
                     elem_id="mask",
                 )
@@ -214,7 +215,7 @@ def _rule_text(segmenter: Predictor, raw_threshold: bool) -> str:
     size = f" at {rule.image_size}²" if rule.image_size else ""
     if isinstance(rule, ClassPostProcess):
         each = "; ".join(f"{name} {_triplet_text(r)}" for name, r in zip(rule.classes, rule.rules))
-        return f"postprocess.json{size}, per finding: {each}"
+        return f"postprocess.json{size}, per class: {each}"
     return f"postprocess.json: {_triplet_text(rule)}{size}"
 
 
@@ -250,6 +251,6 @@ def _findings_html(result: ImageSegmentation, colours) -> str:
         for f, colour in zip(result.findings, colours)
     )
     return (
-        '<table class="cxrseg-findings"><thead><tr><th>Finding</th><th>Present</th><th>Score (peak probability)</th>'
+        '<table class="cxrseg-findings"><thead><tr><th>Class</th><th>Present</th><th>Score (peak probability)</th>'
         f"<th>Area</th></tr></thead><tbody>{rows}</tbody></table>"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from cxrseg.cli.model_options import add_model_arguments, load_model, run_options
 from cxrseg.errors import UsageError
@@ -19,14 +20,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", required=True, help="data root in the PNG layout (ROOT/images/<split>/*.png)")
     parser.add_argument(
         "--split",
-        default="val",
-        help="a split of the model's splits.json (val: images it never trained on; for a CV folder, out of fold: "
-        "each image by the fold model that never trained on it), else a folder ROOT/images/<split> (default val)",
+        help="on the model's training data: a split of its splits.json (default val, the images it never trained "
+        "on; for a CV folder, out of fold: each image by the fold model that never trained on it) or a folder "
+        "ROOT/images/<split>; on any other dataset: a folder ROOT/images/<split> (default: every image, scored whole)",
     )
     parser.add_argument(
         "--out",
-        help="output folder (default MODEL/evaluation/<split> for a local model, "
-        "./evaluation/<owner>--<name>/<split> for a Hub id)",
+        help="output folder (default MODEL/evaluation/<split>, or MODEL/evaluation/<data folder name> for a whole "
+        "dataset, for a local model; ./evaluation/<owner>--<name>/... for a Hub id)",
     )
     parser.add_argument(
         "--search-postprocess",
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     # deferred for start-up time: torch and datasets load only when this runs
     from cxrseg.inference.cv_folder import is_cv_folder
 
-    if len(args.model) == 1 and is_cv_folder(args.model[0]) and args.split == "val":
+    if len(args.model) == 1 and is_cv_folder(args.model[0]) and _is_cv_training_data(args):
         # deferred for start-up time: torch and datasets load only when this runs
         from cxrseg.evaluation.engine import EvaluationOptions
         from cxrseg.evaluation.out_of_fold import evaluate_out_of_fold
@@ -68,3 +69,17 @@ def run(args: argparse.Namespace) -> int:
         print(summary_table(result))
     print(f"Wrote {result.out_dir}/metrics.json, per_image.csv, pr_curve.png")
     return 0
+
+
+def _is_cv_training_data(args: argparse.Namespace) -> bool:
+    """Whether a CV folder is asked for its out-of-fold evaluation: ``--split`` val or none, on the data its folds
+    were trained on (another dataset is scored by the folds' ensemble)."""
+    # deferred for start-up time: torch and datasets load only when this runs
+    from cxrseg.evaluation.stream import holds_training_images
+    from cxrseg.inference.cv_folder import read_cross_validation
+
+    if args.split not in (None, "val"):
+        return False
+    run = read_cross_validation(args.model[0])
+    known = {image_id for fold in run.folds for image_id in fold["val"]}
+    return args.split == "val" or holds_training_images(Path(args.data), known, f"{run.root}/splits.json")

@@ -11,15 +11,17 @@ from cxrseg.synthetic import DEMO_DATA_MAKERS, MULTILABEL_DEMO_CLASSES
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "make-demo-data",
-        help="Write a synthetic chest-radiograph-like dataset (PNG layout): pneumothorax, or multi-label ChestX-Det.",
+        help="Write a synthetic chest-radiograph-like dataset (PNG layout): pneumothorax, multi-label ChestX-Det, "
+        "or anatomy (lung fields and heart).",
     )
     parser.add_argument("--out", required=True, help="New folder to create (must not exist).")
     parser.add_argument(
         "--task",
         choices=sorted(DEMO_DATA_MAKERS),
         default="pneumothorax",
-        help="pneumothorax (binary, default) or chestxdet (multi-label, 16-bit masks; draws "
-        f"{', '.join(MULTILABEL_DEMO_CLASSES)}, overlapping).",
+        help="pneumothorax (binary, default), chestxdet (multi-label, 16-bit masks; draws "
+        f"{', '.join(MULTILABEL_DEMO_CLASSES)}, overlapping) or anatomy (your own label set as far as cxrseg "
+        "knows: background, lung, heart as class indices; patients placed and sized differently).",
     )
     parser.add_argument("--num-images", type=int, default=400, help="Number of images (default 400).")
     parser.add_argument("--size", type=int_at_least(1), default=256, help="Image side, pixels (default 256).")

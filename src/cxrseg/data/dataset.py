@@ -18,12 +18,13 @@ from cxrseg.config import DataArguments, SamplingArguments
 from cxrseg.constants import LABELS_FILENAME
 from cxrseg.data.features import LAYOUT_FEATURES
 from cxrseg.data.png_layout import DataError, IndexedImage, index_layout, mask_pixel_counts, read_layout_labels
+from cxrseg.data.prior import compute_prior_mask
 from cxrseg.data.sampling import BalancedSampler, ClassBalancedSampler, EpochSampler, SampleKey, ShuffledSampler
 from cxrseg.data.splits import load_or_make_split
 from cxrseg.data.transforms import ToModelInputs, build_transforms
 from cxrseg.hub.access import hub_dataset_id
 from cxrseg.imageio.pixels import to_gray
-from cxrseg.labels import LabelSet, binarize_mask, unpack_multilabel
+from cxrseg.labels import LabelSet
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,9 @@ class TrainingData:
     """train: :class:`AugmentedDataset` (rows read by sampler key, augmented). val: ``datasets.Dataset`` with columns
     image, mask, image_id, is_positive and a transform that yields ``pixel_values`` and ``labels``. pixel_counts: per
     class, summed over the training split (stored resolution).
-    train_class_presence: per training row, one flag per foreground class (``labels.foreground``): any pixel of it."""
+    train_class_presence: per training row, one flag per foreground class (``labels.foreground``): any pixel of it.
+    prior_mask: the training split's mean mask at 0.5 at the training size, bool [K, S, S]
+    (:func:`cxrseg.data.prior.compute_prior_mask`), the baseline evaluation reports."""
 
     train: AugmentedDataset
     val: datasets.Dataset
@@ -42,6 +45,7 @@ class TrainingData:
     num_pixels: int
     split: dict[str, list[str]]
     train_class_presence: list[tuple[bool, ...]] = field(default_factory=list)
+    prior_mask: np.ndarray | None = None
 
 
 def rows_to_dataset(rows: list[IndexedImage]) -> datasets.Dataset:
@@ -77,8 +81,7 @@ class PairTransform:
             # One stream shared by every step of the pipeline. (``set_random_seed`` would give each step its own
             # generator with the same seed, so steps with equal p would always be applied together.)
             self.pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
-        mask = np.asarray(mask)
-        mask = unpack_multilabel(mask, self.labels.num_labels) if self.labels.multilabel else binarize_mask(mask)
+        mask = self.labels.decode_mask(np.asarray(mask))
         out = self.pipeline(image=to_gray(image), mask=mask)
         return {"pixel_values": self.to_inputs.image(out["image"]), "labels": self.to_inputs.labels(out["mask"])}
 
@@ -159,7 +162,9 @@ def _index_saved_dataset(dataset: datasets.Dataset, labels: LabelSet, num_proc: 
         desc="Checking masks",
     )
     return [
-        IndexedImage(row["image_id"], "", "", row["size"][0], row["size"][1], tuple(row["pixel_counts"]))
+        IndexedImage(
+            row["image_id"], "", "", row["size"][0], row["size"][1], tuple(row["pixel_counts"]), labels.multilabel
+        )
         for row in counted
     ]
 
@@ -185,6 +190,38 @@ def load_hub_dataset(data_dir: str) -> tuple[datasets.Dataset, LabelSet]:
     return source, read_layout_labels(Path(labels_file).parent)
 
 
+def _hub_labels(data_dir: str) -> LabelSet:
+    """The label set of the Hub dataset ``data_dir`` names (its ``labels.json``), without its images."""
+    from huggingface_hub import hf_hub_download  # start-up time: only for a Hub dataset
+
+    repo_id, revision = hub_dataset_id(data_dir)
+    try:
+        labels_file = hf_hub_download(repo_id, LABELS_FILENAME, repo_type="dataset", revision=revision)
+    except Exception as error:  # any Hub or network failure: one line naming the dataset
+        raise DataError(
+            f"data_dir {data_dir}: cannot read labels.json of the Hub dataset {repo_id} "
+            f"({type(error).__name__}: {' '.join(str(error).split())}). Check the id and revision, the network, and "
+            "the token of a private dataset (`hf auth login` or HF_TOKEN)."
+        ) from error
+    return read_layout_labels(Path(labels_file).parent)
+
+
+def data_labels(data_dir: str | os.PathLike) -> LabelSet:
+    """The label set the data at ``data_dir`` declares: a PNG layout's ``labels.json`` (pneumothorax without one)
+    or, for a saved ``datasets`` folder, the ``labels.json`` in it or its parent (as ``cxrseg prepare
+    --save-dataset`` writes them), or a Hub dataset's ``labels.json``. Raises :class:`DataError` for a missing folder
+    or a bad labels file."""
+    if hub_dataset_id(str(data_dir)) is not None:
+        return _hub_labels(str(data_dir))
+    root = Path(data_dir)
+    if not root.exists():
+        raise DataError(
+            f"Data folder {root} does not exist. Prepare data (README, Data) or run `cxrseg make-demo-data`."
+        )
+    saved = is_saved_dataset(root)
+    return read_layout_labels(root if (root / LABELS_FILENAME).exists() or not saved else root.parent)
+
+
 def index_training_source(data_args: DataArguments, labels: LabelSet) -> tuple[datasets.Dataset, list[IndexedImage]]:
     """The training images of ``data_args.data_dir`` as a dataset (files decoded when rows are read) and their
     validated index (pixel counts per class), row for row.
@@ -198,14 +235,9 @@ def index_training_source(data_args: DataArguments, labels: LabelSet) -> tuple[d
         _check_task(declared, labels, data_args.data_dir)
         return source, _index_saved_dataset(source, labels, data_args.preprocessing_num_workers)
     root = Path(data_args.data_dir)
-    if not root.exists():
-        raise DataError(
-            f"Data folder {root} does not exist. Prepare data (README, Data) or run `cxrseg make-demo-data`."
-        )
-    saved = is_saved_dataset(root)
-    declared = read_layout_labels(root if (root / LABELS_FILENAME).exists() or not saved else root.parent)
+    declared = data_labels(root)
     _check_task(declared, labels, root)
-    if saved:
+    if is_saved_dataset(root):
         source = datasets.load_from_disk(str(root))["train"]
         return source, _index_saved_dataset(source, labels, data_args.preprocessing_num_workers)
     index = index_layout(root, "train", labels, num_proc=data_args.preprocessing_num_workers)
@@ -213,17 +245,13 @@ def index_training_source(data_args: DataArguments, labels: LabelSet) -> tuple[d
 
 
 def _check_task(declared: LabelSet, labels: LabelSet, where: object) -> None:
-    if declared.names != labels.names:
-        raise DataError(
-            f"{where} holds {declared.task} data ({len(declared.names)} classes) but the recipe's task is "
-            f"{labels.task}; set `task` to match."
-        )
+    if declared != labels:
+        raise DataError(f"{where} declares {declared.describe()} but the run expects {labels.describe()}.")
 
 
 def class_presence(row: IndexedImage, labels: LabelSet) -> tuple[bool, ...]:
     """One flag per foreground class (``labels.foreground``): whether the image has any pixel of it."""
-    first_foreground = labels.num_labels - len(labels.foreground)  # 1 skips single-label background
-    return tuple(n > 0 for n in row.pixel_counts[first_foreground:])
+    return tuple(n > 0 for n in row.pixel_counts[labels.first_foreground :])
 
 
 def load_training_data(
@@ -260,21 +288,58 @@ def load_training_data(
         data_args.data_dir,
     )
     presence = [class_presence(r, labels) for r in train_rows]
-    return TrainingData(augmented, val, [r.is_positive for r in train_rows], pixel_counts, num_pixels, split, presence)
-
-
-def build_sampler(sampling_args: SamplingArguments, labels: LabelSet, data: TrainingData, seed: int) -> EpochSampler:
-    """The recipe's training sampler over ``data.train``'s rows: :class:`ShuffledSampler` unless
-    ``balanced_sampling``; then :class:`ClassBalancedSampler` for multi-label tasks, else :class:`BalancedSampler`."""
-    if not sampling_args.balanced_sampling:
-        return ShuffledSampler(len(data.train), seed=seed)
-    if labels.multilabel:
-        return ClassBalancedSampler(
-            data.train_class_presence,
-            sampling_args.class_balance_power,
-            sampling_args.empty_image_weight,
-            seed=seed,
-        )
-    return BalancedSampler(
-        data.train_is_positive, sampling_args.negative_keep_ratio, sampling_args.positive_weight, seed=seed
+    prior = compute_prior_mask(_MaskColumn(train), labels, data_args.image_size)
+    return TrainingData(
+        augmented, val, [r.is_positive for r in train_rows], pixel_counts, num_pixels, split, presence, prior
     )
+
+
+class _MaskColumn:
+    """The stored masks of a dataset's rows, decoded one at a time when indexed (not the whole column at once)."""
+
+    def __init__(self, rows: datasets.Dataset) -> None:
+        self.rows = rows.select_columns(["mask"])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.rows[index]["mask"]
+
+
+def build_sampler(
+    sampling_args: SamplingArguments, labels: LabelSet, data: TrainingData, seed: int
+) -> tuple[EpochSampler, str | None]:
+    """The recipe's training sampler over ``data.train``'s rows, and why balanced sampling was not used (None when
+    it was, or was not asked for), e.g. "every training image holds all of lung, heart (240 images)".
+
+    :class:`ShuffledSampler` unless ``balanced_sampling``; then :class:`ClassBalancedSampler` for multi-label tasks,
+    else :class:`BalancedSampler` (an image is positive if it holds any of the balanced classes). Both balance
+    over ``balance_classes`` (every foreground class when None). When there is nothing to balance — single-label:
+    every training image is positive, or none is; multi-label: every image holds every balanced class, or none
+    holds any — a balanced epoch would only draw the same images with replacement (about 63% of them distinct), so
+    the plain shuffle is used and the reason returned.
+    """
+    if not sampling_args.balanced_sampling:
+        return ShuffledSampler(len(data.train), seed=seed), None
+    balanced = list(sampling_args.balance_classes or labels.foreground)
+    columns = [labels.foreground.index(name) for name in balanced]
+    presence = [tuple(row[c] for c in columns) for row in data.train_class_presence]
+    # What the sampler tells apart: single-label, images holding any balanced class from the others; multi-label,
+    # images by the classes they hold (all images holding all of them weigh the same).
+    flags = presence if labels.multilabel else [(any(row),) for row in presence]
+    every, none = all(all(row) for row in flags), not any(any(row) for row in flags)
+    if every or none:
+        quantifier = ("all of " if labels.multilabel else "one of ") if every else "any of "
+        what = (quantifier if len(balanced) > 1 else "") + ", ".join(balanced)
+        which = "every training image holds" if every else "no training image holds"
+        return ShuffledSampler(len(data.train), seed=seed), f"{which} {what} ({len(presence)} images)"
+    if labels.multilabel:
+        sampler = ClassBalancedSampler(
+            presence, sampling_args.class_balance_power, sampling_args.empty_image_weight, seed=seed
+        )
+    else:
+        sampler = BalancedSampler(
+            [row[0] for row in flags], sampling_args.negative_keep_ratio, sampling_args.positive_weight, seed=seed
+        )
+    return sampler, None

@@ -40,7 +40,8 @@ IMAGE_SUFFIXES = (".png",)
 @dataclass(frozen=True)
 class IndexedImage:
     """One validated image/mask pair. pixel_counts: per output class (single-label: [background, finding];
-    multi-label: pixels where each class is on), at the stored resolution."""
+    multi-label: pixels where each class is on), at the stored resolution. multilabel: whether the counts are of
+    a multi-label set (no background count)."""
 
     image_id: str
     image_path: str
@@ -48,11 +49,13 @@ class IndexedImage:
     width: int
     height: int
     pixel_counts: tuple[int, ...]
+    multilabel: bool = False
 
     @property
     def is_positive(self) -> bool:
+        """Whether any pixel is of a class other than background (multi-label: of any class)."""
         counts = self.pixel_counts
-        return any(counts[1:]) if len(counts) == 2 else any(counts)
+        return any(counts) if self.multilabel else any(counts[1:])
 
 
 def read_layout_labels(root: str | os.PathLike) -> LabelSet:
@@ -120,7 +123,7 @@ def _index_pair(args: tuple[str, str, str, LabelSet]) -> IndexedImage:
             f"{mask.shape[1]}x{mask.shape[0]} (width x height)."
         )
     counts = mask_pixel_counts(mask, labels, mask_path)
-    return IndexedImage(image_id, str(image_path), str(mask_path), size[0], size[1], counts)
+    return IndexedImage(image_id, str(image_path), str(mask_path), size[0], size[1], counts, labels.multilabel)
 
 
 def mask_pixel_counts(mask: np.ndarray, labels: LabelSet, where: object) -> tuple[int, ...]:
@@ -148,7 +151,7 @@ def mask_pixel_counts(mask: np.ndarray, labels: LabelSet, where: object) -> tupl
     return tuple(int(n) for n in np.bincount(mask.ravel(), minlength=num_labels))
 
 
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 """Version of the cache files; part of their key, so files of another format are never read."""
 
 
@@ -186,7 +189,7 @@ def _cached_rows(cache: Path, pairs: list[tuple[str, Path, Path]], labels: Label
             total_ok = max(counts) <= width * height if labels.multilabel else sum(counts) == width * height
             if row["image_id"] != image_id or len(counts) != labels.num_labels or not (sizes_ok and total_ok):
                 raise ValueError(f"row {row['image_id']!r} does not fit")
-            index.append(IndexedImage(image_id, str(image), str(mask), width, height, counts))
+            index.append(IndexedImage(image_id, str(image), str(mask), width, height, counts, labels.multilabel))
     except (OSError, ValueError, TypeError, KeyError) as error:
         logger.info("Ignoring the mask index cache %s (%s); indexing again.", cache, error)
         return None

@@ -10,6 +10,8 @@ every batch of predictions (:func:`cxrseg.evaluation.stream.stream_predictions`)
 * per source with ``search``, a :class:`~cxrseg.evaluation.rule_search.TripletSearch` (one triplet per class for a
   multi-output model); merged over the sources, the search over every image;
 * over every source, :class:`RuleScores`: the scores of the mask rule in effect;
+* over every source, :class:`~cxrseg.evaluation.baselines.BaselineScores`: what the empty mask and the source's
+  prior mask (the training set's mean mask at 0.5) score on the same images;
 
 and writes one ``per_image.csv`` row per image and class. Only one batch of probabilities is ever held.
 """
@@ -26,11 +28,14 @@ import numpy as np
 import torch
 
 from cxrseg.data.png_layout import IndexedImage
+from cxrseg.data.prior import load_prior_mask
+from cxrseg.evaluation.baselines import BaselineScores
 from cxrseg.evaluation.metrics import SegmentationMetrics, dice_from_counts
 from cxrseg.evaluation.report import EvaluationResult, save_search, search_results, search_table, write_json
 from cxrseg.evaluation.rule_search import TripletSearch, search_grid
 from cxrseg.evaluation.stream import ImageResult, PredictedBatch, evaluation_loader, image_results, stream_predictions
 from cxrseg.files import AtomicCsv
+from cxrseg.inference.ensemble import Ensemble
 from cxrseg.inference.predictor import Predictor
 from cxrseg.plots import PRCurve, plot_pr_curve
 from cxrseg.postprocessing.rules import MaskRule
@@ -59,11 +64,20 @@ class EvaluationOptions:
 @dataclass
 class Source:
     """A model and the images it scores. extra_columns: this source's values of the driver's ``per_image.csv``
-    columns after :data:`PER_IMAGE_COLUMNS` (out of fold: the fold)."""
+    columns after :data:`PER_IMAGE_COLUMNS` (out of fold: the fold). prior: the model's prior mask at the working
+    size (:func:`prior_of`), bool [K, S, S], or None."""
 
     predictor: Predictor
     rows: Sequence[IndexedImage]
     extra_columns: tuple = ()
+    prior: np.ndarray | None = None
+
+
+def prior_of(predictor: Predictor) -> np.ndarray | None:
+    """The prior mask saved with a model (:func:`cxrseg.data.prior.load_prior_mask`) at its working size; an
+    ensemble's is its first member's. None when there is none."""
+    folder = predictor.members[0].model_dir if isinstance(predictor, Ensemble) else predictor.model_dir
+    return load_prior_mask(folder, len(predictor.output_names), predictor.image_size)
 
 
 class RuleScores:
@@ -125,12 +139,13 @@ class SourceScores:
 @dataclass
 class EvaluationPass:
     """What :func:`run_sources` added up. names: the K output names; image_size: the working size (pixels);
-    parts: per source, in order; rule_scores: over every source."""
+    parts: per source, in order; rule_scores and baselines: over every source."""
 
     names: tuple[str, ...]
     image_size: int
     parts: list[SourceScores]
     rule_scores: RuleScores
+    baselines: BaselineScores
 
     def metrics(self) -> SegmentationMetrics:
         """The metrics over every source's images (:meth:`SegmentationMetrics.merged`)."""
@@ -142,13 +157,15 @@ class EvaluationPass:
 
     def results(self, rule: MaskRule | None) -> dict:
         """The metrics values, ``num_predicted_positive_images``, the rule in effect (``postprocess``: None for
-        ``prob >= 0.5``), then ``kaggle_dice_rule`` and ``dice_rule`` (:meth:`RuleScores.compute`)."""
+        ``prob >= 0.5``), then ``kaggle_dice_rule`` and ``dice_rule`` (:meth:`RuleScores.compute`), then the
+        baselines (:meth:`BaselineScores.compute`)."""
         rule_values = self.rule_scores.compute()
         return {
             **self.metrics().compute(),
             "num_predicted_positive_images": rule_values.pop("num_predicted_positive_images"),
             "postprocess": None if rule is None else rule.to_dict(),
             **rule_values,
+            **self.baselines.compute(),
         }
 
     def pr_curves(self) -> list[PRCurve]:
@@ -170,13 +187,13 @@ def run_sources(
     """One streaming pass over every source (the module docstring), writing ``per_image_path``
     (:data:`PER_IMAGE_COLUMNS`, then ``extra_columns``) atomically. ``sources`` may be a generator that loads each
     model when it is reached: only the current source is referenced here."""
-    rule_scores, parts, names, image_size = None, [], (), 0
+    rule_scores, baselines, parts, names, image_size = None, None, [], (), 0
     with AtomicCsv(per_image_path, (*PER_IMAGE_COLUMNS, *extra_columns)) as per_image:
         for source in sources:
             predictor = source.predictor
             if rule_scores is None:
                 names, image_size = tuple(predictor.output_names), predictor.image_size
-                rule_scores = RuleScores(names)
+                rule_scores, baselines = RuleScores(names), BaselineScores(names)
             metrics = SegmentationMetrics(threshold=THRESHOLD, num_classes=len(names), class_names=names)
             search = new_search(predictor) if options.search else None
             loader = evaluation_loader(predictor, source.rows, options.batch_size, options.num_workers)
@@ -185,12 +202,13 @@ def run_sources(
                 metrics.update(*scored)
                 results = image_results(batch)
                 rule_scores.update(results)
+                baselines.update(batch.target, source.prior)
                 write_rows(per_image, names, results, source.extra_columns)
                 if search is not None:  # the search takes the same batches: still one pass over the images
                     search.update(*scored)
             parts.append(SourceScores(metrics, search))
             del source, predictor, loader  # one model in memory at a time
-    return EvaluationPass(names, image_size, parts, rule_scores)
+    return EvaluationPass(names, image_size, parts, rule_scores, baselines)
 
 
 def write_rows(per_image: AtomicCsv, names: Sequence[str], results: Sequence[ImageResult], extra: Sequence) -> None:

@@ -16,6 +16,7 @@ from cxrseg.evaluation.engine import (
     THRESHOLD,
     EvaluationOptions,
     Source,
+    prior_of,
     run_sources,
     save_tuned_rule,
     write_outputs,
@@ -29,17 +30,18 @@ from cxrseg.inference.predictor import Predictor
 logger = logging.getLogger(__name__)
 
 
-def default_out_dir(segmenter: Predictor, split: str) -> Path:
-    """``MODEL/evaluation/<split>`` for a local model; ``./evaluation/<owner>--<name>/<split>`` for a Hub id."""
+def default_out_dir(segmenter: Predictor, name: str) -> Path:
+    """``MODEL/evaluation/<name>`` for a local model; ``./evaluation/<owner>--<name>/<name>`` for a Hub id. name:
+    what is scored (:attr:`cxrseg.evaluation.stream.Selection.name`: the split, or the data folder's name)."""
     if segmenter.is_local:
-        return segmenter.model_dir / "evaluation" / split
-    return Path("evaluation") / segmenter.source.replace("/", "--") / split
+        return segmenter.model_dir / "evaluation" / name
+    return Path("evaluation") / segmenter.source.replace("/", "--") / name
 
 
 def evaluate(
     segmenter: Predictor,
     data_root: str | os.PathLike,
-    split: str = "val",
+    split: str | None = None,
     out_dir: str | os.PathLike | None = None,
     *,
     tta: str = "none",
@@ -47,10 +49,15 @@ def evaluate(
     num_workers: int = 0,
     search: bool = False,
 ) -> EvaluationResult:
-    """Evaluate ``segmenter`` on ``split`` of ``data_root`` and write ``metrics.json``, ``per_image.csv`` and
-    ``pr_curve.png`` to ``out_dir`` (default :func:`default_out_dir`; new, empty or an earlier evaluation, apart from
-    ``data_root``: :func:`cxrseg.files.check_output_folder`). tta, batch_size, num_workers, search:
-    :class:`~cxrseg.evaluation.engine.EvaluationOptions`.
+    """Evaluate ``segmenter`` on ``split`` of ``data_root`` (:func:`~cxrseg.evaluation.stream.split_rows`: on the
+    model's training data its ``val`` images by default; any other dataset whole by default) and write
+    ``metrics.json``, ``per_image.csv`` and ``pr_curve.png`` to ``out_dir`` (default :func:`default_out_dir`; new,
+    empty or an earlier evaluation, apart from ``data_root``: :func:`cxrseg.files.check_output_folder`). tta,
+    batch_size, num_workers, search: :class:`~cxrseg.evaluation.engine.EvaluationOptions`.
+
+    Beside every metric, its baselines on the same images (:mod:`cxrseg.evaluation.baselines`):
+    ``empty_mask_dice``, ``empty_mask_kaggle_dice`` and, for a model saved with its prior mask,
+    ``prior_mask_dice`` and ``prior_mask_kaggle_dice`` (per class ``<key>/<class>`` for several classes).
 
     metrics.json: the run's settings, then :meth:`~cxrseg.evaluation.engine.EvaluationPass.results`: the
     :class:`~cxrseg.evaluation.metrics.SegmentationMetrics` values at ``prob >= 0.5`` (dice, iou, kaggle_dice, ap,
@@ -65,7 +72,7 @@ def evaluate(
     members, working size, data and split) and the full table as ``postprocess_search.csv``.
     """
     options = EvaluationOptions(tta, batch_size, num_workers, search)
-    rows, described = split_rows(segmenter, data_root, split)
+    rows, described, split = split_rows(segmenter, data_root, split)
     out = Path(out_dir) if out_dir is not None else default_out_dir(segmenter, split)
     check_output_folder(out, EVALUATION, inputs=[data_root])
     mark_output(out, EVALUATION)
@@ -78,7 +85,7 @@ def evaluate(
         segmenter.image_size,
         ", hflip TTA" if tta == "hflip" else "",
     )
-    run = run_sources([Source(segmenter, rows)], out / "per_image.csv", options)
+    run = run_sources([Source(segmenter, rows, prior=prior_of(segmenter))], out / "per_image.csv", options)
     metrics = {
         "model": segmenter.source,
         "data": str(data_root),

@@ -25,7 +25,6 @@ from cxrseg.evaluation.stream import (
 )
 from cxrseg.imageio.images import read_image
 from cxrseg.inference.predictor import Predictor
-from cxrseg.labels import binarize_mask, unpack_multilabel
 from cxrseg.plots import PredictionExample
 
 CATEGORIES = ("true positive", "miss", "false positive", "true negative")
@@ -71,7 +70,7 @@ def prediction_examples(
 ) -> list[PredictionExample]:
     """Examples for :func:`cxrseg.plots.plot_prediction_grid`: one streaming pass keeps only per-image counts,
     :func:`select_examples` picks ``n``, and those images are predicted again for their pictures."""
-    rows, _ = split_rows(segmenter, data_root, split)
+    rows = split_rows(segmenter, data_root, split).rows
     loader = evaluation_loader(segmenter, rows, batch_size, num_workers)
     results = [result for batch in stream_predictions(segmenter, loader, tta) for result in image_results(batch)]
     by_id = {row.image_id: row for row in rows}
@@ -82,7 +81,8 @@ def prediction_examples(
         image, truth = segmenter.preprocessor.resize(image, truth)
         probs = segmenter.probabilities(segmenter.preprocessor.to_pixel_values(image).unsqueeze(0), tta)[0]
         truth = torch.from_numpy(np.ascontiguousarray(truth.transpose(2, 0, 1) if truth.ndim == 3 else truth))
-        planes = target_planes(segmenter, truth.unsqueeze(0).long() if truth.ndim == 2 else truth.unsqueeze(0))[0]
+        batch = truth.unsqueeze(0).long() if truth.ndim == 2 else truth.unsqueeze(0)
+        planes = target_planes(segmenter.labels, batch)[0]
         examples.append(
             PredictionExample(
                 result.image_id,
@@ -102,5 +102,4 @@ def _read_pair(segmenter: Predictor, row: IndexedImage) -> tuple[np.ndarray, np.
     image = read_image(row.image_path)
     with Image.open(row.mask_path) as mask_image:
         mask = np.asarray(mask_image)
-    labels = segmenter.labels
-    return image, unpack_multilabel(mask, labels.num_labels) if labels.multilabel else binarize_mask(mask)
+    return image, segmenter.labels.decode_mask(mask)

@@ -32,6 +32,7 @@ from cxrseg.evaluation.engine import (
     THRESHOLD,
     EvaluationOptions,
     Source,
+    prior_of,
     run_sources,
     save_tuned_rule,
     write_outputs,
@@ -136,7 +137,7 @@ def _fold_sources(run: CrossValidationRun, root: Path, loading: dict) -> Iterato
             index = _layout_index(root, segmenter.labels)
         rows = _fold_rows(run, fold, segmenter, first, index, root)
         logger.info("Fold %d: %d images by %s.", fold, len(rows), folder)
-        yield Source(segmenter, rows, (fold,))
+        yield Source(segmenter, rows, (fold,), prior_of(segmenter))
         del segmenter  # one fold model in memory at a time
 
 

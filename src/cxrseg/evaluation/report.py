@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrseg.evaluation.baselines import BASELINES
 from cxrseg.evaluation.rule_search import TripletSearch
 from cxrseg.files import AtomicCsv, atomic_write_text
 from cxrseg.postprocessing.lookup import save_rule
@@ -101,17 +102,35 @@ def fmt(value) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
+def _baselines(m: dict, key: str) -> str:
+    """What the baselines (:mod:`cxrseg.evaluation.baselines`) score for metric ``key``, for a summary line."""
+    shown = [f"{name.replace('_', ' ')} {fmt(m[f'{name}_{key}'])}" for name in BASELINES if f"{name}_{key}" in m]
+    return f"   (baselines: {', '.join(shown)})" if shown else ""
+
+
 def headline_lines(m: dict) -> list[str]:
-    """The headline metrics of a ``metrics.json`` dict as summary-table lines."""
+    """The headline metrics of a ``metrics.json`` dict as summary-table lines, with the baselines beside Dice and
+    Kaggle Dice, and a line per class for several classes."""
     positives = f" ({int(m['num_positive_images'])} positive)" if "num_positive_images" in m else ""
     lines = [
         f"{m['split']}: {int(m['num_images'])} images{positives} at "
         f"{m['image_size']}x{m['image_size']}, TTA {m['tta']}",
-        f"  {'Dice (pixels)':<28}{fmt(m['dice'])}",
+        f"  {'Dice (pixels)':<28}{fmt(m['dice'])}{_baselines(m, 'dice')}",
         f"  {'IoU (pixels)':<28}{fmt(m['iou'])}",
-        f"  {'Kaggle mean Dice':<28}{fmt(m['kaggle_dice'])}",
+        f"  {'Kaggle mean Dice':<28}{fmt(m['kaggle_dice'])}{_baselines(m, 'kaggle_dice')}",
         f"  {'AP (pixels)':<28}{fmt(m['ap'])}",
     ]
+    classes = [key.split("/", 1)[1] for key in m if key.startswith("dice/")]
+    if classes:
+        prior = "prior_mask_dice" in m
+        header = f"  {'class':<22}{'Dice':>10}" + (f"{'prior':>10}" if prior else "") + f"{'Kaggle':>10}"
+        lines.append(header + (f"{'prior':>10}" if prior else "") + f"{'AP':>10}")
+        for name in classes:
+            row = f"  {name[:21]:<22}{fmt(m[f'dice/{name}']):>10}"
+            row += f"{fmt(m.get(f'prior_mask_dice/{name}')):>10}" if prior else ""
+            row += f"{fmt(m.get(f'kaggle_dice/{name}')):>10}"
+            row += f"{fmt(m.get(f'prior_mask_kaggle_dice/{name}')):>10}" if prior else ""
+            lines.append(row + f"{fmt(m.get(f'ap/{name}')):>10}")
     if "best_f1" in m:
         lines.append(f"  {'best F1 (at p >= t)':<28}{fmt(m['best_f1'])} (t = {fmt(m['best_threshold'])})")
     if m["postprocess"] is not None:

@@ -34,8 +34,12 @@ METRIC_DEFINITIONS = {  # eval_<name> in all_results.json → what the card says
     "best_f1": "best pixel F1 over thresholds",
     "best_threshold": "probability threshold that gives best_f1",
     "num_images": "validation images",
+    "prior_mask_dice": "baseline: dice of the training set's mean mask at 0.5, the same fixed mask for every image",
+    "prior_mask_kaggle_dice": "baseline: kaggle_dice of that prior mask",
+    "empty_mask_kaggle_dice": "baseline: kaggle_dice of predicting nothing (the share of images without the class)",
 }
-CLASS_METRICS = ("dice", "kaggle_dice", "ap")  # the per-class table of multi-label models: eval_<metric>/<class>
+CLASS_METRICS = ("dice", "prior_mask_dice", "kaggle_dice", "prior_mask_kaggle_dice", "ap")
+"""The per-class table of a model with several classes: ``eval_<metric>/<class>``."""
 SIIM_CITATION = """@misc{siim-acr-pneumothorax-2019,
   title = {{SIIM-ACR} Pneumothorax Segmentation},
   author = {{Society for Imaging Informatics in Medicine} and {American College of Radiology}},
@@ -139,7 +143,8 @@ def card_values(
     Reads ``config.json`` (labels), ``recipe.yaml`` (shared as by :func:`shareable_recipe`), ``all_results.json``
     (or ``eval_results.json``) and ``postprocess.json`` when present. Metrics are strings, already formatted:
     ``metrics`` holds (name, value, definition) for each result present, ``class_metrics`` (class, [values of
-    :data:`CLASS_METRICS`]) for every foreground class. ``repo_id`` is the card's title and the id in its loading
+    :data:`CLASS_METRICS`]) for every foreground class; ``classes`` names them (the user's own names, from the
+    model's ``config.json``). ``repo_id`` is the card's title and the id in its loading
     code (a placeholder when None). With ``checkpoint`` (a ``checkpoint-N`` folder, during training), the model's
     ``config.json`` and the metrics (the last evaluation in its ``trainer_state.json``) come from there, and
     ``checkpoint_step`` is N.
@@ -151,7 +156,7 @@ def card_values(
         raise ModelLoadError(
             f"{model_folder / 'config.json'} with id2label is missing: is {model_folder} an output folder?"
         )
-    labels = labels_from_config(config["id2label"])
+    labels = labels_from_config(config)
     recipe_path = folder / RECIPE_FILENAME
     resolved = yaml.safe_load(recipe_path.read_text()) if recipe_path.is_file() else None
     recipe, _ = shareable_recipe(resolved or {})
@@ -175,6 +180,7 @@ def card_values(
         "title": repo_id.split("/")[-1] if repo_id else f"cxrseg {labels.task} model",
         "model_id": repo_id or "path/to/this/folder",
         "task": labels.task,
+        "classes": list(labels.foreground),
         "multilabel": labels.multilabel,
         "id2label": labels.id2label,
         "synthetic": dataset["type"] == SYNTHETIC_DATASET[1],

@@ -68,6 +68,33 @@ def pixel_spacing_mm(ds: Dataset) -> tuple[float, float] | None:
     return spacing if len(spacing) == 2 and all(np.isfinite(spacing)) and min(spacing) > 0 else None
 
 
+def read_dicom_converted(path: str | Path) -> tuple[np.ndarray, str]:
+    """The image of a DICOM file as uint8 ``[H, W]`` and what :func:`to_uint8` converted, in words ("" when the
+    pixels are kept as decoded)."""
+    ds = _dcmread(path)
+    return to_uint8(ds, path), dicom_conversion(ds)
+
+
+def dicom_conversion(ds: Dataset) -> str:
+    """What :func:`to_uint8` does to ``ds``, in words ("" for 8-bit ``MONOCHROME2`` without rescale or VOI)."""
+    steps = []
+    if int(ds.get("SamplesPerPixel", 1) or 1) > 1:
+        steps.append("colour → gray (ITU-R 601 luma)")
+    if _needs_stretch(ds, int(ds.get("BitsAllocated", 8) or 8) == 8):
+        steps.append(f"{ds.get('BitsStored', ds.get('BitsAllocated', '?'))}-bit → 8-bit (LUT/window, min-max stretch)")
+    if ds.get("PhotometricInterpretation") == "MONOCHROME1":
+        steps.append("MONOCHROME1 → inverted (larger is brighter)")
+    return "DICOM " + ", ".join(steps) if steps else ""
+
+
+def _needs_stretch(ds: Dataset, eight_bit: bool) -> bool:
+    """Whether :func:`to_uint8` maps the decoded pixels through the LUTs and the min-max stretch (everything but
+    8-bit data without a rescale, VOI or modality LUT)."""
+    has_rescale = float(ds.get("RescaleSlope", 1) or 1) != 1 or float(ds.get("RescaleIntercept", 0) or 0) != 0
+    has_voi = any(key in ds for key in ("WindowCenter", "VOILUTSequence"))
+    return not eight_bit or has_rescale or has_voi or "ModalityLUTSequence" in ds
+
+
 def read_dicom_with_metadata(path: str | Path) -> tuple[np.ndarray, dict[str, str]]:
     """Image (uint8 ``[H, W]``) and metadata of a DICOM file, read once."""
     ds = _dcmread(path)
@@ -110,10 +137,7 @@ def to_uint8(ds: Dataset, source: str | Path = "<dataset>") -> np.ndarray:
     elif pixels.ndim != 2:
         raise DicomError(f"{source}: unexpected pixel array shape {pixels.shape}; expected [H, W].")
 
-    has_rescale = float(ds.get("RescaleSlope", 1) or 1) != 1 or float(ds.get("RescaleIntercept", 0) or 0) != 0
-    has_voi = any(key in ds for key in ("WindowCenter", "VOILUTSequence"))
-    has_modality_lut = "ModalityLUTSequence" in ds
-    if pixels.dtype == np.uint8 and not (has_rescale or has_voi or has_modality_lut):
+    if not _needs_stretch(ds, pixels.dtype == np.uint8):
         image = pixels
     else:
         image = stretch_to_uint8(apply_voi_lut(apply_modality_lut(pixels, ds), ds))

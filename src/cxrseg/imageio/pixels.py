@@ -1,7 +1,9 @@
 """Decoded pixels → uint8 gray ``[H, W]``: the two rules every reader applies (see :mod:`cxrseg.imageio.images`).
 
 * **Colour → luma**: ITU-R 601 ``Y = 0.299 R + 0.587 G + 0.114 B`` (OpenCV's ``COLOR_RGB2GRAY``); alpha is
-  dropped; palette, 1-bit and CMYK images are first expanded to RGB.
+  dropped; palette, 1-bit and CMYK images are first expanded to RGB, so a palette image is read through its
+  palette (an inverted gray palette, as some JSRT conversions have, gives the picture as it is shown, not the
+  indices).
 * **More than 8 bits → linear min-max stretch**: ``rint((x - min) * 255 / (max - min))`` over the image, so its
   darkest pixel is 0 and its brightest 255; a constant image gives all 0. 8-bit images are kept exactly.
 """
@@ -32,6 +34,39 @@ def luma(rgb: np.ndarray) -> np.ndarray:
     if rgb.dtype not in (np.uint8, np.uint16, np.float32):
         rgb = rgb.astype(np.float32)
     return cv2.cvtColor(np.ascontiguousarray(rgb[..., :3]), cv2.COLOR_RGB2GRAY)
+
+
+def gray_conversion(image: Image.Image) -> str:
+    """What :func:`to_gray` does to a Pillow image, in words ("" when its pixels are kept as they are): what
+    ``cxrseg prepare folder`` reports per file."""
+    mode = image.mode
+    if mode == "L":
+        return ""
+    if mode == "P":
+        return f"palette → gray through its palette{palette_kind(image)}"
+    if mode in ("LA", "PA"):
+        return "gray + alpha → gray (alpha dropped)"
+    if mode in ("RGB", "RGBA"):
+        alpha = " (alpha dropped)" if mode == "RGBA" else ""
+        bands = np.asarray(image)[..., :3]
+        if (bands == bands[..., :1]).all():
+            return f"{mode} with equal channels → gray{alpha}"
+        return f"{mode} colour → gray (ITU-R 601 luma){alpha}"
+    if mode.startswith("I") or mode == "F":
+        return f"{'float' if mode == 'F' else '16/32-bit'} gray → 8-bit (linear min-max stretch)"
+    return f"{mode} → RGB → gray (ITU-R 601 luma)"
+
+
+def palette_kind(image: Image.Image) -> str:
+    """" (inverted gray palette)" or " (gray palette)" for a palette of grays, "" for a coloured one."""
+    entries = np.asarray(image.getpalette() or [], dtype=np.int64).reshape(-1, 3)
+    used = np.unique(np.asarray(image))
+    colours = entries[used[used < len(entries)]]
+    if not len(colours) or not (colours == colours[:, :1]).all():
+        return ""
+    levels = colours[:, 0]
+    inverted = len(levels) > 1 and bool(np.all(np.diff(levels) < 0))
+    return " (inverted gray palette)" if inverted else " (gray palette)"
 
 
 def to_gray(image: np.ndarray | Image.Image) -> np.ndarray:

@@ -2,9 +2,10 @@
 
 Outputs in ``OUT`` (each file written atomically: temporary file, then rename):
 
-* ``masks/<id>.png`` at the input's original size. Single-label: 8-bit 0/255. Multi-label: one 16-bit PNG bit
-  field per image (bit c = class c, :func:`cxrseg.labels.pack_multilabel`, the PNG layout's mask format), with
-  ``OUT/labels.json`` naming the classes in bit order.
+* ``masks/<id>.png`` at the input's original size. One class: 8-bit 0/255. Several (multi-label, or single-label
+  with several classes besides background): one 16-bit PNG bit field per image (bit c = class c,
+  :func:`cxrseg.labels.pack_multilabel`, the PNG layout's mask format). ``OUT/labels.json`` names the classes (in
+  bit order), with the model's own names.
 * ``overlays/<id>.png``: the image with each mask filled translucent and outlined (multi-label: a legend of the
   classes present).
 * with ``save_probabilities``: ``probabilities/<id>.png`` (single-label) or ``probabilities/<id>/<class>.png``
@@ -178,8 +179,10 @@ def predict(
     if submission is not None:
         check_output_file(submission, is_submission, inputs=[inputs])
     mark_output(out, PREDICTIONS)
-    if multilabel:  # the masks are bit fields over the foreground outputs, whatever the model's own label set
-        LabelSet(segmenter.labels.task, names, multilabel=True).save(out)
+    # labels.json names the masks' classes: bit fields over the foreground outputs for several (whatever the
+    # model's own label set), 0/255 of the one class otherwise
+    task = segmenter.labels.task
+    (LabelSet(task, names, multilabel=True) if multilabel else LabelSet(task, ("background", *names), False)).save(out)
     colours = class_colours(len(names))
     loader = DataLoader(
         InputImages(files, segmenter.preprocessor),

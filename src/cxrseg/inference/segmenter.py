@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoImageProcessor, UperNetForSemanticSegmentation
 
-from cxrseg.constants import POSTPROCESS_FILENAME, SPLITS_FILENAME
+from cxrseg.constants import POSTPROCESS_FILENAME, PRIOR_MASK_FILENAME, SPLITS_FILENAME
 from cxrseg.errors import ModelLoadError, UsageError
 from cxrseg.inference.preprocessor import Preprocessor
 from cxrseg.labels import LabelSet, labels_from_config
@@ -46,6 +46,7 @@ HUB_FILES = (
     "preprocessor_config.json",
     POSTPROCESS_FILENAME,
     SPLITS_FILENAME,
+    PRIOR_MASK_FILENAME,
     "trainer_state.json",
 )
 """What is downloaded of a Hub model repository (checkpoints and other large files are not)."""
@@ -258,7 +259,7 @@ def load_segmenter(
         raise ModelLoadError(
             f"{model}: cannot load its image processor (preprocessor_config.json): {type(error).__name__}: {error}"
         ) from error
-    labels = labels_from_config(network.config.id2label)
+    labels = labels_from_config(network.config)
     preprocessor = Preprocessor(
         _working_size(processor, network.config), tuple(processor.image_mean), tuple(processor.image_std)
     )

@@ -1,7 +1,10 @@
 """A user's own images + masks → the PNG layout (``cxrseg prepare folder``).
 
-Images (PNG, JPEG, TIFF, BMP; colour or 16-bit are converted to 8-bit gray) are matched to masks (PNG, TIFF, BMP)
-by file name without suffix, which becomes the ImageId; both folders are searched recursively. The label set
+Images (PNG, JPEG, TIFF, BMP, GIF, DICOM) are read by :func:`cxrseg.imageio.images.read_image` (palette through its
+palette, colour to luma, 16-bit and DICOM to 8-bit gray, MONOCHROME1 inverted) and masks (PNG, GIF, TIFF, BMP) by
+:func:`cxrseg.imageio.images.read_mask`; what each file needed is reported in ``metadata.csv``'s ``converted``
+column and counted in the summary. Images and masks are matched by file name without suffix, which becomes the
+ImageId; both folders are searched recursively. The label set
 comes from ``--labels`` (a JSON file like the layout's ``labels.json``: ``{"task": "custom", "names":
 ["background", "lesion"], "multilabel": false}``; ``task`` ``pneumothorax``/``chestxdet`` name the built-in sets)
 and is pneumothorax when absent. Masks must be:
@@ -22,21 +25,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from cxrseg.data.groups import PATIENT_COLUMN
 from cxrseg.errors import DataError, PrepareError
-from cxrseg.imageio.images import read_image, write_png
+from cxrseg.imageio.images import DICOM_SUFFIXES, MASK_SUFFIXES, read_image_converted, read_mask, write_png
 from cxrseg.labels import PNEUMOTHORAX, LabelSet, pack_multilabel, unpack_multilabel
 from cxrseg.prepare.patients import match_patient_ids
 from cxrseg.prepare.problems import IMAGE_SKIPPED, ItemResult, Problem, Summary, check_image_id
 from cxrseg.prepare.resize import resize_class_indices, resize_image, resize_mask
 from cxrseg.prepare.writer import PrepareOptions, Source, write_layout
 
-METADATA_COLUMNS = ("image_id", "split", "is_positive", "source", "height", "width", PATIENT_COLUMN)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
+METADATA_COLUMNS = ("image_id", "split", "is_positive", "source", "height", "width", PATIENT_COLUMN, "converted")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", *DICOM_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -99,16 +100,13 @@ def convert_folder_item(item: FolderItem, root: Path) -> ItemResult:
         return ItemResult(None, [Problem(item.image_id, item.split, reason, IMAGE_SKIPPED, detail)])
 
     try:
-        image = read_image(item.image_path)
+        image, image_conversion = read_image_converted(item.image_path)
     except DataError as error:
         return skip("unreadable_image", str(error))
-    mask = cv2.imread(item.mask_path, cv2.IMREAD_UNCHANGED)
-    if mask is None:
-        return skip("unreadable_mask", f"{item.mask_path}: not a readable image file.")
-    if mask.ndim != 2 or mask.dtype not in (np.uint8, np.uint16):
-        return skip(
-            "mask_format", f"{item.mask_path}: expected a single-channel 8/16-bit mask, got {mask.shape} {mask.dtype}."
-        )
+    try:
+        mask, mask_conversion = read_mask(item.mask_path)
+    except DataError as error:
+        return skip("unreadable_mask", str(error))
     if mask.shape != image.shape:
         return skip("size_mismatch", f"{item.mask_path}: mask {mask.shape[::-1]} but image {image.shape[::-1]} (WxH).")
 
@@ -133,6 +131,10 @@ def convert_folder_item(item: FolderItem, root: Path) -> ItemResult:
         stored = resize_mask(mask, item.image_size) * np.uint8(255)
     else:
         stored = resize_class_indices(mask.astype(np.uint8), item.image_size)
+    converted = [f"image: {image_conversion}"] if image_conversion else []
+    converted += [f"mask: {mask_conversion}"] if mask_conversion else []
+    if labels.num_labels == 2 and not labels.multilabel and values.max() == 1:
+        converted.append("mask: 0/1 → 0/255")
     name = f"{item.image_id}.png"
     write_png(root / "images" / item.split / name, resize_image(image, item.image_size))
     write_png(root / "masks" / item.split / name, stored)
@@ -145,6 +147,7 @@ def convert_folder_item(item: FolderItem, root: Path) -> ItemResult:
         "height": height,
         "width": width,
         PATIENT_COLUMN: item.patient_id,
+        "converted": "; ".join(converted),
     }
     return ItemResult(row)
 

@@ -40,7 +40,9 @@ class ItemResult:
 
 @dataclass
 class Summary:
-    """Counts of a prepare run. positive/negative count labelled images; unlabelled ones (test) are apart."""
+    """Counts of a prepare run. positive/negative count labelled images; unlabelled ones (test) are apart.
+    converted: how many files each conversion was applied to (the rows' ``converted`` column, when a source
+    writes one)."""
 
     out: Path
     written: int = 0
@@ -50,6 +52,7 @@ class Summary:
     per_split: Counter = field(default_factory=Counter)
     skipped: Counter = field(default_factory=Counter)
     other_problems: Counter = field(default_factory=Counter)
+    converted: Counter = field(default_factory=Counter)
 
     @classmethod
     def of(cls, out: Path, rows: Sequence[dict[str, Any]], problems: Sequence[Problem]) -> Summary:
@@ -63,6 +66,8 @@ class Summary:
                 summary.positive += 1
             else:
                 summary.negative += 1
+            for conversion in filter(None, row.get("converted", "").split("; ")):
+                summary.converted[conversion] += 1
         for problem in problems:
             counter = summary.skipped if problem.action == IMAGE_SKIPPED else summary.other_problems
             counter[problem.reason] += 1
@@ -76,6 +81,11 @@ class Summary:
             f"Skipped {sum(self.skipped.values())} images"
             + ("" if not self.skipped else ": " + ", ".join(f"{r}: {n}" for r, n in sorted(self.skipped.items()))),
         ]
+        if self.converted:
+            lines.append(
+                "Converted (per file: metadata.csv, column converted): "
+                + "; ".join(f"{what}: {n}" for what, n in sorted(self.converted.items()))
+            )
         if self.other_problems:
             lines.append(
                 "Other problems (image kept): " + ", ".join(f"{r}: {n}" for r, n in sorted(self.other_problems.items()))

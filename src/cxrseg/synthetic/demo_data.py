@@ -11,13 +11,20 @@ from tqdm.auto import tqdm
 from cxrseg.errors import OutputError, UsageError
 from cxrseg.files import DATASET, atomic_folder
 from cxrseg.imageio.images import write_png
-from cxrseg.labels import TASKS, pack_multilabel
-from cxrseg.synthetic.radiographs import synthetic_multilabel_radiograph, synthetic_radiograph
+from cxrseg.labels import CHESTXDET, PNEUMOTHORAX, LabelSet, pack_multilabel
+from cxrseg.synthetic.radiographs import (
+    ANATOMY_DEMO_CLASSES,
+    synthetic_anatomy_radiograph,
+    synthetic_multilabel_radiograph,
+    synthetic_radiograph,
+)
 
 
-def _write_demo_layout(out: str | os.PathLike, num_images: int, draw, task: str, desc: str, split: str) -> Path:
+def _write_demo_layout(
+    out: str | os.PathLike, num_images: int, draw, labels: LabelSet, desc: str, split: str
+) -> Path:
     """Write ``num_images`` pairs ``draw(i) -> (image uint8 [S, S], mask)`` (mask: uint8 or uint16 [S, S]) to
-    split ``split`` and the labels.json of ``task`` to ``out`` atomically (:func:`cxrseg.files.atomic_folder`).
+    split ``split`` and the labels.json of ``labels`` to ``out`` atomically (:func:`cxrseg.files.atomic_folder`).
     ``out`` must not exist (:class:`~cxrseg.errors.OutputError`)."""
     out = Path(out)
     if out.exists():
@@ -32,7 +39,7 @@ def _write_demo_layout(out: str | os.PathLike, num_images: int, draw, task: str,
             image_id = f"demo_{i:05d}"
             write_png(building / "images" / split / f"{image_id}.png", image)
             write_png(building / "masks" / split / f"{image_id}.png", mask)
-        TASKS[task].save(building)
+        labels.save(building)
     return out
 
 
@@ -48,7 +55,7 @@ def make_demo_data(
         out,
         num_images,
         lambda i: synthetic_radiograph(seed * 1_000_003 + i, size),
-        "pneumothorax",
+        PNEUMOTHORAX,
         "Drawing demo radiographs",
         split,
     )
@@ -67,7 +74,27 @@ def make_multilabel_demo_data(
         image, planes = synthetic_multilabel_radiograph(seed * 1_000_003 + i, size)
         return image, pack_multilabel(planes)
 
-    return _write_demo_layout(out, num_images, draw, "chestxdet", "Drawing multi-label demo radiographs", split)
+    return _write_demo_layout(out, num_images, draw, CHESTXDET, "Drawing multi-label demo radiographs", split)
+
+
+ANATOMY_DEMO_LABELS = LabelSet("anatomy", ANATOMY_DEMO_CLASSES, multilabel=False)
+"""The anatomy demo's label set, a user's own as far as cxrseg knows: ``labels.json`` ``{"task": "anatomy",
+"names": ["background", "lung", "heart"], "multilabel": false}``."""
+
+
+def make_anatomy_demo_data(
+    out: str | os.PathLike, num_images: int = 300, size: int = 256, seed: int = 0, split: str = "train"
+) -> Path:
+    """The anatomy demo (:func:`synthetic_anatomy_radiograph`: lung fields and heart, 3-class single-label masks
+    of class indices) in the PNG layout, with :data:`ANATOMY_DEMO_LABELS` as its labels.json.
+
+    Complete or absent, like :func:`make_demo_data`; ``out`` must not exist yet. Returns ``out``.
+    """
+
+    def draw(i: int) -> tuple[np.ndarray, np.ndarray]:
+        return synthetic_anatomy_radiograph(seed * 1_000_003 + i, size)
+
+    return _write_demo_layout(out, num_images, draw, ANATOMY_DEMO_LABELS, "Drawing anatomy demo radiographs", split)
 
 
 EXAMPLE_PIXEL_SPACING_MM = 0.8
@@ -97,5 +124,9 @@ def write_example_radiographs(folder: str | os.PathLike, multilabel: bool = Fals
     return [png, dicom]
 
 
-DEMO_DATA_MAKERS = {"pneumothorax": make_demo_data, "chestxdet": make_multilabel_demo_data}
+DEMO_DATA_MAKERS = {
+    "pneumothorax": make_demo_data,
+    "chestxdet": make_multilabel_demo_data,
+    "anatomy": make_anatomy_demo_data,
+}
 """The demo generator of each task (the recipe key ``task``): ``maker(out, num_images, size, seed, split) -> out``."""

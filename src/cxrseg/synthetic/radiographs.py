@@ -8,6 +8,8 @@ pixels to ~15% of the image (median ~0.8%, as in SIIM), some images have two reg
 
 :func:`make_multilabel_demo_data` draws the ChestX-Det-like multi-label variant on the same anatomy: an enlarged
 heart (Cardiomegaly), basal effusions with a meniscus, masses and nodules, and the same pneumothorax, overlapping.
+:func:`synthetic_anatomy_radiograph` labels the anatomy itself (lung fields and heart, as JSRT/SCR or Montgomery
+do), with patients placed, sized and tilted differently so that a fixed prior mask is a fair but beatable baseline.
 
 Drawing by hand because no library generates radiograph-like phantoms; cv2 does the filtering and rasterising.
 """
@@ -274,3 +276,39 @@ def synthetic_multilabel_radiograph(seed: int, size: int = 256) -> tuple[np.ndar
         plane["Pneumothorax"][:] = _pneumothorax(rng, lung, fraction * s * s)
     image = _render(rng, s, right_lung, left_lung, hila, heart, plane["Pneumothorax"], opacity)
     return image, planes
+
+
+# --------------------------------------------------------------------------- anatomy (JSRT/SCR-like)
+
+ANATOMY_DEMO_CLASSES = ("background", "lung", "heart")
+"""The anatomy demo's single-label classes, background first; the heart wins where it overlaps a lung field."""
+
+
+def _patient_pose(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A 2x3 affine placing the patient: scale 0.82-1.08, rotation ±8°, shift ±8% of the image, about the centre."""
+    scale = rng.uniform(0.82, 1.08)
+    angle = rng.uniform(-8.0, 8.0)
+    matrix = cv2.getRotationMatrix2D((size / 2, size / 2), angle, scale)
+    matrix[:, 2] += rng.uniform(-0.08, 0.08, 2) * size
+    return matrix
+
+
+def synthetic_anatomy_radiograph(seed: int, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """One image and its anatomy mask: uint8 [S, S] gray and uint8 [S, S] class indices of
+    :data:`ANATOMY_DEMO_CLASSES` (0 background, 1 lung fields, 2 heart).
+
+    The heart varies in size (width x0.85-1.35, height x0.9-1.15) and the whole chest in position, size and tilt
+    (:func:`_patient_pose`; outside the film is the dark background), so the structures are large and always present
+    but not in one place.
+    """
+    rng = np.random.default_rng(seed)
+    s = size
+    right_lung, left_lung, hila = _lung_masks(rng, s)
+    heart = _heart(s, rng.uniform(0.85, 1.35), rng.uniform(0.9, 1.15))
+    image = _render(rng, s, right_lung, left_lung, hila, heart, np.zeros((s, s), np.uint8))
+    classes = np.maximum(right_lung, left_lung).astype(np.uint8)
+    classes[heart > 0] = 2
+    pose = _patient_pose(rng, s)
+    image = cv2.warpAffine(image, pose, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=8)
+    classes = cv2.warpAffine(classes, pose, (s, s), flags=cv2.INTER_NEAREST, borderValue=0)
+    return image, classes

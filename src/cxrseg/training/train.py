@@ -19,10 +19,11 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 from transformers import TrainerCallback, TrainingArguments, set_seed
 
-from cxrseg.config import DataArguments, Recipe, parse_recipe, save_recipe
+from cxrseg.config import DEMO_TASKS, DataArguments, Recipe, check_task_settings, parse_recipe, save_recipe
 from cxrseg.constants import RECIPE_FILENAME, SPLITS_FILENAME
-from cxrseg.data.dataset import build_sampler, index_training_source, load_training_data
+from cxrseg.data.dataset import build_sampler, data_labels, index_training_source, load_training_data
 from cxrseg.data.png_layout import IndexedImage
+from cxrseg.data.prior import save_prior_mask
 from cxrseg.data.splits import save_split
 from cxrseg.errors import CxrsegError, OutputLockedError, RecipeError, environment_problem, report
 from cxrseg.files import TRAINING_RUN, check_output_folder, lock_output, mark_output
@@ -31,7 +32,7 @@ from cxrseg.hub.card import write_model_card
 from cxrseg.hub.checkpoints import HubCheckpointPush, download_checkpoint
 from cxrseg.hub.push import push_folder
 from cxrseg.inference.cv_folder import fold_dir, fold_is_finished
-from cxrseg.labels import LabelSet, get_labels
+from cxrseg.labels import LabelSet
 from cxrseg.model import build_model, check_model_runs
 from cxrseg.plots import plot_training_curves
 from cxrseg.synthetic import DEMO_DATA_MAKERS
@@ -146,9 +147,11 @@ def _train(
     last_checkpoint = resume_checkpoint(args.resume_from_checkpoint, output_dir)
 
     # ------------------------------------------------------------------ Data and model
-    labels = get_labels(model_args.task)
+    # The label set is the data's (its labels.json); a recipe that names a task must agree.
     with args.main_process_first(desc="demo data and mask index"):
-        write_demo_data_if_asked(data_args, labels)
+        write_demo_data_if_asked(data_args, model_args.task)
+        labels = data_labels(data_args.data_dir)
+        check_task_settings(recipe, labels)
         model, processor = build_model(
             model_args.model_name_or_path, model_args.model_config, labels, data_args.image_size
         )
@@ -170,7 +173,17 @@ def _train(
     loss_fn = build_loss(loss_args, labels, data.pixel_counts, data.num_pixels)
     if loss_fn.class_weights is not None:
         logger.info("Class weights: %s", dict(zip(labels.names, [round(w, 4) for w in loss_fn.class_weights.tolist()])))
-    sampler = build_sampler(sampling_args, labels, data, seed=args.seed)
+    sampler, nothing_to_balance = build_sampler(sampling_args, labels, data, seed=args.seed)
+    if nothing_to_balance is not None:  # said once, and recorded in the saved recipe
+        if args.process_index == 0:
+            logger.warning(
+                "balanced_sampling: %s, so there is nothing to balance; training shuffles every image once per epoch "
+                "instead (recorded in %s as balanced_sampling: false). To balance a rarer class, name it in "
+                "balance_classes.",
+                nothing_to_balance,
+                RECIPE_FILENAME,
+            )
+        recipe.override("balanced_sampling", False, f"{nothing_to_balance}: nothing to balance")
 
     # ------------------------------------------------------------------ Output folder
     # Everything the run needs is checked: only now is output_dir created or changed (a run that fails earlier
@@ -181,9 +194,10 @@ def _train(
         save_recipe(recipe, output_dir / RECIPE_FILENAME)
         if not (output_dir / SPLITS_FILENAME).exists():  # a saved split (perhaps the user's) is never rewritten
             save_split(output_dir / SPLITS_FILENAME, data.split)
+        save_prior_mask(output_dir, data.prior_mask)  # the baseline that `cxrseg evaluate` reports too
 
     # ------------------------------------------------------------------ Trainer
-    compute_metrics, preprocess_logits = streaming_metrics(labels.multilabel, list(labels.foreground))
+    compute_metrics, preprocess_logits = streaming_metrics(labels, prior=data.prior_mask)
     trainer = SegmentationTrainer(
         model=model,
         args=args,
@@ -229,15 +243,22 @@ def _train(
     return metrics
 
 
-def write_demo_data_if_asked(data_args: DataArguments, labels: LabelSet) -> None:
-    """With ``generate_demo_data``, write the synthetic demo dataset to a missing ``data_dir``."""
+def write_demo_data_if_asked(data_args: DataArguments, task: str | None) -> None:
+    """With ``generate_demo_data``, write the synthetic demo dataset of ``task`` (default pneumothorax) to a missing
+    ``data_dir``."""
     if (
         data_args.generate_demo_data
         and not hub_dataset_id(data_args.data_dir)
         and not Path(data_args.data_dir).exists()
     ):
-        logger.info("Writing the synthetic demo dataset to %s", data_args.data_dir)
-        DEMO_DATA_MAKERS[labels.task](data_args.data_dir, num_images=data_args.demo_num_images, seed=0)
+        task = task or DEMO_TASKS[0]
+        if task not in DEMO_DATA_MAKERS:
+            raise RecipeError(
+                f"generate_demo_data draws {', '.join(DEMO_DATA_MAKERS)} demo data; task {task!r} has none (prepare "
+                "your data with `cxrseg prepare folder` and set generate_demo_data: false)."
+            )
+        logger.info("Writing the synthetic %s demo dataset to %s", task, data_args.data_dir)
+        DEMO_DATA_MAKERS[task](data_args.data_dir, num_images=data_args.demo_num_images, seed=0)
 
 
 def run_inputs(recipe: Recipe) -> list[str | None]:
@@ -263,11 +284,12 @@ def train_folds(recipe: Recipe, callbacks: Sequence[TrainerCallback] = ()) -> di
             "push_to_hub with num_folds: push a fold's folder after training (`cxrseg push --model OUTPUT_DIR/fold_0 "
             "...`)."
         )
-    labels = get_labels(recipe.model.task)
     output_dir = Path(args.output_dir)
     check_output_folder(output_dir, TRAINING_RUN, inputs=run_inputs(recipe), may_hold=[SPLITS_FILENAME])
     with args.main_process_first(desc="demo data, mask index and model"):
-        write_demo_data_if_asked(data_args, labels)
+        write_demo_data_if_asked(data_args, recipe.model.task)
+        labels = data_labels(data_args.data_dir)
+        check_task_settings(recipe, labels)
         indexed = index_training_source(data_args, labels)  # once for every fold
         prepare_folds(recipe, labels, indexed[1], write=False)  # checked before anything is written
         source = recipe.model.model_name_or_path

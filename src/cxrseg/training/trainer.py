@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,7 +21,10 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalPrediction, rotate_checkpoints
 
 from cxrseg.data.sampling import EpochSampler, ShuffledSampler
+from cxrseg.evaluation.baselines import BaselineScores
 from cxrseg.evaluation.metrics import SegmentationMetrics
+from cxrseg.evaluation.stream import target_planes
+from cxrseg.labels import LabelSet
 from cxrseg.model import AuxiliaryLogits
 from cxrseg.training.checkpoints import STAGING_DIR, publish_checkpoint
 
@@ -176,34 +180,39 @@ def load_every_tensor(model: nn.Module, checkpoint: str | os.PathLike) -> None:
 
 
 def streaming_metrics(
-    multilabel: bool, class_names: list[str], threshold: float = 0.5
+    labels: LabelSet, threshold: float = 0.5, prior: np.ndarray | None = None
 ) -> tuple[Callable[..., dict[str, float]], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
     """``compute_metrics`` (for ``batch_eval_metrics=True``) and ``preprocess_logits_for_metrics``.
 
-    Logits become probabilities of the reported classes at label resolution batch by batch — foreground softmax
-    [B, H, W] for single-label, sigmoids [B, C, H, W] for multi-label — so evaluation never holds more than a batch.
+    Logits become probabilities of the foreground classes at label resolution batch by batch — softmax without
+    background for single-label, sigmoids for multi-label; [B, H, W] for one class, else [B, K, H, W] — so
+    evaluation never holds more than a batch. Besides the model's metrics (:class:`SegmentationMetrics`), the
+    baselines on the same images (:class:`~cxrseg.evaluation.baselines.BaselineScores`: the empty mask, and the
+    ``prior`` mask, bool [K, H, W] at label resolution, when given).
     """
-    metrics = SegmentationMetrics(
-        threshold=threshold, num_classes=len(class_names) if multilabel else 1, class_names=class_names
-    )
+    names = labels.foreground
+    metrics = SegmentationMetrics(threshold=threshold, num_classes=len(names), class_names=names)
+    baselines = BaselineScores(names, prior)
 
-    def preprocess(logits: torch.Tensor | tuple, labels: torch.Tensor) -> torch.Tensor:
+    def preprocess(logits: torch.Tensor | tuple, label_ids: torch.Tensor) -> torch.Tensor:
         logits = logits[0] if isinstance(logits, (tuple, list)) else logits
-        size = labels.shape[-2:]
+        size = label_ids.shape[-2:]
         if logits.shape[-2:] != size:
             logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
-        if multilabel:
-            return logits.float().sigmoid()
-        return logits.float().softmax(dim=1)[:, 1]
+        probs = logits.float().sigmoid() if labels.multilabel else logits.float().softmax(dim=1)[:, 1:]
+        return probs[:, 0] if len(names) == 1 else probs
 
     def compute(prediction: EvalPrediction, compute_result: bool = False) -> dict[str, float]:
-        labels = prediction.label_ids
-        labels = labels[0] if isinstance(labels, (tuple, list)) else labels
-        metrics.update(prediction.predictions, labels)
+        label_ids = prediction.label_ids
+        label_ids = label_ids[0] if isinstance(label_ids, (tuple, list)) else label_ids
+        target = target_planes(labels, torch.as_tensor(label_ids))
+        metrics.update(prediction.predictions, target[:, 0] if len(names) == 1 else target)
+        baselines.update(target)
         if not compute_result:
             return {}
-        result = metrics.compute()
+        result = {**metrics.compute(), **baselines.compute()}
         metrics.reset()
+        baselines.reset()
         # Undefined values (AP of a class without positive pixels) are left out: the Trainer writes JSON files.
         return {key: value for key, value in result.items() if not math.isnan(value)}
 
