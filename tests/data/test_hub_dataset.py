@@ -50,7 +50,7 @@ def test_a_pushed_layout_is_read_back_by_its_hub_id_at_a_revision(served_hub, de
 
     with pytest.raises(DataError, match=r"data_dir hf://datasets/me/missing: cannot load the Hub dataset me/missing"):
         index_training_source(DataArguments(data_dir="hf://datasets/me/missing"), PNEUMOTHORAX)
-    with pytest.raises(DataError, match=r"holds pneumothorax data .* the recipe's task is chestxdet"):
+    with pytest.raises(DataError, match=r"declares pneumothorax .* but the run expects chestxdet"):
         index_training_source(DataArguments(data_dir="hf://datasets/me/demo-png"), TASKS["chestxdet"])
 
 

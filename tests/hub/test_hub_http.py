@@ -6,7 +6,6 @@ downloaded comes over HTTP into an empty cache."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -120,7 +119,7 @@ def test_predict_and_evaluate_with_a_hub_id_equal_the_local_folder(served_hub, d
     # Where the split came from: the val list of the downloaded splits.json (in the cache) or of the local one.
     assert "models--me--cli-http" in metrics["hub"].pop("images") and str(model) in metrics["local"].pop("images")
     assert metrics["hub"] == metrics["local"]
-    assert metrics["hub"]["postprocess"] == dataclasses.asdict(rule)  # the Hub's postprocess.json was applied
+    assert metrics["hub"]["postprocess"] == rule.to_dict()  # the Hub's postprocess.json was applied
     assert metrics["hub"]["num_images"] == 8  # the val list of the Hub's splits.json
 
 

@@ -163,7 +163,7 @@ def _average_one(
     processor = AutoImageProcessor.from_pretrained(
         newest if (newest / "preprocessor_config.json").is_file() else run_dir
     )
-    labels = labels_from_config(model.config.id2label)
+    labels = labels_from_config(model.config)
     data = load_training_data(
         recipe.data, labels, run_dir / SPLITS_FILENAME, mean=processor.image_mean, std=processor.image_std
     )
