@@ -104,7 +104,8 @@ def create_app(
                     )
                 table = gr.HTML(elem_id="findings")
                 mask_file = gr.File(
-                    label="Mask PNG" + (" (0/255)" if len(names) == 1 else f" (16-bit: bit c = class c: {', '.join(names)})"),
+                    label="Mask PNG"
+                    + (" (0/255)" if len(names) == 1 else f" (16-bit: bit c = class c: {', '.join(names)})"),
                     interactive=False,
                     elem_id="mask",
                 )
