@@ -168,7 +168,7 @@ def plot_pr_curve(curves: Sequence[PRCurve], path: str | os.PathLike, title: str
 
 CURVE_PANELS = (
     ("Loss", ("loss", "eval_loss"), None),
-    ("Dice", ("eval_dice", "eval_kaggle_dice"), (0, 1)),
+    ("Dice", ("eval_dice", "eval_kaggle_dice", "eval_prior_mask_dice"), (0, 1)),  # with the prior-mask baseline
     ("Ranking", ("eval_ap", "eval_best_f1"), (0, 1)),
 )
 """Panels of :func:`plot_training_curves`: title, the ``log_history`` keys drawn in it, y range (None: auto)."""

@@ -34,6 +34,8 @@ MASK_SUFFIXES = (".png", ".gif", ".tif", ".tiff", ".bmp")
 """Mask files :func:`read_mask` reads (case-insensitive)."""
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", *DICOM_SUFFIXES)
 """File types cxrseg reads as radiographs (case-insensitive), each by :func:`read_image`."""
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """A PNG, JPEG, TIFF, BMP, GIF or DICOM file as uint8 gray ``[H, W]`` (see the module docstring).
 

@@ -58,7 +58,8 @@ def gray_conversion(image: Image.Image) -> str:
 
 
 def palette_kind(image: Image.Image) -> str:
-    """" (inverted gray palette)" or " (gray palette)" for a palette of grays, "" for a coloured one."""
+    """How a palette image's palette reads, as a suffix for messages: ``" (inverted gray palette)"`` or
+    ``" (gray palette)"`` when the entries it uses are grays, ``""`` when they are colours."""
     entries = np.asarray(image.getpalette() or [], dtype=np.int64).reshape(-1, 3)
     used = np.unique(np.asarray(image))
     colours = entries[used[used < len(entries)]]

@@ -20,9 +20,7 @@ from cxrseg.synthetic.radiographs import (
 )
 
 
-def _write_demo_layout(
-    out: str | os.PathLike, num_images: int, draw, labels: LabelSet, desc: str, split: str
-) -> Path:
+def _write_demo_layout(out: str | os.PathLike, num_images: int, draw, labels: LabelSet, desc: str, split: str) -> Path:
     """Write ``num_images`` pairs ``draw(i) -> (image uint8 [S, S], mask)`` (mask: uint8 or uint16 [S, S]) to
     split ``split`` and the labels.json of ``labels`` to ``out`` atomically (:func:`cxrseg.files.atomic_folder`).
     ``out`` must not exist (:class:`~cxrseg.errors.OutputError`)."""
