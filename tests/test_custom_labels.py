@@ -155,7 +155,7 @@ def test_a_label_set_of_your_own_from_prepare_to_pipeline(kind, user, tmp_path, 
     from cxrseg.app.web import load_app  # deferred: Gradio is optional
     from tests.app.test_app import segment_in_process
 
-    _, _, _, table, _ = segment_in_process(load_app(str(model), device="cpu"), raw_images / "MCUCXR001.png")
+    table = segment_in_process(load_app(str(model), device="cpu"), raw_images / "MCUCXR001.png")[3]
     assert 'data-finding="lung field"' in table and 'data-finding="heart"' in table
 
     # ------------------------------------------------------------------ card, Hub, pipeline()
