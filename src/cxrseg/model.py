@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
@@ -118,23 +119,26 @@ def _inline_model(model_config: dict[str, Any], labels: LabelSet) -> UperNetForS
 
 
 def check_model_runs(model: UperNetForSemanticSegmentation, image_size: int, where: str) -> None:
-    """A dry forward pass of one blank ``image_size`` square image (eval mode, no gradients; the model is left as it
-    was): shapes that only fail when the model runs (heads that do not divide a stage's width, mismatched channels,
-    an image too small for the backbone) end here as one :class:`~cxrseg.errors.RecipeError` naming ``where`` the
-    model came from, before a run writes anything, instead of at the first training step."""
-    was_training = model.training
-    model.eval()
+    """A dry training step on a copy of ``model``: forward in training mode on two blank ``image_size`` square images,
+    a loss on the main and auxiliary logits, backward. Shapes that only fail when the model runs or learns (heads that
+    do not divide a stage's width, mismatched channels, an image too small for the backbone) end here as one
+    :class:`~cxrseg.errors.RecipeError` naming ``where`` the model came from, before a run writes anything, instead of
+    at the first training step. ``model`` (weights, BatchNorm statistics, mode) and torch's CPU random state are left
+    as they were, so the run trains exactly as it would without the check."""
+    probe = copy.deepcopy(model).train()
+    auxiliary = AuxiliaryLogits(probe)
+    channels = getattr(model.config.backbone_config, "num_channels", 3)
     try:
-        with torch.no_grad():
-            channels = getattr(model.config.backbone_config, "num_channels", 3)
-            model(pixel_values=torch.zeros(1, channels, image_size, image_size))
+        with torch.random.fork_rng(devices=[]):  # dropout and drop-path draw here, not from the run's stream
+            logits = probe(pixel_values=torch.zeros(2, channels, image_size, image_size)).logits
+            side = auxiliary.pop(logits.shape[-2:])
+            loss = logits.float().mean() + (side.float().mean() if side is not None else 0.0)
+            loss.backward()
     except CONFIG_ERRORS as error:
         raise RecipeError(
             f"The model from {where} cannot run on {image_size}x{image_size} images ({_one_line(error)}): fix "
             "model_config (e.g. num_heads must divide each stage's width embed_dim * 2**stage) or image_size."
         ) from error
-    finally:
-        model.train(was_training)
 
 
 def build_model(

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from transformers import UperNetConfig, UperNetForSemanticSegmentation
 
@@ -62,3 +63,25 @@ def test_auxiliary_logits_come_from_the_same_forward():
     # UperNet's own loss is main + auxiliary_loss_weight * aux: our captured logits reproduce it
     expected = main + model.config.auxiliary_loss_weight * auxiliary
     torch.testing.assert_close(builtin.loss, expected)
+
+
+def test_the_dry_training_step_changes_nothing_and_names_a_model_that_cannot_train():
+    """check_model_runs trains a copy one step: the model's tensors (BatchNorm statistics included), its mode and
+    torch's random stream are as before; a model whose heads do not fit fails as one RecipeError naming it."""
+    from cxrseg.errors import RecipeError
+    from cxrseg.model import check_model_runs
+
+    torch.manual_seed(3)
+    model, _ = build_model(None, TINY_MODEL_CONFIG, PNEUMOTHORAX, 32)
+    model.eval()
+    before = {key: tensor.clone() for key, tensor in model.state_dict().items()}
+    state = torch.random.get_rng_state()
+    check_model_runs(model, 32, "model_config")
+    assert not model.training
+    assert all(torch.equal(before[key], tensor) for key, tensor in model.state_dict().items())
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(parameter.grad is None for parameter in model.parameters())
+    config = {**TINY_MODEL_CONFIG, "backbone_config": {**TINY_MODEL_CONFIG["backbone_config"], "num_heads": [3] * 4}}
+    unfit, _ = build_model(None, config, PNEUMOTHORAX, 32)  # builds; 3 heads do not divide a width of 16
+    with pytest.raises(RecipeError, match="model_config cannot run on 32x32 images"):
+        check_model_runs(unfit, 32, "model_config")
