@@ -30,6 +30,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -243,37 +244,28 @@ def predictions_made(predictor: Predictor, tta: str) -> dict:
 def load_models(
     models: str | os.PathLike | Sequence[str | os.PathLike],
     *,
-    device: str = "auto",
-    use_postprocess: bool = True,
-    postprocess_path: str | os.PathLike | None = None,
-    precision: str = "fp32",
-    compile: bool = False,
     tta: str | None = None,
     rule_mismatch: str = "error",
     weights: Sequence[float] | None = None,
     average: str | None = None,
+    **loading: Any,
 ) -> Predictor:
     """What a ``--model`` option names: one model folder or Hub id → its
     :class:`~cxrseg.inference.segmenter.Segmenter`; a CV folder or several models → their :class:`Ensemble`
     (:func:`load_ensemble`). tta: the TTA the predictions will use; when given, the mask rule in effect must have
     been tuned on predictions made the same way (:func:`~cxrseg.postprocessing.lookup.check_rule`, with
-    ``rule_mismatch`` "error" or "warn"). weights, average: an ensemble's (:func:`load_ensemble`)."""
+    ``rule_mismatch`` "error" or "warn"). weights, average: an ensemble's (:func:`load_ensemble`). loading:
+    :func:`~cxrseg.inference.segmenter.load_segmenter`'s keywords (device, use_postprocess, postprocess_path,
+    precision, compile), passed to every model."""
     models = [models] if isinstance(models, (str, os.PathLike)) else list(models)
-    options = {
-        "device": device,
-        "use_postprocess": use_postprocess,
-        "postprocess_path": postprocess_path,
-        "precision": precision,
-        "compile": compile,
-    }
     if len(models) == 1 and not is_cv_folder(models[0]):
         if weights is not None or average is not None:
             raise ModelLoadError(
                 f"Ensemble weights and average need several models or a CV folder; {models[0]} is one."
             )
-        predictor = load_segmenter(models[0], **options)
+        predictor = load_segmenter(models[0], **loading)
     else:
-        predictor = load_ensemble(models, **options, weights=weights, average=average)
+        predictor = load_ensemble(models, **loading, weights=weights, average=average)
     if tta is not None and predictor.postprocess is not None:
         check_rule(predictor.postprocess, predictions_made(predictor, tta), predictor.source, mismatch=rule_mismatch)
     return predictor
