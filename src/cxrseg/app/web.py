@@ -75,14 +75,7 @@ def create_app(
         analytics_enabled=False,
         delete_cache=(CACHE_LIFETIME_S, CACHE_LIFETIME_S),
     ) as demo:
-        trained_on = training_data(segmenter.model_dir) if segmenter.model_dir is not None else None
-        gr.Markdown(
-            f"## cxrseg: chest X-ray segmentation\nModel `{segmenter.source}`, class"
-            f"{'es' if len(names) > 1 else ''}: {', '.join(names)}. "
-            f"Trained on: {trained_on or 'not recorded with this model (no recipe.yaml)'}. "
-            "**Research software, not a medical device: not for diagnosis.**",
-            elem_id="model-info",
-        )
+        gr.Markdown(_model_info(segmenter), elem_id="model-info")
         with gr.Row():
             with gr.Column(scale=1):
                 upload = gr.File(
@@ -141,22 +134,7 @@ def create_app(
                 return _error_html(name, text), None, None, "", None, no_seg
             masks_path = Path(demo.GRADIO_CACHE) / uuid.uuid4().hex / f"{Path(name).stem}_mask.png"
             write_png(masks_path, mask_png_pixels(result.masks))
-            seg_path = None
-            if Path(name).suffix.lower() in DICOM_SUFFIXES:
-                seg_path = masks_path.with_name(f"{Path(name).stem}_seg.dcm")
-                try:
-                    write_dicom_seg(
-                        path,
-                        seg_path,
-                        result.masks,
-                        names,
-                        task=segmenter.labels.task,
-                        model_name=model_name(segmenter),
-                        software_version=cxrseg_version(),
-                    )
-                except CxrsegError as error:  # the masks are still shown; the log says why there is no SEG
-                    logger.warning("No DICOM SEG for %s: %s", name, error)
-                    seg_path = None
+            seg_path = _dicom_seg(segmenter, path, masks_path.with_name(f"{Path(name).stem}_seg.dcm"), result.masks)
             picture = overlay(radiograph.image, result.masks, colours, names=names if len(names) > 1 else None)
             rule = _rule_text(segmenter, raw_threshold)
             return (
@@ -172,6 +150,39 @@ def create_app(
         upload.change(analyse, [upload, raw], outputs, api_name="segment")
         raw.change(analyse, [upload, raw], outputs, api_visibility="private")
     return demo
+
+
+def _model_info(segmenter: Predictor) -> str:
+    """The page's heading: the model, its classes, what it was trained on, and that it is not a medical device."""
+    names = segmenter.output_names
+    trained_on = training_data(segmenter.model_dir) if segmenter.model_dir is not None else None
+    return (
+        f"## cxrseg: chest X-ray segmentation\nModel `{segmenter.source}`, class"
+        f"{'es' if len(names) > 1 else ''}: {', '.join(names)}. "
+        f"Trained on: {trained_on or 'not recorded with this model (no recipe.yaml)'}. "
+        "**Research software, not a medical device: not for diagnosis.**"
+    )
+
+
+def _dicom_seg(segmenter: Predictor, source: str, seg_path: Path, masks) -> Path | None:
+    """The DICOM SEG of ``masks`` (uint8 0/1 [K, H, W]) at ``seg_path`` when ``source`` is a DICOM, else None; a SEG
+    that cannot be written is logged (the masks are still shown)."""
+    if Path(source).suffix.lower() not in DICOM_SUFFIXES:
+        return None
+    try:
+        write_dicom_seg(
+            source,
+            seg_path,
+            masks,
+            segmenter.output_names,
+            task=segmenter.labels.task,
+            model_name=model_name(segmenter),
+            software_version=cxrseg_version(),
+        )
+    except CxrsegError as error:
+        logger.warning("No DICOM SEG for %s: %s", Path(source).name, error)
+        return None
+    return seg_path
 
 
 def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None, **options) -> None:
