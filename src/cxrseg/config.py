@@ -54,6 +54,8 @@ class ModelArguments:
     )
 
     def __post_init__(self) -> None:
+        if isinstance(self.task, str) and self.task.lower() in ("null", "none"):  # `--task null` on the command line
+            self.task = None
         if self.task is not None and not (isinstance(self.task, str) and self.task.strip()):
             raise RecipeError(f"task must be a name (or null to take the data's), got {self.task!r}.")
         if self.model_name_or_path is None and self.model_config is None:
@@ -453,7 +455,8 @@ def check_task_settings(recipe: Recipe, labels: LabelSet) -> None:
     if task is not None and task != labels.task:
         raise RecipeError(
             f"The recipe's task is {task!r} but {recipe.data.data_dir} declares {labels.describe()} in its "
-            "labels.json; remove `task` from the recipe (the data decides) or point data_dir at the intended data."
+            "labels.json; remove `task` from the recipe or pass --task null (the data decides), or point data_dir at "
+            "the intended data."
         )
     if labels.multilabel and (sampling.negative_keep_ratio, sampling.positive_weight) != (1.0, 1.0):
         raise RecipeError(

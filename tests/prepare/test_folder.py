@@ -214,3 +214,24 @@ def test_real_world_files_are_converted_and_reported_per_file(tmp_path):
     np.testing.assert_array_equal(cv2.imread(str(out / "masks" / "train" / "jsrt.png"), 0), lung * 255)
     # the GIF's palette shows the lung black on white: read through it, the lung is 0 and the rest the finding
     np.testing.assert_array_equal(cv2.imread(str(out / "masks" / "train" / "film.png"), 0), (1 - lung) * 255)
+
+
+def test_masks_named_with_a_suffix_are_matched_to_their_images(tmp_path):
+    """Shenzhen's masks are CHNCXR_0001_0_mask.png beside CHNCXR_0001_0.png: --mask-suffix _mask matches them."""
+    lung = np.zeros((16, 16), np.uint8)
+    lung[2:14, 2:8] = 255
+    for name in ("CHNCXR_0001_0", "CHNCXR_0002_1"):
+        write(tmp_path / "img" / f"{name}.png", np.full((16, 16), 100, np.uint8))
+        write(tmp_path / "mask" / f"{name}_mask.png", lung)
+    out = tmp_path / "out"
+    result = run_prepare(
+        "folder", "--images", str(tmp_path / "img"), "--masks", str(tmp_path / "mask"), "--mask-suffix", "_mask",
+        "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (out / "masks" / "train").iterdir()) == ["CHNCXR_0001_0.png", "CHNCXR_0002_1.png"]
+    np.testing.assert_array_equal(cv2.imread(str(out / "masks" / "train" / "CHNCXR_0002_1.png"), 0), lung)
+    unmatched = run_prepare(
+        "folder", "--images", str(tmp_path / "img"), "--masks", str(tmp_path / "mask"), "--out", str(tmp_path / "x")
+    )
+    assert unmatched.returncode == 2 and "missing_mask: 2" in unmatched.stderr  # without it: nothing matches

@@ -81,6 +81,7 @@ def test_the_recipe_is_checked_against_the_data_label_set(tmp_path):
     lungs = LabelSet("lungs", ("background", "lung", "heart"), multilabel=False)
     assert parse_recipe(["--task", "lungs"]).model.task == "lungs"  # any name: the data decides
     assert parse_recipe([]).model.task is None
+    assert parse_recipe(["--config", "recipe/chestxdet_demo.yaml", "--task", "null"]).model.task is None
     check_task_settings(parse_recipe([]), lungs)  # no task: the data's
     check_task_settings(parse_recipe(["--task", "lungs"]), lungs)
     with pytest.raises(RecipeError, match=r"task is 'pneumothorax' but .* declares lungs \(background, lung, heart"):

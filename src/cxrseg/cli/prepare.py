@@ -67,6 +67,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     folder.add_argument(
         "--labels", help='labels JSON, e.g. {"task": "custom", "names": ["background", "lesion"], "multilabel": false}'
     )
+    folder.add_argument(
+        "--mask-suffix",
+        default="",
+        help="what mask file names add to their image's name, e.g. _mask for CHNCXR_0001_0_mask.png (default: none)",
+    )
     folder.add_argument("--split", default="train", help="split to write the pairs to (default: train)")
     folder.add_argument("--patient-ids", metavar="CSV", help=PATIENT_IDS_HELP)
     _add_common(folder, default_size=None)
@@ -129,6 +134,12 @@ def _run_folder(args: argparse.Namespace) -> int:
     options = _options(args)
     return _report(
         prepare_folder(
-            args.images, args.masks, options, labels_file=args.labels, split=args.split, patient_ids=args.patient_ids
+            args.images,
+            args.masks,
+            options,
+            labels_file=args.labels,
+            split=args.split,
+            patient_ids=args.patient_ids,
+            mask_suffix=args.mask_suffix,
         )
     )

@@ -3,8 +3,8 @@
 Images (PNG, JPEG, TIFF, BMP, GIF, DICOM) are read by :func:`cxrseg.imageio.images.read_image` (palette through its
 palette, colour to luma, 16-bit and DICOM to 8-bit gray, MONOCHROME1 inverted) and masks (PNG, GIF, TIFF, BMP) by
 :func:`cxrseg.imageio.images.read_mask`; what each file needed is reported in ``metadata.csv``'s ``converted``
-column and counted in the summary. Images and masks are matched by file name without suffix, which becomes the
-ImageId; both folders are searched recursively. The label set
+column and counted in the summary. Images and masks are matched by file name without suffix (a mask's name may
+add ``mask_suffix``, e.g. ``_mask``), which becomes the ImageId; both folders are searched recursively. The label set
 comes from ``--labels`` (a JSON file like the layout's ``labels.json``: ``{"task": "custom", "names":
 ["background", "lesion"], "multilabel": false}``; ``task`` ``pneumothorax``/``chestxdet`` name the built-in sets)
 and is pneumothorax when absent. Masks must be:
@@ -59,16 +59,19 @@ def prepare_folder(
     labels_file: str | Path | None = None,
     split: str = "train",
     patient_ids: str | Path | None = None,
+    mask_suffix: str = "",
 ) -> Summary:
     """Convert image/mask folders into split ``split`` of the PNG layout at ``options.out`` (see the module
     docstring). labels_file: a labels JSON (:meth:`cxrseg.labels.LabelSet.load`); pneumothorax when None.
     patient_ids: a CSV with columns ``image_id`` and ``PatientID`` (:func:`cxrseg.data.groups.read_patient_ids`),
     copied into ``metadata.csv`` so that cross-validation folds keep a patient's images together; matched with
-    or without file suffixes, mismatches in ``problems.csv`` (:func:`cxrseg.prepare.patients.match_patient_ids`)."""
+    or without file suffixes, mismatches in ``problems.csv`` (:func:`cxrseg.prepare.patients.match_patient_ids`).
+    mask_suffix: what the masks' file names add to their image's name without suffix (Shenzhen's
+    ``CHNCXR_0001_0_mask.png``: ``"_mask"``); a mask whose name lacks it is matched by its whole name."""
     check_image_id(split, "--split")
     labels = LabelSet.load(labels_file) if labels_file else PNEUMOTHORAX
     images, problems = _find(images_dir, IMAGE_SUFFIXES, split, "image")
-    masks, mask_problems = _find(masks_dir, MASK_SUFFIXES, split, "mask")
+    masks, mask_problems = _find(masks_dir, MASK_SUFFIXES, split, "mask", strip=mask_suffix)
     problems += mask_problems
     patients: dict[str, str] = {}
     if patient_ids is not None:
@@ -82,7 +85,7 @@ def prepare_folder(
                 FolderItem(image_id, split, str(path), str(masks[image_id]), labels, options.image_size, patient)
             )
         else:
-            detail = f"{path}: no {image_id}{{{','.join(MASK_SUFFIXES)}}} under {masks_dir}"
+            detail = f"{path}: no {image_id}{mask_suffix}{{{','.join(MASK_SUFFIXES)}}} under {masks_dir}"
             problems.append(Problem(image_id, split, "missing_mask", IMAGE_SKIPPED, detail))
     for image_id in sorted(masks.keys() - images.keys()):
         detail = f"{masks[image_id]}: no image {image_id}{{{','.join(IMAGE_SUFFIXES)}}} under {images_dir}"
@@ -153,17 +156,20 @@ def convert_folder_item(item: FolderItem, root: Path) -> ItemResult:
 
 
 def _find(
-    folder: str | Path, suffixes: tuple[str, ...], split: str, kind: str
+    folder: str | Path, suffixes: tuple[str, ...], split: str, kind: str, strip: str = ""
 ) -> tuple[dict[str, Path], list[Problem]]:
+    """The files of ``kind`` under ``folder`` by ImageId: the file name without its suffix, and without ``strip``
+    where it ends with it; a second file with the same ImageId is a problem (the first is kept)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise PrepareError(f"{kind.capitalize()} folder {folder} does not exist.")
     found: dict[str, Path] = {}
     problems = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes):
-        if path.stem in found:
-            detail = f"{path} has the same name as {found[path.stem]} (kept)"
-            problems.append(Problem(path.stem, split, f"duplicate_{kind}", IMAGE_SKIPPED, detail))
+        image_id = path.stem.removesuffix(strip) if strip and path.stem != strip else path.stem
+        if image_id in found:
+            detail = f"{path} has the same name as {found[image_id]} (kept)"
+            problems.append(Problem(image_id, split, f"duplicate_{kind}", IMAGE_SKIPPED, detail))
         else:
-            found[path.stem] = path
+            found[image_id] = path
     return found, problems
