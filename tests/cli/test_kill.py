@@ -91,7 +91,8 @@ def cxrseg(*argv: str) -> list[str]:
 COMMANDS = {
     "prepare": (
         lambda ws, demo: cxrseg("prepare", "folder", "--images", str(ws / "raw/images"), "--masks",
-                                str(ws / "raw/masks"), "--out", str(ws / "prepared"), "--num-proc", "2", "--overwrite"),
+                                str(ws / "raw/masks"), "--out", str(ws / "prepared"), "--num-proc", "2", "--overwrite",
+                                "--image-size", "1024"),  # upsampled: seconds of work, so the kill lands mid-way
         [],
         lambda ws, pid: len(session_processes(pid)) >= 4,  # the pool is up: main, forkserver and two workers
         0.5,

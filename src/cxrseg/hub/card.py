@@ -228,7 +228,9 @@ def training_data(folder: str | os.PathLike) -> str | None:
     if not path.is_file():
         return None
     recipe = yaml.safe_load(path.read_text()) or {}
-    dataset = _dataset(recipe, recipe.get("task", "pneumothorax"))
+    config = _read_json(Path(folder) / "config.json")
+    task = recipe.get("task") or (labels_from_config(config).task if config.get("id2label") else "pneumothorax")
+    dataset = _dataset(recipe, task)  # a recipe need not name its task: the model's config holds the data's
     if dataset["type"] == SYNTHETIC_DATASET[1]:
         return "cxrseg's synthetic demo images (drawn radiograph-like pictures, not real X-rays)"
     if dataset["hub_id"]:
