@@ -30,6 +30,7 @@ from PIL import Image, PngImagePlugin
 from cxrseg.errors import CxrsegError, DataError
 from cxrseg.files import check_output_file
 from cxrseg.hub.card import training_data
+from cxrseg.imageio import read_image
 from cxrseg.inference.segmenter import load_segmenter
 from cxrseg.plots import is_cxrseg_figure, plot_prediction_grid
 
@@ -110,21 +111,22 @@ def main(argv: list[str] | None = None) -> int:
         predictions = showcase_predictions(args.model, args.data, out, args.n)
         print(f"Wrote {predictions}")
         if not args.no_app:
-            print(f"Wrote {app_screenshot(args.model, _first_val_image(args.model, args.data), out, args.chromium)}")
+            print(f"Wrote {app_screenshot(args.model, _showcase_image(args.model, args.data), out, args.chromium)}")
     except CxrsegError as error:  # one line, as the cxrseg command prints it
         print(f"error: {error}")
         return 2
     return 0
 
 
-def _first_val_image(model: str, data: str) -> Path:
-    """The first validation image of ``data`` (the model's ``splits.json``): what the screenshot uploads."""
+def _showcase_image(model: str, data: str) -> Path:
+    """The validation image of ``data`` (the model's ``splits.json``) with the largest finding (mask area; the first
+    image when none has one): what the screenshot uploads."""
     splits = load_segmenter(model, device="cpu").splits
     if not splits or not splits.get("val"):
         raise DataError(f"{model} has no splits.json with validation images: give a model that training wrote.")
-    image_id = sorted(splits["val"])[0]
-    return Path(data) / "images" / "train" / f"{image_id}.png"
-
+    image_ids = sorted(splits["val"])
+    areas = [int((read_image(Path(data) / "masks" / "train" / f"{i}.png") > 0).sum()) for i in image_ids]
+    return Path(data) / "images" / "train" / f"{image_ids[areas.index(max(areas))]}.png"
 
 if __name__ == "__main__":
     raise SystemExit(main())

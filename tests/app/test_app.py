@@ -3,8 +3,8 @@ the model computes; bad inputs give a message in the page and the app serves the
 Space's app.py serve the same app from a real model folder.
 
 The browser test's model is a stand-in whose probability is the gray level (tests/evaluation/test_evaluate.py), so
-the page's numbers can be checked against values written by hand. CXRSEG_APP_SCREENSHOT=docs/app.png makes it also
-write the README's screenshot there.
+the page's numbers can be checked against values written by hand. CXRSEG_APP_SCREENSHOT=PATH makes it also
+write its screenshot there.
 """
 
 from __future__ import annotations
