@@ -141,7 +141,9 @@ def make_folds(
         class_load[fold] += share[kind]
         placed[fold][kind].append(group)
     _improve_placement(load, vectors, placed)
-    for _ in range(RESTARTS):  # seeded random starts: a local search can stop short of the best placement
+    # Seeded random starts (a local search can stop short of the best placement), where the contents are few enough
+    # for the search to be quick: with many class combinations (multi-label data) the greedy start alone.
+    for _ in range(RESTARTS if len(kinds) <= MAX_KINDS_FOR_RESTARTS else 0):
         start = rng.integers(num_folds, size=len(order))
         start[rng.permutation(len(order))[:num_folds]] = np.arange(num_folds)  # no fold empty
         other_load = np.zeros_like(load)
@@ -165,6 +167,8 @@ def make_folds(
 
 RESTARTS = 8
 """Seeded random starting placements that :func:`make_folds` searches from besides the greedy one."""
+MAX_KINDS_FOR_RESTARTS = 64
+"""Above this many distinct group contents, :func:`make_folds` searches from the greedy start only."""
 
 
 def placement_cost(load: np.ndarray) -> tuple[float, ...]:
