@@ -172,22 +172,15 @@ def _index_saved_dataset(dataset: datasets.Dataset, labels: LabelSet, num_proc: 
 def load_hub_dataset(data_dir: str) -> tuple[datasets.Dataset, LabelSet]:
     """The ``train`` split and the label set of the Hub dataset ``data_dir`` names (``hf://datasets/ID[@REVISION]``,
     as ``cxrseg prepare --push-to-hub`` pushes it: :mod:`cxrseg.prepare.export`), with ``datasets.load_dataset``
-    (downloaded once into the ``datasets`` cache) and ``labels.json`` with ``hf_hub_download``. The token is
+    (downloaded once into the ``datasets`` cache) and ``labels.json`` (:func:`_hub_labels`). The token is
     huggingface_hub's (``HF_TOKEN`` or ``hf auth login``). Raises :class:`DataError` naming the id and what to do."""
-    from huggingface_hub import hf_hub_download
-
+    labels = _hub_labels(data_dir)
     repo_id, revision = hub_dataset_id(data_dir)
     try:
-        labels_file = hf_hub_download(repo_id, LABELS_FILENAME, repo_type="dataset", revision=revision)
         source = datasets.load_dataset(repo_id, revision=revision, split="train")
     except Exception as error:  # any Hub, network or format failure: one line naming the dataset
-        raise DataError(
-            f"data_dir {data_dir}: cannot load the Hub dataset {repo_id}"
-            f"{f' at revision {revision}' if revision else ''} ({type(error).__name__}: {' '.join(str(error).split())}"
-            "). Check the id and revision, the network, and the token of a private dataset (`hf auth login` or "
-            "HF_TOKEN); it must hold a train split and labels.json, as `cxrseg prepare --push-to-hub` writes them."
-        ) from error
-    return source, read_layout_labels(Path(labels_file).parent)
+        raise _hub_dataset_error(data_dir, error) from error
+    return source, labels
 
 
 def _hub_labels(data_dir: str) -> LabelSet:
@@ -198,12 +191,19 @@ def _hub_labels(data_dir: str) -> LabelSet:
     try:
         labels_file = hf_hub_download(repo_id, LABELS_FILENAME, repo_type="dataset", revision=revision)
     except Exception as error:  # any Hub or network failure: one line naming the dataset
-        raise DataError(
-            f"data_dir {data_dir}: cannot read labels.json of the Hub dataset {repo_id} "
-            f"({type(error).__name__}: {' '.join(str(error).split())}). Check the id and revision, the network, and "
-            "the token of a private dataset (`hf auth login` or HF_TOKEN)."
-        ) from error
+        raise _hub_dataset_error(data_dir, error) from error
     return read_layout_labels(Path(labels_file).parent)
+
+
+def _hub_dataset_error(data_dir: str, error: Exception) -> DataError:
+    """The one-line error of a Hub dataset that cannot be read, naming it and what to check."""
+    repo_id, revision = hub_dataset_id(data_dir)
+    return DataError(
+        f"data_dir {data_dir}: cannot load the Hub dataset {repo_id}"
+        f"{f' at revision {revision}' if revision else ''} ({type(error).__name__}: {' '.join(str(error).split())}"
+        "). Check the id and revision, the network, and the token of a private dataset (`hf auth login` or "
+        "HF_TOKEN); it must hold a train split and labels.json, as `cxrseg prepare --push-to-hub` writes them."
+    )
 
 
 def data_labels(data_dir: str | os.PathLike) -> LabelSet:
