@@ -301,6 +301,12 @@ CASES = [
      r"^cxrseg predict: argument --precision: invalid choice"),
     ("predict-no-model", "cli", lambda ws: ["predict", "--model", str(ws / "nothere"), "--input", str(ws / "data"),
                                             "--out", str(ws / "p")], r"nothere' is neither a local model folder"),
+    ("predict-weights-one-model", "cli", lambda ws: predict(ws, "--out", str(ws / "p"), "--ensemble-weights", "1", "2"),
+     r"need several models or a CV folder"),
+    ("predict-bad-dicom-seg", "cli", lambda ws: predict(ws, "--out", str(ws / "p"), "--dicom-seg", "bits"),
+     r"^cxrseg predict: argument --dicom-seg: invalid choice"),
+    ("average-no-checkpoints", "cli",
+     lambda ws: ["average", "--model", str(ws / "model"), "--last", "2", "--out", str(ws / "averaged")], r"checkpoint"),
     # cxrseg evaluate, visualize, push, make-demo-data
     ("evaluate-bad-postprocess", "cli",
      lambda ws: ["evaluate", "--model", str(ws / "model"), "--data", str(ws / "data"), "--num-workers", "0",
