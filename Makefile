@@ -36,27 +36,36 @@ anatomy-demo: install  ## synthetic lung fields + heart → train → evaluate (
 	$(PY) run_train.py --config recipe/anatomy_demo.yaml
 	$(PY) -m cxrseg evaluate --model outputs/anatomy-demo --data data/anatomy-demo
 
-# The cross-validation demo (README "Cross-validation"); a quick look: make cv-demo CV_IMAGES=48 CV_EPOCHS=1 ...
+# The cross-validation demo (docs/cross-validation.md "The demo, 3 folds"); a quick look: make cv-demo CV_IMAGES=48 ...
+# Each fold keeps its last checkpoint (cv_checkpoint: last) and CV_AVERAGE_LAST + 1 checkpoints on disk: the
+# checkpoint best on the fold's validation images is never rotated out, so the newest CV_AVERAGE_LAST survive beside
+# it for `cxrseg average`. Rerun after an interruption: training resumes, the steps after it are redone.
 CV_FOLDS ?= 3
 CV_EPOCHS ?= 15
 CV_IMAGES ?= 400
 CV_TEST_IMAGES ?= 200
+CV_AVERAGE_LAST ?= 3
 CV_DATA ?= data/demo
 CV_TEST_DATA ?= data/demo-test
 CV_OUT ?= outputs/demo-cv
+CV_AVERAGED ?= $(CV_OUT)-averaged
 
-cv-demo: install  ## K folds of the demo recipe → out-of-fold tuning → ensemble vs each fold on a held-out test split
+cv-demo: install  ## K folds → out-of-fold tuning → ensemble vs each fold, last checkpoint vs averaged, on a test split
 	$(PY) run_train.py --config recipe/demo.yaml --num_folds $(CV_FOLDS) --num_train_epochs $(CV_EPOCHS) \
-		--data_dir $(CV_DATA) --demo_num_images $(CV_IMAGES) --output_dir $(CV_OUT) --resume_from_checkpoint last
+		--data_dir $(CV_DATA) --demo_num_images $(CV_IMAGES) --output_dir $(CV_OUT) --resume_from_checkpoint last \
+		--save_total_limit $$(($(CV_AVERAGE_LAST) + 1))
 	test -d $(CV_TEST_DATA) || $(PY) -m cxrseg make-demo-data --out $(CV_TEST_DATA) --seed 1 \
 		--num-images $(CV_TEST_IMAGES) --split test
-	$(PY) -m cxrseg evaluate --model $(CV_OUT) --data $(CV_DATA) --search-postprocess
-	$(PY) -m cxrseg evaluate --model $(CV_OUT) --data $(CV_TEST_DATA) --split test
-	for k in $$(seq 0 $$(($(CV_FOLDS) - 1))); do \
-		$(PY) -m cxrseg evaluate --model $(CV_OUT)/fold_$$k --data $(CV_TEST_DATA) --split test \
-			--postprocess $(CV_OUT)/postprocess.json || exit 1; \
+	$(PY) -m cxrseg average --model $(CV_OUT) --last $(CV_AVERAGE_LAST) --out $(CV_AVERAGED)
+	for model in $(CV_OUT) $(CV_AVERAGED); do \
+		$(PY) -m cxrseg evaluate --model $$model --data $(CV_DATA) --search-postprocess || exit 1; \
+		$(PY) -m cxrseg evaluate --model $$model --data $(CV_TEST_DATA) --split test || exit 1; \
+		for k in $$(seq 0 $$(($(CV_FOLDS) - 1))); do \
+			$(PY) -m cxrseg evaluate --model $$model/fold_$$k --data $(CV_TEST_DATA) --split test \
+				--postprocess $$model/postprocess.json || exit 1; \
+		done; \
 	done
-	@$(PY) scripts/cv_demo_table.py $(CV_OUT) --split test
+	@$(PY) scripts/cv_demo_table.py $(CV_OUT) --averaged $(CV_AVERAGED) --split test
 
 # Tests run in parallel (pytest-xdist, one worker per core), a test file per worker at a time (--dist loadfile), so a
 # module's shared fixture (a training run, the 2-process DDP run) is built once. PYTEST_WORKERS=0: one process.

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from cxrseg.cli import main
-from cxrseg.config import parse_recipe
+from cxrseg.config import parse_recipe, save_recipe
 from cxrseg.constants import CV_FILENAME, FOLD_RESULT_FILENAME
 from cxrseg.data.dataset import index_training_source
 from cxrseg.data.png_layout import index_layout
@@ -37,7 +37,13 @@ from cxrseg.inference.segmenter import load_segmenter
 from cxrseg.labels import PNEUMOTHORAX, get_labels
 from cxrseg.postprocessing.rules import PostProcess
 from cxrseg.synthetic import make_multilabel_demo_data
-from cxrseg.training.cross_validation import fold_recipe, fold_training_splits, mark_fold_finished, prepare_folds
+from cxrseg.training.cross_validation import (
+    checkpoint_chosen_on,
+    fold_recipe,
+    fold_training_splits,
+    mark_fold_finished,
+    prepare_folds,
+)
 from cxrseg.training.train import main as train_main
 from cxrseg.training.train import train_folds
 from tests.conftest import TINY_MODEL_CONFIG, save_tiny_model
@@ -322,40 +328,77 @@ def test_all_folds_train_in_one_two_process_launch(tmp_path, demo_root):
 
 
 def test_the_cv_demo_table_shows_the_numbers_of_its_evaluations(tmp_path, demo_root):
-    """`make cv-demo`'s evaluations, then its table (scripts/cv_demo_table.py); the training images stand in for the
-    held-out split."""
-    out = tmp_path / "cv"
+    """`make cv-demo`'s steps after training (averaging, evaluations), then its table (scripts/cv_demo_table.py):
+    every row holds its metrics file's numbers, the legend says what the run recorded (cv.json, averaging.json), and
+    without the averaged evaluations the table leaves those rows out and says so. The training images stand in for
+    the held-out split."""
+    out, averaged = tmp_path / "cv", tmp_path / "cv-averaged"
     untrained_cv_folder(demo_root, out, num_folds=2)
+    recipe = parse_recipe(recipe_args(demo_root, out, "--num_folds", "2"))
+    for k in range(2):  # three checkpoints per fold, as training with --save_total_limit 4 leaves them
+        save_recipe(fold_recipe(recipe, k), fold_dir(out, k) / "recipe.yaml")
+        for step in (2, 4, 6):
+            save_tiny_model(fold_dir(out, k) / f"checkpoint-{step}", seed=10 * k + step)
+            (fold_dir(out, k) / f"checkpoint-{step}" / "trainer_state.json").write_text(
+                json.dumps({"global_step": step})
+            )
+    save_recipe(recipe, out / "recipe.yaml")
+    # what the table reports comes from cv.json: here an inner split (the default is last)
+    cv = json.loads((out / CV_FILENAME).read_text())
+    inner = parse_recipe(recipe_args(demo_root, out, "--num_folds", "2", "--cv_checkpoint", "inner"))
+    cv.update(cv_checkpoint="inner", checkpoint_chosen_on=checkpoint_chosen_on(inner))
+    (out / CV_FILENAME).write_text(json.dumps(cv))
     data = ["--data", str(demo_root), "--num-workers", "0"]
-    assert main(["evaluate", "--model", str(out), *data, "--search-postprocess"]) == 0
-    assert main(["evaluate", "--model", str(out), *data, "--split", "train"]) == 0
-    for k in range(2):
-        rule = ["--postprocess", str(out / "postprocess.json")]
-        assert main(["evaluate", "--model", str(fold_dir(out, k)), *data, "--split", "train", *rule]) == 0
-    table = runpy.run_path(str(ROOT / "scripts" / "cv_demo_table.py"))["cv_demo_table"](out, "train")  # fmt: skip
+    assert main(["average", "--model", str(out), "--last", "2", "--out", str(averaged), "--device", "cpu"]) == 0
+    for model in (out, averaged):
+        assert main(["evaluate", "--model", str(model), *data, "--search-postprocess"]) == 0
+        assert main(["evaluate", "--model", str(model), *data, "--split", "train"]) == 0
+        for k in range(2):
+            rule = ["--postprocess", str(model / "postprocess.json")]
+            assert main(["evaluate", "--model", str(fold_dir(model, k)), *data, "--split", "train", *rule]) == 0
+    cv_demo_table = runpy.run_path(str(ROOT / "scripts" / "cv_demo_table.py"))["cv_demo_table"]
+    table = cv_demo_table(out, "train", averaged)
+    flat = " ".join(table.split())  # the legend, unwrapped
 
-    def row(start: str) -> list[str]:
-        return next(line for line in table.splitlines() if line.strip().startswith(start)).split()
+    def row(start: str, text: str = table) -> list[str]:
+        return next(line for line in text.splitlines() if line.strip().startswith(start)).split()
 
     def fmt(*values: float) -> list[str]:
         return [f"{value:.4f}" for value in values]
 
-    oof = json.loads((out / "evaluation" / "val" / "metrics.json").read_text())
-    best = max(range(2), key=lambda k: oof["folds"][k]["kaggle_dice"])
-    assert "(best on validation)" in " ".join(row(f"fold {best}"))
-    for k in range(2):
-        alone = json.loads((fold_dir(out, k) / "evaluation" / "train" / "metrics.json").read_text())
-        own = oof["folds"][k]
-        expected = fmt(own["dice"], own["kaggle_dice"], alone["dice"], alone["kaggle_dice"], alone["kaggle_dice_rule"])
-        assert row(f"fold {k}")[-5:] == expected
-    assert row("out of fold (24 images)")[-2:] == fmt(oof["dice"], oof["kaggle_dice"])
-    ensemble = json.loads((out / "evaluation" / "train" / "metrics.json").read_text())
-    assert row("ensemble of the 2 folds")[-3:] == fmt(
-        ensemble["dice"], ensemble["kaggle_dice"], ensemble["kaggle_dice_rule"]
-    )
-    search = oof["search"]
-    assert row("tuned on all out-of-fold")[-1:] == fmt(search["tuned_on_oof"]["kaggle_dice"])
-    assert row("cross-validated")[-1:] == fmt(search["cross_validated"]["kaggle_dice"])
+    for model, kind in ((out, "last checkpoint"), (averaged, "averaged last 2")):
+        oof = json.loads((model / "evaluation" / "val" / "metrics.json").read_text())
+        best = max(range(2), key=lambda k: oof["folds"][k]["kaggle_dice"])
+        assert "(best on val.)" in " ".join(row(f"fold {best}, {kind}"))
+        assert "(best on val.)" not in " ".join(row(f"fold {1 - best}, {kind}"))
+        for k in range(2):
+            alone = json.loads((fold_dir(model, k) / "evaluation" / "train" / "metrics.json").read_text())
+            own = oof["folds"][k]
+            expected = [own["dice"], own["kaggle_dice"], alone["dice"], alone["kaggle_dice"], alone["kaggle_dice_rule"]]
+            assert row(f"fold {k}, {kind}")[-6:-1] == fmt(*expected)
+        assert row(f"out of fold (24 images), {kind}")[-3:-1] == fmt(oof["dice"], oof["kaggle_dice"])
+        ensemble = json.loads((model / "evaluation" / "train" / "metrics.json").read_text())
+        expected = [ensemble["dice"], ensemble["kaggle_dice"], ensemble["kaggle_dice_rule"]]
+        assert row(f"ensemble of the 2 folds, {kind}")[-4:-1] == fmt(*expected)
+        column = [out, averaged].index(model) - 3  # the estimates' columns: last checkpoint, averaged; then the key
+        search = oof["search"]
+        assert row("threshold 0.5")[column] == fmt(oof["kaggle_dice"])[0]
+        assert row("tuned on all out-of-fold")[column] == fmt(search["tuned_on_oof"]["kaggle_dice"])[0]
+        assert row("cross-validated")[column] == fmt(search["cross_validated"]["kaggle_dice"])[0]
+        rule = f"K. rule, {kind} rows: the train Kaggle Dice under {model}/postprocess.json, tuned on the out-of-fold"
+        assert rule in flat
+    assert row("fold 0, averaged last 2")[-6:-1] != row("fold 0, last checkpoint")[-6:-1]  # other weights
+    assert "cv_checkpoint inner" in table.splitlines()[0]
+    assert f"A fold k, last checkpoint: chosen on {checkpoint_chosen_on(inner)}." in flat
+    averaging = json.loads((fold_dir(averaged, 1) / "averaging.json").read_text())
+    assert averaging["checkpoints"] == ["checkpoint-4", "checkpoint-6"]
+    assert f"every fold: checkpoint-4, -6 (BatchNorm on {averaging['batchnorm_images']} images)" in flat
+
+    shutil.rmtree(averaged / "fold_1" / "evaluation")  # a run from before the demo averaged: no averaged rows
+    older = cv_demo_table(out, "train", averaged)
+    assert "averaged" not in "\n".join(line for line in older.splitlines() if not line.startswith("Averaged"))
+    assert older.splitlines()[-1].startswith(f"Averaged checkpoints: not in the table ({averaged}/fold_1/evaluation")
+    assert row("fold 0, last checkpoint", older) == row("fold 0, last checkpoint")
 
 
 def test_folds_choose_nothing_on_their_validation_images_by_default(tmp_path, demo_root):
