@@ -21,6 +21,7 @@ from pathlib import Path
 
 from cxrseg.constants import AVERAGING_FILENAME, CV_FILENAME, ENSEMBLE_FILENAME
 from cxrseg.evaluation.report import fmt
+from cxrseg.inference.cv_folder import UNRECORDED_CHECKPOINT
 
 NAME_WIDTH = 46
 
@@ -165,10 +166,11 @@ def cv_demo_table(output_dir: Path, split: str, averaged: Path | None = None) ->
         lines.append(f"  {name:<44}{''.join(f'{fmt(value(model)):>20}' for _, model in models)}  {key}")
 
     held_out = f"{split}: the {test_images} {split} images"
+    chosen_on = plain.oof.get("checkpoint_chosen_on", UNRECORDED_CHECKPOINT)  # older evaluations lack it
     entries = [
         (
             "A",
-            f"fold k, last checkpoint: chosen on {plain.oof['checkpoint_chosen_on']}. Validation: fold k's "
+            f"fold k, last checkpoint: chosen on {chosen_on}. Validation: fold k's "
             f"validation images, which it never trained on (out of fold). {held_out}.",
         ),
     ]
