@@ -8,12 +8,14 @@ import copy
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import UperNetForSemanticSegmentation
 
 from cxrseg.cli import main
 from cxrseg.config import parse_recipe, save_recipe
+from cxrseg.data.prior import load_prior_mask, save_prior_mask
 from cxrseg.errors import CheckpointError
 from cxrseg.inference.cv_folder import read_cross_validation
 from cxrseg.inference.segmenter import load_segmenter
@@ -119,9 +121,14 @@ def test_too_few_checkpoints_and_a_cv_folder(tmp_path, data):
     (cv / "splits.json").write_text(json.dumps(folds))
     (cv / "cv.json").write_text(json.dumps({"num_folds": 2, "folds": ["fold_0", "fold_1"]}))
     (cv / "recipe.yaml").write_text((cv / "fold_0" / "recipe.yaml").read_text())
+    (cv / "ensemble.json").write_text(json.dumps({"weights": [2, 1]}))
+    for fold in range(2):  # each fold's prior mask (the baseline of its training split) goes with its averaged model
+        save_prior_mask(cv / f"fold_{fold}", np.eye(64, dtype=bool)[None] if fold else np.zeros((1, 64, 64), bool))
     out = average_run(cv, tmp_path / "cv_averaged", last=2, max_bn_images=2)
     averaged = read_cross_validation(out)
     assert [folder.name for folder in averaged.fold_dirs] == ["fold_0", "fold_1"]
-    for folder in averaged.fold_dirs:
+    assert json.loads((out / "ensemble.json").read_text()) == {"weights": [2, 1]}
+    for fold, folder in enumerate(averaged.fold_dirs):
         assert json.loads((folder / "averaging.json").read_text())["batchnorm_images"] == 2
+        assert (load_prior_mask(folder, 1, 64)[0] == np.eye(64, dtype=bool) * fold).all()
         UperNetForSemanticSegmentation.from_pretrained(folder)

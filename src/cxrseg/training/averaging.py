@@ -36,6 +36,8 @@ from cxrseg.constants import (
     AVERAGING_FILENAME,
     CHECKPOINT_NAME,
     CV_FILENAME,
+    ENSEMBLE_FILENAME,
+    PRIOR_MASK_FILENAME,
     RECIPE_FILENAME,
     SPLITS_FILENAME,
 )
@@ -136,7 +138,9 @@ def average_run(
             if is_cv_folder(run_dir):  # finished, without metrics: the fold's were of its trained model
                 mark_fold_finished(building / relative, fold, num_folds, {})
         if is_cv_folder(run_dir):
-            for name in (CV_FILENAME, SPLITS_FILENAME, RECIPE_FILENAME):
+            for name in (CV_FILENAME, SPLITS_FILENAME, RECIPE_FILENAME, ENSEMBLE_FILENAME):
+                if name == ENSEMBLE_FILENAME and not (run_dir / name).is_file():
+                    continue  # the ensemble's weights: optional, the folds keep their order
                 shutil.copy2(run_dir / name, building / name)
     return out
 
@@ -172,7 +176,7 @@ def _average_one(
     out.mkdir(parents=True, exist_ok=True)
     model.to("cpu").save_pretrained(out)
     processor.save_pretrained(out)
-    for name in (RECIPE_FILENAME, SPLITS_FILENAME):
+    for name in (RECIPE_FILENAME, SPLITS_FILENAME, PRIOR_MASK_FILENAME):  # the prior: of the same training split
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, out / name)
     summary = {"checkpoints": [path.name for path in checkpoints], "batchnorm_images": num_images}
