@@ -2,7 +2,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+# --no-compile, then compileall on every core: pip byte-compiles the ~16,000 installed files on one core (47 s of an
+# 80 s install here); compileall -j 0 does it in 28 s on 2 cores. -qq and `|| true` as pip does: a few packages ship
+# files that are not Python 3 (templates, test fixtures), which pip's own compile step skips silently.
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check --no-compile
+COMPILE := $(PY) -m compileall -qq -j 0 $$($(PY) -c "import sysconfig; print(sysconfig.get_path('purelib'))") || true
 # Extra pip options, e.g. TORCH_INDEX="--extra-index-url https://download.pytorch.org/whl/cpu" for CPU-only wheels.
 TORCH_INDEX ?=
 
@@ -14,10 +18,12 @@ $(VENV)/bin/python:
 $(VENV)/.installed: requirements.txt pyproject.toml | $(VENV)/bin/python
 	$(PIP) $(TORCH_INDEX) -r requirements.txt
 	$(PIP) --no-deps -e .
+	$(COMPILE)
 	touch $@
 
 $(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
 	$(PIP) $(TORCH_INDEX) -r requirements-dev.txt
+	$(COMPILE)
 	touch $@
 
 install: $(VENV)/.installed

@@ -135,14 +135,18 @@ class TrainingStep:
     ``bench/profile_step.py`` reads; outside a profiler they cost nothing measurable.
     """
 
-    def __init__(self, model_name: str, image_size: int, batch_size: int, spec: dict, device: torch.device) -> None:
+    def __init__(
+        self, model_name: str | dict, image_size: int, batch_size: int, spec: dict, device: torch.device
+    ) -> None:
+        """model_name: a key of :data:`MODELS`, or a UperNet model config (``model_config`` of a recipe)."""
         torch.backends.cuda.matmul.allow_tf32 = spec["tf32"]
         torch.backends.cudnn.allow_tf32 = spec["tf32"]
         torch.manual_seed(0)
         self.spec = spec
         self.batch_size = 4 if spec.get("reference") else batch_size
         attention = spec.get("attention", DEFAULT_ATTENTION)
-        model, _ = build_model(None, MODELS[model_name], PNEUMOTHORAX, image_size, attention)
+        config = MODELS[model_name] if isinstance(model_name, str) else model_name
+        model, _ = build_model(None, config, PNEUMOTHORAX, image_size, attention)
         model.to(device).train()
         if spec.get("checkpointing"):
             enable = getattr(model.backbone, "activation_checkpointing_enable", None)

@@ -42,6 +42,24 @@ def test_train_step_bench_runs_one_tiny_step_per_variant(tmp_path):
 
 
 @pytest.mark.slow
+def test_demo_minutes_bench_accounts_for_the_run(tmp_path):
+    """Every phase is timed, the phases add up to the total, and the recipe's steps are counted."""
+    out = tmp_path / "result.json"
+    cmd = [
+        sys.executable, "bench/demo_minutes.py", "--baseline-steps", "1", "--json", str(out),
+        "--num_train_epochs", "1", "--demo_num_images", "24", "--image_size", "64",
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    phases = report["phases_s"]
+    assert all(seconds >= 0 for seconds in phases.values()) and phases["training steps"] > 0
+    assert phases["evaluation"] > 0 and phases["checkpoint saves"] > 0  # demo.yaml evaluates and saves every epoch
+    assert report["steps"] >= 1 and report["recipe_steps_per_s"] > 0 and report["baseline_steps_per_s"] > 0
+    assert f"{sum(phases.values()):>10.1f}" in result.stdout
+
+
+@pytest.mark.slow
 def test_data_bench_runs(tmp_path):
     cmd = [
         sys.executable,

@@ -95,6 +95,7 @@ def test_the_recipe_is_checked_against_the_data_label_set(tmp_path):
     with pytest.raises(RecipeError, match="task must be a name"):
         parse_recipe(["--task", ""])
 
+
 def test_null_on_the_command_line_unsets_keys_that_accept_it(tmp_path):
     config = _write(tmp_path, "model_name_or_path: some/model\nmax_train_samples: 8\nclass_weights: auto\n")
     tiny = '{"backbone_config": {"model_type": "swin"}}'
@@ -133,3 +134,22 @@ def test_the_demo_tasks_a_recipe_may_name_are_the_demo_makers():
     from cxrseg.synthetic import DEMO_DATA_MAKERS
 
     assert list(DEMO_TASKS) == list(DEMO_DATA_MAKERS)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_on_the_cpu_only_where_it_has_bf16_instructions(monkeypatch, native):
+    """mixed_precision: auto trains a use_cpu recipe in bf16 on a CPU with bf16 instructions (1.4x per step for the
+    demo) and in fp32 where torch would emulate bf16 (slower); an explicit "no" stays fp32 everywhere."""
+    import torch
+
+    import cxrseg.config
+
+    monkeypatch.setattr(cxrseg.config, "cpu_has_native_bf16", lambda: native)
+    demo = parse_recipe(["--config", "recipe/demo.yaml", "--mixed_precision", "auto"]).training
+    assert (demo.bf16, demo.fp16, demo.tf32) == (native, False, False)
+    assert not parse_recipe(["--config", "recipe/demo.yaml", "--mixed_precision", "no"]).training.bf16
+    # a recipe that sets use_cpu on the command line counts as training on the CPU too
+    basic = parse_recipe(["--config", "recipe/basic.yaml", "--use_cpu"]).training
+    assert basic.bf16 == native and basic.use_cpu
+    if not torch.cuda.is_available():  # without use_cpu, TrainingArguments would refuse bf16 on the CPU: fp32
+        assert not parse_recipe(["--config", "recipe/basic.yaml"]).training.bf16

@@ -155,6 +155,8 @@ def _train(
         model, processor = build_model(
             model_args.model_name_or_path, model_args.model_config, labels, data_args.image_size
         )
+        if recipe.precision.channels_last:  # the optimizer's state follows the parameters' layout
+            model = model.to(memory_format=torch.channels_last)
         # A dry forward pass and the checkpoint's shapes and RNG state: failures the first training step (or the
         # Trainer's resume) would meet, met now, before anything is written.
         check_model_runs(model, data_args.image_size, model_args.model_name_or_path or "model_config")
