@@ -137,7 +137,7 @@ def main() -> None:
         end = time.perf_counter()
         training = recipe.training
         precision = "bf16" if training.bf16 else "fp16" if training.fp16 else "fp32"
-        memory = "channels-last" if recipe.precision.channels_last else "contiguous"
+        memory = "channels-last" if getattr(recipe.precision, "channels_last", False) else "contiguous"  # older trees
         batch, size = training.per_device_train_batch_size, recipe.data.image_size
 
     phases = {
