@@ -288,6 +288,7 @@ def test_cli_evaluate_with_search_saves_postprocess_next_to_the_model(tmp_path, 
         "kind": "single",
         "members": [f"{tmp_path.name}/model"],
         "image_size": 64,
+        "score_size": "working",  # the demo images are stored at the working size: both sizes are the same
         "data": str(demo_root),
         "split": "val",
     }

@@ -13,8 +13,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
         help="Metrics, per-image Dice and a PR curve of a trained model on a data split.",
-        description=__doc__.splitlines()[0] + " Runs at the model's working resolution (its image processor size), "
-        "as training's evaluation does. Writes metrics.json, per_image.csv and pr_curve.png.",
+        description=__doc__.splitlines()[0] + " The model runs at its working resolution (its image processor "
+        "size); its predictions are scored at each image's original size (as Kaggle scores) or, with --score-size "
+        "working, at the working size as training's evaluation does. Writes metrics.json, per_image.csv and "
+        "pr_curve.png.",
     )
     add_model_arguments(parser)
     parser.add_argument("--data", required=True, help="data root in the PNG layout (ROOT/images/<split>/*.png)")
@@ -36,6 +38,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "multi-label models) for the Kaggle mean Dice on this split and save the winner as postprocess.json next "
         "to the model; on a CV folder, tuned on the out-of-fold predictions with a cross-validated estimate",
     )
+    parser.add_argument(
+        "--score-size",
+        choices=("original", "working"),
+        default="original",
+        help="where predictions are scored: original (default; each image's stored mask size, as Kaggle scores: "
+        "probabilities resized bilinearly, min_area in those pixels) or working (the model's working size, as "
+        "training's eval_* metrics)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -55,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
                 "its rule with --search-postprocess; a given rule applies to other splits (--split test)."
             )
         running = {"device": args.device, "precision": args.precision, "compile": args.compile}
-        options = EvaluationOptions(search=args.search_postprocess, **run_options(args))
+        options = EvaluationOptions(search=args.search_postprocess, score_size=args.score_size, **run_options(args))
         result = evaluate_out_of_fold(args.model[0], args.data, args.out, options, **running)
         print(out_of_fold_summary(result))
     else:
@@ -64,7 +74,14 @@ def run(args: argparse.Namespace) -> int:
         from cxrseg.evaluation.report import summary_table
 
         result = evaluate(
-            load_model(args), args.data, args.split, args.out, search=args.search_postprocess, **run_options(args)
+            load_model(args),
+            args.data,
+            args.split,
+            args.out,
+            search=args.search_postprocess,
+            score_size=args.score_size,
+            rule_mismatch="warn" if args.allow_rule_mismatch or args.search_postprocess else "error",
+            **run_options(args),
         )
         print(summary_table(result))
     print(f"Wrote {result.out_dir}/metrics.json, per_image.csv, pr_curve.png")

@@ -1,8 +1,10 @@
 """Evaluate a trained model on a split of the PNG layout in constant memory, and tune its mask rule there: the
 single-split driver of the evaluation engine (:mod:`cxrseg.evaluation.engine`, one source).
 
-Evaluation runs at the model's working resolution (the image processor's size), on the stream of
-:mod:`cxrseg.evaluation.stream`, so the numbers are comparable with the ``eval_*`` metrics training reports.
+The model predicts at its working resolution (the image processor's size), on the stream of
+:mod:`cxrseg.evaluation.stream`; the predictions are scored at each image's original (stored) size by default, as
+Kaggle scores, or at the working size, comparable with the ``eval_*`` metrics training reports
+(:mod:`cxrseg.evaluation.engine`, score size).
 :mod:`cxrseg.evaluation.examples` streams the same predictions to choose the images of a picture.
 """
 
@@ -16,16 +18,20 @@ from cxrseg.evaluation.engine import (
     THRESHOLD,
     EvaluationOptions,
     Source,
+    effective_score_size,
     prior_of,
     run_sources,
     save_tuned_rule,
+    search_shape,
+    stored_sizes,
     write_outputs,
 )
-from cxrseg.evaluation.report import EvaluationResult
+from cxrseg.evaluation.report import EvaluationResult, scored_at_words
 from cxrseg.evaluation.stream import split_rows
 from cxrseg.files import EVALUATION, check_output_folder, mark_output
 from cxrseg.inference.ensemble import predictions_made
 from cxrseg.inference.predictor import Predictor
+from cxrseg.postprocessing.lookup import check_score_size
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +54,8 @@ def evaluate(
     batch_size: int = 8,
     num_workers: int = 0,
     search: bool = False,
+    score_size: str = "original",
+    rule_mismatch: str = "error",
 ) -> EvaluationResult:
     """Evaluate ``segmenter`` on ``split`` of ``data_root`` (:func:`~cxrseg.evaluation.stream.split_rows`: on the
     model's training data its ``val`` images by default; any other dataset whole by default) and write
@@ -59,31 +67,43 @@ def evaluate(
     ``empty_mask_dice``, ``empty_mask_kaggle_dice`` and, for a model saved with its prior mask,
     ``prior_mask_dice`` and ``prior_mask_kaggle_dice`` (per class ``<key>/<class>`` for several classes).
 
+    score_size: "original" (each image at its stored mask's size, as Kaggle scores) or "working" (the model's
+    working size, as training's evaluation): :mod:`cxrseg.evaluation.engine`. Every score, area and the search are
+    at that size; metrics.json says which (``score_size``, ``scored_sizes``). A mask rule tuned at the other size
+    (its provenance's ``score_size``) is refused, or applied with a warning when ``rule_mismatch`` is "warn"
+    (:func:`~cxrseg.postprocessing.lookup.check_score_size`).
+
     metrics.json: the run's settings, then :meth:`~cxrseg.evaluation.engine.EvaluationPass.results`: the
     :class:`~cxrseg.evaluation.metrics.SegmentationMetrics` values at ``prob >= 0.5`` (dice, iou, kaggle_dice, ap,
     best_f1, best_threshold, num_images, num_positive_images; multi-label: per class too),
     num_predicted_positive_images (images with any predicted pixel), kaggle_dice_rule and dice_rule (per-image mean
     and dataset Dice under the mask rule in effect: ``postprocess`` when set). NaN is written as null.
-    per_image.csv: image_id, class, truth_area, predicted_area, dice (pixels at the working size; the mask rule
+    per_image.csv: image_id, class, truth_area, predicted_area, dice (pixels at the score size; the mask rule
     in effect). With ``search``: the mask rule's grid search (one triplet per class for a multi-output model)
     on the same pass, reported under ``search`` (:func:`~cxrseg.evaluation.report.search_results`); the winner is
     saved as ``postprocess.json`` next to a local model (in ``out_dir`` for a Hub model; a CV folder's ensemble: its
     own rule, replacing the out-of-fold one) with its provenance (the TTA, single model or ensemble of which
-    members, working size, data and split) and the full table as ``postprocess_search.csv``.
+    members, working size, score size, data and split) and the full table as ``postprocess_search.csv``.
     """
-    options = EvaluationOptions(tta, batch_size, num_workers, search)
+    options = EvaluationOptions(tta, batch_size, num_workers, search, score_size)
     rows, described, split = split_rows(segmenter, data_root, split)
+    if search:
+        search_shape(rows, segmenter.image_size, score_size)  # one size at "original", before anything is written
+    scoring = effective_score_size(score_size, stored_sizes(rows), segmenter.image_size)
+    if segmenter.postprocess is not None:
+        check_score_size(segmenter.postprocess, scoring, segmenter.source, mismatch=rule_mismatch)
     out = Path(out_dir) if out_dir is not None else default_out_dir(segmenter, split)
     check_output_folder(out, EVALUATION, inputs=[data_root])
     mark_output(out, EVALUATION)
     logger.info(
-        "Evaluating %s on %d images: %s, at %dx%d%s.",
+        "Evaluating %s on %d images: %s, at %dx%d%s, scored at the %s size.",
         segmenter.source,
         len(rows),
         described,
         segmenter.image_size,
         segmenter.image_size,
         ", hflip TTA" if tta == "hflip" else "",
+        scoring,
     )
     run = run_sources([Source(segmenter, rows, prior=prior_of(segmenter))], out / "per_image.csv", options)
     metrics = {
@@ -92,6 +112,7 @@ def evaluate(
         "split": split,
         "images": described,
         "image_size": segmenter.image_size,
+        **run.scored_at(),
         "tta": tta,
         "threshold": THRESHOLD,
         **run.results(segmenter.postprocess),
@@ -99,11 +120,9 @@ def evaluate(
     evaluation = EvaluationResult(metrics, out)
     if search:
         rule_dir = segmenter.model_dir if segmenter.is_local else out
-        provenance = {**predictions_made(segmenter, tta), "data": str(data_root), "split": split}
+        made = predictions_made(segmenter, tta)
+        provenance = {**made, "score_size": run.effective_score_size(), "data": str(data_root), "split": split}
         metrics["search"] = save_tuned_rule(evaluation, run.search(), rule_dir, provenance)
-    title = (
-        f"{Path(segmenter.source).name}: {split}, {int(metrics['num_images'])} images at "
-        f"{segmenter.image_size}x{segmenter.image_size}"
-    )
+    title = f"{Path(segmenter.source).name}: {split}, {int(metrics['num_images'])} images, {scored_at_words(metrics)}"
     write_outputs(evaluation, run, title)
     return evaluation

@@ -31,6 +31,7 @@ from cxrseg.data.png_layout import DataError, IndexedImage, index_layout, read_l
 from cxrseg.evaluation.engine import (
     THRESHOLD,
     EvaluationOptions,
+    EvaluationPass,
     Source,
     prior_of,
     run_sources,
@@ -38,7 +39,7 @@ from cxrseg.evaluation.engine import (
     write_outputs,
 )
 from cxrseg.evaluation.metrics import SUMMARY_KEYS, dice_from_counts
-from cxrseg.evaluation.report import EvaluationResult
+from cxrseg.evaluation.report import EvaluationResult, scored_at_words
 from cxrseg.evaluation.rule_search import TripletSearch
 from cxrseg.files import EVALUATION, check_output_folder, mark_output
 from cxrseg.inference.cv_folder import CrossValidationRun, read_cross_validation
@@ -64,6 +65,10 @@ def evaluate_out_of_fold(
     the outputs (module docstring) to ``out_dir`` (default ``cv_folder/evaluation/val``). options: how the folds
     are run and whether to search (default :class:`~cxrseg.evaluation.engine.EvaluationOptions`). device,
     precision, compile: how each fold model runs (:func:`cxrseg.inference.segmenter.load_segmenter`).
+
+    Scores are at ``options.score_size`` (:mod:`cxrseg.evaluation.engine`: by default each image's original size,
+    as Kaggle scores; ``score_size`` and ``scored_sizes`` in metrics.json say which), the tuned rule's ``min_area``
+    in those pixels.
 
     metrics.json: the settings (``checkpoint_chosen_on``: what each fold's checkpoint was chosen on, from
     ``cv.json``); the OOF metrics at ``prob >= 0.5`` (keys as
@@ -96,6 +101,7 @@ def evaluate_out_of_fold(
         f"{run.num_folds} fold models that never trained on it",
         "checkpoint_chosen_on": run.checkpoint_chosen_on,
         "image_size": size,
+        **scores.scored_at(),
         "tta": options.tta,
         "threshold": THRESHOLD,
         **scores.results(None),
@@ -106,21 +112,24 @@ def evaluate_out_of_fold(
     if options.search:
         results["search"] = {
             "tuned_on_oof": save_tuned_rule(
-                evaluation, scores.search(), run.root, _provenance(run, root, options, size)
+                evaluation, scores.search(), run.root, _provenance(run, root, options, scores)
             ),
             "cross_validated": cross_validated_search([part.search for part in scores.parts]),
         }
-    write_outputs(evaluation, scores, title=f"{run.root.name}: out of fold, {num_images} images at {size}x{size}")
+    title = f"{run.root.name}: out of fold, {num_images} images, {scored_at_words(results)}"
+    write_outputs(evaluation, scores, title=title)
     return evaluation
 
 
-def _provenance(run: CrossValidationRun, root: Path, options: EvaluationOptions, image_size: int) -> dict:
-    """How the out-of-fold predictions were made (the tuned rule's provenance): each image by one fold model."""
+def _provenance(run: CrossValidationRun, root: Path, options: EvaluationOptions, scores: EvaluationPass) -> dict:
+    """How the out-of-fold predictions were made and scored (the tuned rule's provenance): each image by one fold
+    model."""
     return {
         "tta": options.tta,
         "kind": "out_of_fold",
         "members": [member_name(folder) for folder in run.fold_dirs],
-        "image_size": image_size,
+        "image_size": scores.image_size,
+        "score_size": scores.effective_score_size(),
         "data": str(root),
         "split": "val (out of fold)",
         "checkpoint_chosen_on": run.checkpoint_chosen_on,

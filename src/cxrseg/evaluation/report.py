@@ -108,13 +108,28 @@ def _baselines(m: dict, key: str) -> str:
     return f"   (baselines: {', '.join(shown)})" if shown else ""
 
 
+def scored_at_words(m: dict) -> str:
+    """Which size a ``metrics.json`` dict's scores are at, in words: "scored at the original size (1024x1024;
+    working size 512x512)", "... original size 512x512 (= the working size)" or "scored at the working size
+    512x512" (a dict without ``score_size``: the working size, where every score was before cxrseg offered
+    another)."""
+    working = f"{m['image_size']}x{m['image_size']}"
+    sizes = m.get("scored_sizes") or [working]
+    if m.get("score_size", "working") == "working":
+        return f"scored at the working size {working}"
+    if sizes == [working]:
+        return f"scored at the original size {working} (= the working size)"
+    shown = ", ".join(sizes[:3]) + (f" and {len(sizes) - 3} more" if len(sizes) > 3 else "")
+    return f"scored at the original size ({shown}; working size {working})"
+
+
 def headline_lines(m: dict) -> list[str]:
     """The headline metrics of a ``metrics.json`` dict as summary-table lines, with the baselines beside Dice and
-    Kaggle Dice, and a line per class for several classes."""
+    Kaggle Dice, and a line per class for several classes. The first line says which size the scores are at
+    (:func:`scored_at_words`)."""
     positives = f" ({int(m['num_positive_images'])} positive)" if "num_positive_images" in m else ""
     lines = [
-        f"{m['split']}: {int(m['num_images'])} images{positives} at "
-        f"{m['image_size']}x{m['image_size']}, TTA {m['tta']}",
+        f"{m['split']}: {int(m['num_images'])} images{positives}, {scored_at_words(m)}, TTA {m['tta']}",
         f"  {'Dice (pixels)':<28}{fmt(m['dice'])}{_baselines(m, 'dice')}",
         f"  {'IoU (pixels)':<28}{fmt(m['iou'])}",
         f"  {'Kaggle mean Dice':<28}{fmt(m['kaggle_dice'])}{_baselines(m, 'kaggle_dice')}",

@@ -30,6 +30,7 @@ from cxrseg.data.png_layout import (
     list_pairs,
     read_layout_labels,
 )
+from cxrseg.data.transforms import ToModelInputs
 from cxrseg.evaluation.metrics import dice_from_counts
 from cxrseg.inference.predictor import Predictor
 from cxrseg.labels import IGNORE_INDEX, LabelSet
@@ -157,23 +158,32 @@ def _folder(segmenter: Predictor, root: Path, split: str) -> Selection:
     return Selection(rows, f"every image of {root / 'images' / split}", split)
 
 
-def _with_ids(transform):
+def _with_ids(transform, labels: LabelSet | None):
     def with_ids(batch: dict) -> dict:
         out = transform(batch)
         out["image_id"] = batch["image_id"]
+        if labels is not None:  # the stored mask as it is, decoded exactly as the transform decodes it
+            out["original_labels"] = [ToModelInputs.labels(labels.decode_mask(np.asarray(m))) for m in batch["mask"]]
         return out
 
     return with_ids
 
 
 def evaluation_loader(
-    segmenter: Predictor, rows: Sequence[IndexedImage], batch_size: int = 8, num_workers: int = 0
+    segmenter: Predictor,
+    rows: Sequence[IndexedImage],
+    batch_size: int = 8,
+    num_workers: int = 0,
+    original: bool = False,
 ) -> DataLoader:
     """Batches of ``{"pixel_values": float32 [B, 3, S, S], "labels": int64 [B, S, S] or float32 [B, C, S, S],
-    "image_id": list[str]}`` at the working size S, read and transformed in ``num_workers`` processes."""
+    "image_id": list[str]}`` at the working size S, read and transformed in ``num_workers`` processes; with
+    ``original``, also ``"original_labels"``: each image's labels at the stored mask's size (a list, since sizes
+    may differ: int64 [H_i, W_i] or float32 [C, H_i, W_i])."""
     dataset = rows_to_dataset(list(rows))
     pre = segmenter.preprocessor
-    dataset.set_transform(_with_ids(make_transform(segmenter.labels, pre.size[0], pre.mean, pre.std)))
+    transform = make_transform(segmenter.labels, pre.size[0], pre.mean, pre.std)
+    dataset.set_transform(_with_ids(transform, segmenter.labels if original else None))
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -184,11 +194,14 @@ def evaluation_loader(
 
 
 def _collate(items: list[dict]) -> dict:
-    return {
+    batch = {
         "pixel_values": torch.stack([item["pixel_values"] for item in items]),
         "labels": torch.stack([item["labels"] for item in items]),
         "image_id": [item["image_id"] for item in items],
     }
+    if "original_labels" in items[0]:
+        batch["original_labels"] = [item["original_labels"] for item in items]
+    return batch
 
 
 def target_planes(label_set: LabelSet, labels: torch.Tensor) -> torch.Tensor:
@@ -232,15 +245,20 @@ class PredictedBatch(NamedTuple):
     probs: torch.Tensor  # float32 [B, K, S, S]
     target: torch.Tensor  # uint8 [B, K, S, S]: 0/1/IGNORE_INDEX (:func:`target_planes`)
     masks: torch.Tensor  # uint8 [B, K, S, S]: the segmenter's rule (post-processing or prob >= 0.5)
+    original_targets: list[torch.Tensor] | None = None  # per image uint8 [K, H_i, W_i] at the stored mask's size
 
 
 def stream_predictions(segmenter: Predictor, loader: DataLoader, tta: str = "none") -> Iterator[PredictedBatch]:
-    """The predictions of every batch of ``loader`` (:func:`evaluation_loader`), one batch at a time."""
+    """The predictions of every batch of ``loader`` (:func:`evaluation_loader`), one batch at a time; with
+    ``original_targets`` when the loader reads the masks at their stored size."""
     for batch in tqdm(loader, desc="evaluating", unit="batch"):
         probs = segmenter.probabilities(batch["pixel_values"], tta)
         target = target_planes(segmenter.labels, batch["labels"])
         masks = torch.from_numpy(segmenter.rule.apply(probs))
-        yield PredictedBatch(batch["image_id"], probs, target, masks)
+        originals = batch.get("original_labels")
+        if originals is not None:
+            originals = [target_planes(segmenter.labels, labels.unsqueeze(0))[0] for labels in originals]
+        yield PredictedBatch(batch["image_id"], probs, target, masks, originals)
 
 
 def image_results(batch: PredictedBatch) -> list[ImageResult]:

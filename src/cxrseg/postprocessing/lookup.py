@@ -152,3 +152,22 @@ def check_rule(rule: MaskRule, made: dict, model: str, *, mismatch: str = "error
     if mismatch == "error":
         raise ModelLoadError(message)
     logger.warning(message)
+
+
+def check_score_size(rule: MaskRule, score_size: str, model: str, *, mismatch: str = "error") -> None:
+    """Refuse to score ``rule`` at ``score_size`` ("original" or "working", as
+    :func:`cxrseg.evaluation.engine.effective_score_size` gives it) when it was tuned at the other: its
+    ``provenance`` records the ``score_size`` its search scored at, and ``min_area`` tuned on one size's pixels is
+    not the best on the other's. A rule that records none (tuned before cxrseg recorded it, or by hand) is not
+    checked. mismatch: as :func:`check_rule`'s."""
+    tuned = (getattr(rule, "provenance", None) or {}).get("score_size")
+    if tuned is None or tuned == score_size:
+        return
+    message = (
+        f"The mask rule of {model} was tuned on predictions scored at the {tuned} size, but this evaluation scores "
+        f"at the {score_size} size. Evaluate with --score-size {tuned}, tune one at this size (cxrseg evaluate "
+        "--search-postprocess), or pass --allow-rule-mismatch to apply it anyway."
+    )
+    if mismatch == "error":
+        raise ModelLoadError(message)
+    logger.warning(message)

@@ -253,6 +253,22 @@ class ClassPostProcess:
         return {"image_size": self.image_size, "classes": classes, **provenance}
 
 
+def scaled_to_shape(rule: MaskRule, height: int, width: int) -> MaskRule:
+    """``rule`` for images of ``height`` x ``width`` pixels: ``min_area`` times the pixel-area ratio
+    ``height * width / image_size²``, rounded (:meth:`PostProcess.scaled` for a square); a non-square shape gets
+    ``image_size`` None, so that :meth:`PostProcess.apply` takes it. A rule without ``image_size`` is returned as it
+    is."""
+    if rule.image_size is None:
+        return rule
+    if height == width:
+        return rule.scaled(height)
+    if isinstance(rule, ClassPostProcess):
+        rules = tuple(scaled_to_shape(one, height, width) for one in rule.rules)
+        return ClassPostProcess(rule.classes, rules, rule.provenance)
+    ratio = height * width / rule.image_size**2
+    return dataclasses.replace(rule, min_area=round(rule.min_area * ratio), image_size=None)
+
+
 def _save(rule: dict, path: str | os.PathLike) -> Path:
     """Write ``rule`` as JSON atomically to ``path`` or ``path/postprocess.json``; returns the file written."""
     path = _resolve(path)
