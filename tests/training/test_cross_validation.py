@@ -499,6 +499,7 @@ def test_the_cv_rule_knows_how_it_was_tuned_and_the_ensemble_tunes_its_own(tmp_p
         "kind": "ensemble",
         "members": ["cv/fold_0", "cv/fold_1"],
         "image_size": 64,
+        "score_size": "working",  # the demo images are stored at the working size
         "data": str(demo_root),
         "split": "train",
         "weights": None,
