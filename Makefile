@@ -40,7 +40,7 @@ demo: install  ## synthetic data → train → metrics, on CPU in a few minutes
 # prior-mask baseline beside each class's Dice.
 anatomy-demo: install  ## synthetic lung fields + heart → train → evaluate (per class, with baselines), on CPU
 	$(PY) run_train.py --config recipe/anatomy_demo.yaml
-	$(PY) -m cxrseg evaluate --model outputs/anatomy-demo --data data/anatomy-demo
+	$(PY) -m cxrseg evaluate --model outputs/anatomy-demo --data data/anatomy-demo --score-size working
 
 # The cross-validation demo (docs/cross-validation.md "The demo, 3 folds"); a quick look: make cv-demo CV_IMAGES=48 ...
 # Each fold keeps its last checkpoint (cv_checkpoint: last) and CV_AVERAGE_LAST + 1 checkpoints on disk: the

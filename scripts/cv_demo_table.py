@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxrseg.constants import AVERAGING_FILENAME, CV_FILENAME, ENSEMBLE_FILENAME
-from cxrseg.evaluation.report import fmt
+from cxrseg.evaluation.report import fmt, scored_at_words
 from cxrseg.inference.cv_folder import UNRECORDED_CHECKPOINT
 
 NAME_WIDTH = 46
@@ -137,7 +137,7 @@ def cv_demo_table(output_dir: Path, split: str, averaged: Path | None = None) ->
 
     lines = [
         f"Cross-validation demo: {output_dir}, {num_folds} folds, TTA {' and '.join(tta)}, "
-        f"cv_checkpoint {cv.get('cv_checkpoint', 'not recorded')}",
+        f"cv_checkpoint {cv.get('cv_checkpoint', 'not recorded')}, {scored_at_words(plain.oof)}",
         f"{'':<{NAME_WIDTH}}{'validation':>20}{split + ' (' + str(test_images) + ' images)':>30}",
         line("", f"{'Dice':>10}{'Kaggle':>10}", f"{'Dice':>10}{'Kaggle':>10}{'K. rule':>10}", "see"),
     ]

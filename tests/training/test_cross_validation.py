@@ -363,6 +363,8 @@ def test_the_cv_demo_table_shows_the_numbers_of_its_evaluations(tmp_path, demo_r
     def row(start: str, text: str = table) -> list[str]:
         return next(line for line in text.splitlines() if line.strip().startswith(start)).split()
 
+    assert table.splitlines()[0].endswith(", scored at the original size 64x64 (= the working size)")
+
     def fmt(*values: float) -> list[str]:
         return [f"{value:.4f}" for value in values]
 
