@@ -25,10 +25,11 @@ from cxrseg.evaluation.rule_search import TripletSearch, search_grid
 from cxrseg.evaluation.stream import evaluation_loader, stream_predictions
 from cxrseg.inference.cv_folder import fold_dir
 from cxrseg.inference.segmenter import load_segmenter
-from cxrseg.labels import PNEUMOTHORAX
+from cxrseg.labels import PNEUMOTHORAX, get_labels
 from cxrseg.postprocessing.lookup import load_rule
-from cxrseg.postprocessing.rules import PostProcess
-from cxrseg.synthetic import make_demo_data
+from cxrseg.postprocessing.rules import ClassPostProcess, PostProcess, scaled_to_shape
+from cxrseg.synthetic import make_demo_data, make_multilabel_demo_data
+from tests.conftest import save_tiny_model
 from tests.evaluation.test_evaluate import intensity_segmenter, level
 from tests.training.test_cross_validation import untrained_cv_folder
 
@@ -205,3 +206,31 @@ def test_out_of_fold_at_the_original_size_equals_the_pooled_upsampled_fold_predi
     assert result.best_postprocess == search.compute() and result.best_postprocess.image_size == 96
     rule = json.loads((out / "postprocess.json").read_text())
     assert rule["provenance"]["score_size"] == "original" and rule["provenance"]["kind"] == "out_of_fold"
+
+
+def test_multilabel_scores_at_the_original_size_per_class(tmp_path):
+    """Multi-label (16-bit bit-field masks): each class's planes at the stored 96², as the direct recomputation."""
+    labels = get_labels("chestxdet")
+    data = make_multilabel_demo_data(tmp_path / "data", num_images=4, size=96, seed=5)
+    segmenter = load_segmenter(save_tiny_model(tmp_path / "model", labels), device="cpu")
+    metrics = evaluate(segmenter, data, None, tmp_path / "out", batch_size=3).metrics
+
+    names = labels.foreground
+    reference = SegmentationMetrics(threshold=0.5, num_classes=len(names), class_names=names)
+    for image_id, (probs, _) in sorted(working_predictions(segmenter, data, "train").items()):
+        bits = cv2.imread(str(data / "masks" / "train" / f"{image_id}.png"), cv2.IMREAD_UNCHANGED)
+        truth = np.stack([(bits >> c) & 1 for c in range(len(names))]).astype(np.uint8)
+        reference.update(upsampled(probs, bits.shape)[None], truth[None])
+    assert metrics["scored_sizes"] == ["96x96"]
+    for key, value in reference.compute().items():
+        assert metrics[key] == pytest.approx(value, abs=1e-12, nan_ok=True), key
+
+
+def test_min_area_follows_the_pixel_area_to_any_shape():
+    rule = PostProcess(0.7, 100, 0.3, image_size=64)
+    assert scaled_to_shape(rule, 128, 128) == PostProcess(0.7, 400, 0.3, image_size=128)
+    assert scaled_to_shape(rule, 96, 128) == PostProcess(0.7, 300, 0.3, image_size=None)  # 100 x 96·128 / 64²
+    assert scaled_to_shape(PostProcess(0.7, 5, 0.3), 96, 128) == PostProcess(0.7, 5, 0.3)  # size unknown: as it is
+    per_class = ClassPostProcess(("a", "b"), (rule, PostProcess(0.5, 10, 0.5, image_size=64)))
+    scaled = scaled_to_shape(per_class, 32, 64)
+    assert [r.min_area for r in scaled.rules] == [50, 5] and scaled.image_size is None

@@ -292,7 +292,9 @@ def run_sources(
                     raise _sizes_error(sorted({shape, searched}))
                 searched, search = shape, new_search(predictor, shape)
             priors = {}  # the prior mask at each size met, resized once
-            loader = evaluation_loader(predictor, source.rows, options.batch_size, options.num_workers, original)
+            # the stored masks are read again at their size only where some differ from the working size
+            read_original = original and bool(stored_sizes(source.rows) - {(image_size, image_size)})
+            loader = evaluation_loader(predictor, source.rows, options.batch_size, options.num_workers, read_original)
             for batch in stream_predictions(predictor, loader, options.tta):
                 for scored_batch in at_score_size(batch, predictor):
                     shape = tuple(scored_batch.probs.shape[-2:])
