@@ -234,3 +234,9 @@ def test_min_area_follows_the_pixel_area_to_any_shape():
     per_class = ClassPostProcess(("a", "b"), (rule, PostProcess(0.5, 10, 0.5, image_size=64)))
     scaled = scaled_to_shape(per_class, 32, 64)
     assert [r.min_area for r in scaled.rules] == [50, 5] and scaled.image_size is None
+
+    # A search over non-square images (one original size) saves min_area at the square of the same pixel area.
+    search = TripletSearch((0.5,), (10,), (0.5,))
+    search.update(torch.zeros(1, 96, 128), torch.zeros(1, 96, 128, dtype=torch.uint8))
+    assert search.compute() == PostProcess(0.5, 10, 0.5, image_size=111)  # 111² ≈ 96·128
+    assert scaled_to_shape(search.compute(), 96, 128).min_area == 10

@@ -41,7 +41,7 @@ from cxrseg.data.prior import load_prior_mask
 from cxrseg.evaluation.baselines import BaselineScores
 from cxrseg.evaluation.metrics import SegmentationMetrics, dice_from_counts
 from cxrseg.evaluation.report import EvaluationResult, save_search, search_results, search_table, write_json
-from cxrseg.evaluation.rule_search import TripletSearch, search_grid
+from cxrseg.evaluation.rule_search import TripletSearch, equal_area_side, search_grid
 from cxrseg.evaluation.stream import ImageResult, PredictedBatch, evaluation_loader, image_results, stream_predictions
 from cxrseg.files import AtomicCsv
 from cxrseg.inference.ensemble import Ensemble
@@ -176,8 +176,7 @@ def new_search(predictor: Predictor, shape: tuple[int, int]) -> TripletSearch:
     """An empty mask rule search over :func:`~cxrseg.evaluation.rule_search.search_grid` for the model's outputs and
     images of ``shape`` (height, width) pixels (a non-square one: the grid of the square of the same area)."""
     names = predictor.output_names
-    side = shape[0] if shape[0] == shape[1] else round((shape[0] * shape[1]) ** 0.5)
-    return TripletSearch(*search_grid(side, len(names)), num_classes=len(names), class_names=names)
+    return TripletSearch(*search_grid(equal_area_side(*shape), len(names)), num_classes=len(names), class_names=names)
 
 
 @dataclass

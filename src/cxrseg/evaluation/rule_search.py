@@ -41,6 +41,11 @@ def search_grid(image_size: int, num_outputs: int = 1) -> tuple[tuple[float, ...
     return SEARCH_TOP_THRESHOLDS, areas, SEARCH_BOTTOM_THRESHOLDS
 
 
+def equal_area_side(height: int, width: int) -> int:
+    """The side in pixels of the square with the area of ``height`` x ``width`` (itself for a square), rounded."""
+    return height if height == width else round((height * width) ** 0.5)
+
+
 def _triplet_counts(
     probs: torch.Tensor,
     target: torch.Tensor,
@@ -195,8 +200,10 @@ class TripletSearch:
         return [np.unravel_index(int(np.argmax(row)), self.dice_sums.shape[1:]) for row in scores]
 
     def rule(self, index: tuple[int, int, int]) -> PostProcess:
-        """The :class:`PostProcess` of grid point ``index``, with ``image_size`` for square images."""
-        image_size = self.size[0] if self.size is not None and self.size[0] == self.size[1] else None
+        """The :class:`PostProcess` of grid point ``index``, with ``image_size`` the images' side, or for non-square
+        images (scored at their original size) the side of the square of the same pixel area, rounded: min_area
+        counts pixels, so :func:`~cxrseg.postprocessing.rules.scaled_to_shape` gives it back at their shape."""
+        image_size = None if self.size is None else equal_area_side(*self.size)
         t, a, b = index
         return PostProcess(self.tops[t], self.areas[a], self.bottoms[b], image_size=image_size)
 
