@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cxrseg.cli import main
 from cxrseg.errors import DataError, ModelLoadError
 from cxrseg.evaluation.engine import EvaluationOptions
 from cxrseg.evaluation.evaluate import evaluate
@@ -26,7 +27,7 @@ from cxrseg.evaluation.stream import evaluation_loader, stream_predictions
 from cxrseg.inference.cv_folder import fold_dir
 from cxrseg.inference.segmenter import load_segmenter
 from cxrseg.labels import PNEUMOTHORAX, get_labels
-from cxrseg.postprocessing.lookup import load_rule
+from cxrseg.postprocessing.lookup import load_rule, member_name
 from cxrseg.postprocessing.rules import ClassPostProcess, PostProcess, scaled_to_shape
 from cxrseg.synthetic import make_demo_data, make_multilabel_demo_data
 from tests.conftest import save_tiny_model
@@ -240,3 +241,25 @@ def test_min_area_follows_the_pixel_area_to_any_shape():
     search.update(torch.zeros(1, 96, 128), torch.zeros(1, 96, 128, dtype=torch.uint8))
     assert search.compute() == PostProcess(0.5, 10, 0.5, image_size=111)  # 111² ≈ 96·128
     assert scaled_to_shape(search.compute(), 96, 128).min_area == 10
+
+
+def test_cli_scores_at_the_original_size_by_default_and_refuses_a_rule_tuned_at_the_other_size(tmp_path, capsys):
+    data = make_demo_data(tmp_path / "data", num_images=4, size=96, seed=4)
+    model = save_tiny_model(tmp_path / "model")
+    made = {"tta": "none", "kind": "single", "members": [member_name(model)], "image_size": 64}
+    PostProcess(0.5, 40, 0.5, image_size=96, provenance={**made, "score_size": "original"}).save(model)
+    evaluate_cli = ["evaluate", "--model", str(model), "--data", str(data), "--num-workers", "0"]
+
+    assert main([*evaluate_cli, "--out", str(tmp_path / "original")]) == 0
+    printed = capsys.readouterr().out
+    assert "data: 4 images (" in printed  # the whole dataset (the model has no splits.json)
+    assert "scored at the original size (96x96; working size 64x64), TTA none" in printed
+    assert main([*evaluate_cli, "--out", str(tmp_path / "working"), "--score-size", "working"]) == 2
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    (line,) = [line for line in error.splitlines() if line.startswith("error: ")]
+    assert "tuned on predictions scored at the original size, but this evaluation scores at the working" in line
+    assert not (tmp_path / "working").exists()
+    allowed = [*evaluate_cli, "--out", str(tmp_path / "allowed"), "--score-size", "working", "--allow-rule-mismatch"]
+    assert main(allowed) == 0
+    assert json.loads((tmp_path / "allowed" / "metrics.json").read_text())["score_size"] == "working"

@@ -229,7 +229,8 @@ def plane_counts(masks: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tenso
 
 @dataclass
 class ImageResult:
-    """Per image and output class: pixel counts at the working size and Dice of the mask rule in effect."""
+    """Per image and output class: pixel counts at the size scored (the working size, or the image's original size:
+    :mod:`cxrseg.evaluation.engine`) and Dice of the mask rule in effect."""
 
     image_id: str
     truth_area: np.ndarray  # int64 [K]

@@ -4,7 +4,8 @@ A model's rule is the file given with ``--postprocess`` (it must exist), else th
 (a trained model's, or a CV folder's for its ensemble) when there is one, else none (masks are ``prob >= 0.5``).
 Its ``min_area`` is rescaled to the model's working size; the file format is
 :func:`cxrseg.postprocessing.rules.load_postprocess`'s. A rule records how the predictions it was tuned on were
-made (its ``provenance``), and :func:`check_rule` refuses it for predictions made otherwise.
+made (its ``provenance``), and :func:`check_rule` refuses it for predictions made otherwise; evaluation refuses it
+at a score size other than the one it was tuned at (:func:`check_score_size`).
 """
 
 from __future__ import annotations
