@@ -11,10 +11,10 @@ The same N synthetic radiographs, stored as PNG at the model's working size (``-
 * **pipeline**: the plain loop a user writes, ``pipe = pipeline("image-segmentation", model=folder)``, then
   ``pipe(path)`` per image and the foreground label's mask saved as PNG;
 * **pipeline + Dice**: the same loop, also reading each ground-truth mask and computing the image's Dice;
-* **predict (variant)**: :func:`cxrseg.inference.predict.predict` (batches, DataLoader workers reading, outputs written by
-  threads; it writes overlays too), for each ``--variants`` entry (:data:`VARIANTS`);
-* **evaluate (variant)**: :func:`cxrseg.evaluation.evaluate.evaluate` over the same images as a PNG layout (metrics, per-image
-  CSV, PR curve).
+* **predict (variant)**: :func:`cxrseg.inference.predict.predict` (batches, DataLoader workers reading, outputs
+  written by threads; it writes overlays too), for each ``--variants`` entry (:data:`VARIANTS`);
+* **evaluate (variant)**: :func:`cxrseg.evaluation.evaluate.evaluate` over the same images as a PNG layout (metrics,
+  per-image CSV, PR curve).
 
 Model loading is outside the timings; every path is warmed up first on one batch. Rates and ratios are given for the
 median round and for the best round (on a shared machine other work only ever slows a round down, so the best round

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import cv2
 import numpy as np
 import pydicom
@@ -173,3 +176,17 @@ def test_geometry_comes_from_the_header_without_decoding(tmp_path, monkeypatch):
     assert read_image_geometry(tmp_path / "scan.dcm") == ((40, 60), (0.2, 0.3))
     with pytest.raises(DataError, match="broken.png: not a readable image file"):
         read_image_geometry(tmp_path / "broken.png")
+
+
+def test_write_png_filters_every_row_as_up(tmp_path):
+    """PNG_PARAMS ask for the "up" filter (type 2) on every row, instead of libpng's slower per-row search."""
+    pixels = np.random.default_rng(6).integers(0, 256, (7, 9, 3), dtype=np.uint8)
+    data = write_png(tmp_path / "x.png", pixels).read_bytes()
+    chunks, offset = [], 8  # after the PNG signature: length, type, data, CRC
+    while offset < len(data):
+        (length,) = struct.unpack(">I", data[offset : offset + 4])
+        chunks.append((data[offset + 4 : offset + 8], data[offset + 8 : offset + 8 + length]))
+        offset += 12 + length
+    raw = zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"))
+    row_bytes = 1 + 9 * 3  # filter byte, then RGB samples
+    assert [raw[row * row_bytes] for row in range(7)] == [2] * 7

@@ -35,6 +35,11 @@ MASK_SUFFIXES = (".png", ".gif", ".tif", ".tiff", ".bmp")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", *DICOM_SUFFIXES)
 """File types cxrseg reads as radiographs (case-insensitive), each by :func:`read_image`."""
 
+PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
+"""How :func:`write_png` encodes (PNG is lossless: only speed and file size depend on these): zlib level 1, and every
+row filtered as "up" rather than libpng's trial of all five filters per row (faster for about the same size; measured
+in ``BENCHMARKS.md``)."""
+
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """A PNG, JPEG, TIFF, BMP, GIF or DICOM file as uint8 gray ``[H, W]`` (see the module docstring).
@@ -135,7 +140,7 @@ def read_image_geometry(path: str | os.PathLike) -> tuple[tuple[int, int], tuple
 def write_png(path: str | os.PathLike, pixels: np.ndarray) -> Path:
     """Write uint8 or uint16 gray ``[H, W]``, or uint8 RGB ``[H, W, 3]``, as a PNG, atomically. Returns ``path``.
 
-    Encoded by OpenCV with fast compression (level 1; PNG is lossless, so only the file size depends on it).
+    Encoded by OpenCV with fast settings (:data:`PNG_PARAMS`; PNG is lossless, so only the file size depends on them).
     Raises ValueError for other dtypes or shapes and OSError when encoding or writing fails; nothing is left at
     ``path`` (nor a temporary file) then.
     """
@@ -148,7 +153,7 @@ def write_png(path: str | os.PathLike, pixels: np.ndarray) -> Path:
         )
     if rgb:
         pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
-    ok, encoded = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    ok, encoded = cv2.imencode(".png", pixels, PNG_PARAMS)
     if not ok:
         raise OSError(f"Could not encode {path} as PNG ({pixels.dtype} {pixels.shape}).")
     return atomic_write_bytes(path, encoded.tobytes())
