@@ -13,6 +13,8 @@ The same N synthetic radiographs, stored as PNG at the model's working size (``-
 * **pipeline + Dice**: the same loop, also reading each ground-truth mask and computing the image's Dice;
 * **predict (variant)**: :func:`cxrseg.inference.predict.predict` (batches, DataLoader workers reading, outputs
   written by threads; it writes overlays too), for each ``--variants`` entry (:data:`VARIANTS`);
+* **predict (variant), masks only**: the same with ``overlays=False`` (``--no-overlays``): the pipeline loop's
+  outputs, so the like-for-like comparison;
 * **evaluate (variant)**: :func:`cxrseg.evaluation.evaluate.evaluate` over the same images as a PNG layout (metrics,
   per-image CSV, PR curve).
 
@@ -208,6 +210,10 @@ def measure(args: argparse.Namespace, device: torch.device, variants: list[str],
     for v, segmenter in segmenters.items():
         paths[f"predict {v}"] = lambda r, s=segmenter, v=v: predict(
             s, data / "images" / "train", work / f"{v}{r}", **options
+        )
+        # what the pipeline loop writes, masks only: the like-for-like comparison
+        paths[f"predict {v}, masks only"] = lambda r, s=segmenter, v=v: predict(
+            s, data / "images" / "train", work / f"masks-only-{v}{r}", overlays=False, **options
         )
     if not args.no_evaluate:
         paths["pipeline + Dice"] = lambda r: run_pipeline_dice(pipe, files, data / "masks" / "train")

@@ -186,6 +186,18 @@ def test_multilabel_masks_are_packed_with_labels_json_and_a_legend(tmp_path):
         predict(segmenter, tmp_path / "x.png", tmp_path / "out2", submission=tmp_path / "s.csv")
 
 
+def test_no_overlays_writes_the_same_masks_and_no_overlay(model_dir, inputs, tmp_path):
+    code = main(["predict", "--model", str(model_dir), "--input", str(inputs), "--out", str(tmp_path / "lean"),
+                 "--no-overlays", "--num-workers", "0"])  # fmt: skip
+    assert code == 1  # the corrupt input, skipped as with overlays
+    predict(load_segmenter(model_dir), inputs, tmp_path / "full", num_workers=0)
+    assert not (tmp_path / "lean" / "overlays").exists() and any((tmp_path / "full" / "overlays").iterdir())
+    masks = sorted(p.name for p in (tmp_path / "full" / "masks").iterdir())
+    assert masks == sorted(p.name for p in (tmp_path / "lean" / "masks").iterdir()) and masks
+    for name in masks:
+        assert (tmp_path / "lean" / "masks" / name).read_bytes() == (tmp_path / "full" / "masks" / name).read_bytes()
+
+
 def test_submission_is_never_half_written(model_dir, inputs, tmp_path, monkeypatch):
     calls = []
 

@@ -39,6 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also write OUT/dicom_seg/<id>.dcm for each DICOM input: a DICOM Segmentation referencing it, for PACS "
         "viewers (binary: the masks; fractional: the probabilities), one segment per class",
     )
+    parser.add_argument(
+        "--no-overlays",
+        dest="overlays",
+        action="store_false",
+        help="write no OUT/overlays/ (faster: drawing and encoding them is a third of the time on a 2-core CPU)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -53,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         submission=args.submission,
         save_probabilities=args.save_probabilities,
         dicom_seg=args.dicom_seg,
+        overlays=args.overlays,
         **run_options(args),
     )
     print("\n".join(summary.lines()))

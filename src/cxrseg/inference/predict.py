@@ -162,9 +162,11 @@ def predict(
     batch_size: int = 8,
     num_workers: int = 0,
     dicom_seg: str | None = None,
+    overlays: bool = True,
 ) -> PredictionSummary:
     """Predict every input (see the module docstring for the outputs) and return a summary. dicom_seg: None, or
-    one of :data:`DICOM_SEG_TYPES` to also write a DICOM SEG for each DICOM input."""
+    one of :data:`DICOM_SEG_TYPES` to also write a DICOM SEG for each DICOM input. overlays: False writes no
+    ``overlays/`` (a third of predict's time on a 2-core CPU, BENCHMARKS.md)."""
     names = segmenter.output_names
     if dicom_seg not in (None, *DICOM_SEG_TYPES):
         raise PredictError(f"dicom_seg must be one of {DICOM_SEG_TYPES} (or None), got {dicom_seg!r}.")
@@ -221,7 +223,8 @@ def predict(
                         source = files[item["index"]]
                         seg = dicom_seg if source.suffix.lower() in DICOM_SUFFIXES else None
                         image_id = source.stem
-                        args = (segmenter, out, source, item["image"], image_probs, colours, save_probabilities, seg)
+                        args = (segmenter, out, source, item["image"], image_probs, colours if overlays else None)
+                        args += (save_probabilities, seg)
                         writing.append((image_id, writers.submit(_write_outputs, *args)))
                 while len(writing) > 2 * batch_size:
                     finish_one()
@@ -260,20 +263,20 @@ def _write_outputs(
     source: Path,
     image: np.ndarray,
     probs: torch.Tensor,
-    colours: np.ndarray,
+    colours: np.ndarray | None,
     save_probabilities: bool,
     dicom_seg: str | None = None,
 ) -> np.ndarray:
-    """Write the mask, overlay and (optionally) probabilities and DICOM SEG of the input ``source`` at its original
-    size; returns masks uint8 0/1 [K, H, W]."""
+    """Write the mask, overlay (in ``colours``; None: no overlay) and (optionally) probabilities and DICOM SEG of the
+    input ``source`` at its original size; returns masks uint8 0/1 [K, H, W]."""
     names = segmenter.output_names
     image_id = source.stem
     probs_at_size = segmenter.resize_probabilities(probs, image.shape[:2])
     masks = segmenter.masks(probs, probs_at_size)
     write_png(out / "masks" / f"{image_id}.png", mask_png_pixels(masks))
-    write_png(
-        out / "overlays" / f"{image_id}.png", overlay(image, masks, colours, names=names if len(names) > 1 else None)
-    )
+    if colours is not None:
+        legend = names if len(names) > 1 else None
+        write_png(out / "overlays" / f"{image_id}.png", overlay(image, masks, colours, names=legend))
     if save_probabilities:
         levels = (probs_at_size.numpy() * 255).round().astype(np.uint8)
         if len(names) == 1:
