@@ -74,16 +74,20 @@ def train(
 
 def leave_process_group() -> None:
     """End this process's part in the distributed run, on every rank, once the last collective is done: destroy the
-    process group, then collect the finished run's objects, so that the group itself is freed now and not at
-    interpreter exit.
+    process group and free it now, its threads joined, rather than at interpreter exit.
 
     ``destroy_process_group`` only drops torch's own references; a DDP model (its reducer) holds the group too, and
     a Trainer is kept by reference cycles until a garbage collection, often the one at exit. Until the group is
     freed its gloo worker threads run, and one may still hold the last collective's tensors: releasing them takes
     the GIL, which during interpreter finalization ends the thread by an unwind that aborts the process ("terminate
-    called without an active exception", pytorch/pytorch#38228). Freed here, the group joins its threads first."""
+    called without an active exception", pytorch/pytorch#38228). So the run's objects are collected first, while
+    ``group`` keeps the group; dropping ``group`` then frees it through its Python object, whose destructor releases
+    the GIL while it joins the threads (freed inside the collection, by the reducer, it would hold the GIL, and a
+    worker waiting for it would never end)."""
+    group = torch.distributed.group.WORLD if torch.distributed.is_initialized() else None
     PartialState().destroy_process_group()
     gc.collect()
+    del group
 
 
 def lock_run(output_dir: Path, args: TrainingArguments) -> AbstractContextManager:
