@@ -54,15 +54,35 @@ class RecordRows(TrainerCallback):
         train_dataloader.dataset.rows.set_transform(recording)
 
 
-# What run_train.py does, plus the callback above: the recipe comes from the command line.
+def native_threads() -> list[str]:
+    """The names of this process's threads (Python's and those started by C++, e.g. torch's gloo workers)."""
+    return sorted(Path(task, "comm").read_text().strip() for task in Path("/proc/self/task").iterdir())
+
+
+class RecordThreads(TrainerCallback):
+    """Writes ``folder/rank{process_index}-training.txt``, this process's :func:`native_threads` when training
+    begins (the process group is up)."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        (self.folder / f"rank{args.process_index}-training.txt").write_text("\n".join(native_threads()))
+
+
+# What run_train.py does, plus the callbacks above: the recipe comes from the command line. Once train() has returned
+# (the end of the run, as for run_train.py), each process writes its threads again.
 LAUNCHER = """\
+import os
 import sys
+from pathlib import Path
 
 from cxrseg.config import parse_recipe
 from cxrseg.training.train import train
-from tests.training.test_ddp import RecordRows
+from tests.training.test_ddp import RecordRows, RecordThreads, native_threads
 
-train(parse_recipe(sys.argv[1:]), callbacks=[RecordRows({rows!r})])
+train(parse_recipe(sys.argv[1:]), callbacks=[RecordRows({rows!r}), RecordThreads({threads!r})])
+Path({threads!r}, f"rank{{os.environ['RANK']}}-returned.txt").write_text("\\n".join(native_threads()))
 """
 
 
@@ -90,6 +110,7 @@ class DistributedRun:
     out: Path
     rows: list[list[str]]
     writes: list[list[str]]
+    threads: list[dict[str, list[str]]]  # per rank, its thread names when training began and once train() returned
     recipe: Recipe  # reloaded from the run's recipe.yaml
     data: TrainingData  # reloaded from the run's recipe and splits.json
 
@@ -118,11 +139,11 @@ def launch_command(script: str | os.PathLike, arguments: list[str]) -> list[str]
 def ddp_run(tmp_path_factory, demo_root) -> DistributedRun:
     """Train the demo recipe (tiny model, two epochs) with two processes, once for every test in this module."""
     tmp = tmp_path_factory.mktemp("ddp")
-    out, rows, audit = (tmp / name for name in ("out", "rows", "audit"))
-    for folder in (rows, audit):
+    out, rows, audit, threads = (tmp / name for name in ("out", "rows", "audit", "threads"))
+    for folder in (rows, audit, threads):
         folder.mkdir()
     launcher = tmp / "launch_train.py"
-    launcher.write_text(LAUNCHER.format(rows=str(rows)))
+    launcher.write_text(LAUNCHER.format(rows=str(rows), threads=str(threads)))
     # hooks_site puts the repository on PYTHONPATH too: the launcher imports this module
     env = {**hooks_site(tmp / "site"), "AUDIT_ROOT": str(out), "AUDIT_DIR": str(audit)}
     cmd = launch_command(launcher, run_arguments(demo_root, out))
@@ -140,6 +161,10 @@ def ddp_run(tmp_path_factory, demo_root) -> DistributedRun:
         out=out,
         rows=[(rows / f"rank{rank}.txt").read_text().split() for rank in range(2)],
         writes=[[line.split(" ", 1)[1] for line in lines if line] for lines in writes],
+        threads=[
+            {when: (threads / f"rank{rank}-{when}.txt").read_text().splitlines() for when in ("training", "returned")}
+            for rank in range(2)
+        ],
         recipe=recipe,
         data=data,
     )
@@ -158,6 +183,17 @@ def test_each_process_reads_its_own_shard_of_the_balanced_draws(ddp_run):
     shards = [expected_shards(balanced_draws(ddp_run, epoch), BATCH, 2) for epoch in range(EPOCHS)]
     assert ddp_run.rows == [first + second for first, second in zip(*shards)]
     assert ddp_run.rows[0] != ddp_run.rows[1]
+
+
+@pytest.mark.slow
+def test_each_process_has_left_the_process_group_when_train_returns(ddp_run):
+    """The gloo process group is freed, its C++ threads joined, before the program ends: left to interpreter exit, a
+    worker thread that still drops the last collective's tensors takes the GIL during finalization, and the process
+    aborts after a finished run ("terminate called without an active exception")."""
+    for threads in ddp_run.threads:
+        gloo = {name for name in threads["training"] if "gloo" in name}
+        assert gloo  # torch names them pt_gloo_runloop and gloo_tcp_loop
+        assert not gloo & set(threads["returned"])
 
 
 @pytest.mark.slow

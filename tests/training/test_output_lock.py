@@ -106,11 +106,6 @@ def test_two_runs_on_one_folder_one_refuses_the_other_finishes(demo_root, tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="known flake, open: in 1 of 3 full runs the first launch's rank 1 aborted at exit after finishing "
-    "('terminate called without an active exception', SIGABRT); the refusal itself held every time",
-)
 def test_two_accelerate_launches_on_one_folder_one_refuses_the_other_finishes(demo_root, tmp_path):
     """The double ``accelerate launch``: every rank of the second launch refuses (no rank waits for a peer that has
     left), the first launch's two gloo processes finish."""

@@ -66,7 +66,28 @@ def train(
     Every check runs before the first write; then the output folder's lock (:func:`lock_run`) is taken and held
     until the run ends, so a second run on the same folder is refused."""
     with ExitStack() as held:
-        return _train(recipe, callbacks, last_run, indexed, held)
+        metrics = _train(recipe, callbacks, last_run, indexed, held)  # its Trainer and model are unreachable now
+        if last_run:
+            leave_process_group()
+    return metrics
+
+
+def leave_process_group() -> None:
+    """End this process's part in the distributed run, on every rank, once the last collective is done: destroy the
+    process group and free it now, its threads joined, rather than at interpreter exit.
+
+    ``destroy_process_group`` only drops torch's own references; a DDP model (its reducer) holds the group too, and
+    a Trainer is kept by reference cycles until a garbage collection, often the one at exit. Until the group is
+    freed its gloo worker threads run, and one may still hold the last collective's tensors: releasing them takes
+    the GIL, which during interpreter finalization ends the thread by an unwind that aborts the process ("terminate
+    called without an active exception", pytorch/pytorch#38228). So the run's objects are collected first, while
+    ``group`` keeps the group; dropping ``group`` then frees it through its Python object, whose destructor releases
+    the GIL while it joins the threads (freed inside the collection, by the reducer, it would hold the GIL, and a
+    worker waiting for it would never end)."""
+    group = torch.distributed.group.WORLD if torch.distributed.is_initialized() else None
+    PartialState().destroy_process_group()
+    gc.collect()
+    del group
 
 
 def lock_run(output_dir: Path, args: TrainingArguments) -> AbstractContextManager:
@@ -240,8 +261,6 @@ def _train(
             logger.info("Pushed %s to %s", output_dir.name, url)
         else:
             write_model_card(output_dir, hub_model_id)
-    if last_run:
-        trainer.end()  # finish the trackers and leave the process group (without it DDP processes can abort at exit)
     return metrics
 
 
@@ -336,7 +355,7 @@ def _train_folds(
         torch._dynamo.reset()  # a new model per fold: without it torch.compile recompiles into a full cache
     for fold, metrics in results.items():
         logger.info("Fold %d: %s", fold, {k: round(v, 4) for k, v in metrics.items() if k in CV_LOG_KEYS})
-    PartialState().destroy_process_group()
+    leave_process_group()
     return results
 
 
