@@ -23,6 +23,7 @@ does. Both cases are checked against huggingface_hub's documented behaviour in t
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import socket
@@ -203,9 +204,39 @@ def main(mirrors: str, workdir: str) -> None:
     print(port, flush=True)  # before olah is imported: its logger takes over stdout
     from olah.server import app
 
+    tolerate_binary_files_of_pointer_size()
     app.middleware("http")(hub_answers(Path(mirrors)))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     server.run(sockets=[sock])
+
+
+def tolerate_binary_files_of_pointer_size() -> None:
+    """olah 0.5.4 reads every 121-149-byte file as a Git LFS pointer in UTF-8 and answers HTTP 500 for a binary file of
+    that size (a small PNG, e.g. an empty prior mask); the Hub lists it as a plain file, so does this server."""
+    from olah.mirror.repos import LocalMirrorRepo
+
+    path_info = LocalMirrorRepo._get_path_info
+
+    class NotAPointer:
+        """The entry, with content that reads as empty: olah's pointer check does not match, the rest is the entry's."""
+
+        def __init__(self, entry) -> None:
+            self._entry = entry
+
+        def __getattr__(self, name: str):
+            return getattr(self._entry, name)
+
+        @property
+        def data_stream(self) -> io.BytesIO:
+            return io.BytesIO(b"")
+
+    def tolerant(self, entry, expand: bool = False):
+        try:
+            return path_info(self, entry, expand)
+        except UnicodeDecodeError:
+            return path_info(self, NotAPointer(entry), expand)
+
+    LocalMirrorRepo._get_path_info = tolerant
 
 
 @contextlib.contextmanager

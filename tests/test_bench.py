@@ -107,7 +107,8 @@ def test_inference_bench_masks_equal_the_pipeline_masks(tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
-    assert set(report["images_per_s"]) == {"pipeline", "predict fp32", "pipeline + Dice", "evaluate fp32"}
+    paths = {"pipeline", "predict fp32", "predict fp32, masks only", "pipeline + Dice", "evaluate fp32"}
+    assert set(report["images_per_s"]) == paths
     masks = report["masks"]["fp32"]
     assert masks["pixels"] == 6 * 64 * 64
     assert 0.2 < masks["foreground_fraction"] < 0.8  # both classes present: the comparison is not vacuous

@@ -360,6 +360,8 @@ def test_chestxdet_demo_recipe_trains_and_predicts_end_to_end(tmp_path):
             str(tmp_path / "demo"),
             "--out",
             str(tmp_path / "eval"),
+            "--score-size",
+            "working",  # as training's evaluation: the demo data is stored at 256², larger than the working size
         ],
         capture_output=True,
         text=True,
