@@ -24,14 +24,16 @@ from cxrseg.training.averaging import average_run
 from tests.conftest import TINY_MODEL_CONFIG, save_tiny_model
 
 NUM_IMAGES = 6
+CLEAN_EPOCH = ("--augmentation", "none", "--balanced_sampling", "false")  # each training image once, as stored
 
 
-def fake_run(folder: Path, data: Path, steps=(2, 4, 6)) -> Path:
+def fake_run(folder: Path, data: Path, steps=(2, 4, 6), recipe_args: tuple[str, ...] = ()) -> Path:
     """A training output folder as a run leaves it: recipe.yaml, splits.json, complete checkpoint-N folders (tiny
     models with different weights)."""
     recipe = parse_recipe([
         "--config", "recipe/demo.yaml", "--generate_demo_data", "false", "--data_dir", str(data),
         "--output_dir", str(folder), "--model_config", json.dumps(TINY_MODEL_CONFIG), "--image_size", "64",
+        *recipe_args,
     ])  # fmt: skip
     folder.mkdir(parents=True)
     save_recipe(recipe, folder / "recipe.yaml")
@@ -68,7 +70,8 @@ def test_average_of_the_last_checkpoints_with_batchnorm_recomputed(tmp_path, dat
     from cxrseg.data.dataset import load_training_data
     from cxrseg.labels import PNEUMOTHORAX
 
-    run = fake_run(tmp_path / "run", data)
+    # each training image once, unaugmented: the statistics can be checked against one batch of every image
+    run = fake_run(tmp_path / "run", data, recipe_args=CLEAN_EPOCH)
     out = tmp_path / "averaged"
     argv = ["average", "--model", str(run), "--last", "2", "--out", str(out), "--batch-size", "8", "--device", "cpu"]
     assert main(argv) == 0
@@ -105,6 +108,32 @@ def test_average_of_the_last_checkpoints_with_batchnorm_recomputed(tmp_path, dat
         and (out / "preprocessor_config.json").is_file()
     )
     assert not (out / "postprocess.json").exists()
+
+
+def test_batchnorm_sees_what_training_fed_the_network(tmp_path, data):
+    """The demo recipe's balanced sampler and augmentation draw the BatchNorm images (one epoch, seeded): their
+    count is the sampler's, the statistics differ from clean images' and a rerun gives the same ones."""
+    from cxrseg.data.dataset import build_sampler, load_training_data
+    from cxrseg.labels import PNEUMOTHORAX
+
+    runs = {
+        "trained": fake_run(tmp_path / "run", data),
+        "clean": fake_run(tmp_path / "clean", data, recipe_args=CLEAN_EPOCH),
+    }
+    averaged = {}
+    for name, run in {**runs, "again": runs["trained"]}.items():
+        out = average_run(run, tmp_path / f"averaged-{name}", last=2)
+        averaged[name] = (UperNetForSemanticSegmentation.from_pretrained(out).state_dict(), out)
+    recipe = parse_recipe(["--config", str(runs["trained"] / "recipe.yaml")])
+    train = load_training_data(
+        recipe.data, PNEUMOTHORAX, runs["trained"] / "splits.json", mean=[0.5] * 3, std=[0.5] * 3
+    )
+    epoch = len(build_sampler(recipe.sampling, PNEUMOTHORAX, train, seed=recipe.training.seed)[0])
+    assert recipe.sampling.balanced_sampling and recipe.data.augmentation == "standard"
+    assert json.loads((averaged["trained"][1] / "averaging.json").read_text())["batchnorm_images"] == epoch
+    statistics = [key for key in averaged["trained"][0] if key.endswith(("running_mean", "running_var"))]
+    assert all(torch.equal(averaged["trained"][0][key], averaged["again"][0][key]) for key in statistics)  # seeded
+    assert not all(torch.allclose(averaged["trained"][0][key], averaged["clean"][0][key]) for key in statistics)
 
 
 def test_too_few_checkpoints_and_a_cv_folder(tmp_path, data):
