@@ -180,7 +180,7 @@ def cv_demo_table(output_dir: Path, split: str, averaged: Path | None = None) ->
                 "B",
                 f"fold k, {models[1][0]}: the mean of its newest {k_last} checkpoints, a fixed K (no choice on any "
                 f"image; {averaged_checkpoints(averaged, num_folds)}), BatchNorm re-estimated on fold k's training "
-                "images. Measured as A.",
+                "images as training drew them (sampler, augmentation). Measured as A.",
             )
         )
     entries += [
