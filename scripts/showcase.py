@@ -128,5 +128,6 @@ def _showcase_image(model: str, data: str) -> Path:
     areas = [int((read_image(Path(data) / "masks" / "train" / f"{i}.png") > 0).sum()) for i in image_ids]
     return Path(data) / "images" / "train" / f"{image_ids[areas.index(max(areas))]}.png"
 
+
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -81,8 +81,10 @@ def test_imports_point_down_the_layers(module):
 
 
 def test_no_import_cycles():
-    edges = {name: {target for target, _, _ in found if target in MODULES and target != name}
-             for name, found in GRAPH.items()}
+    edges = {
+        name: {target for target, _, _ in found if target in MODULES and target != name}
+        for name, found in GRAPH.items()
+    }
     edges = {name: {t for t in targets if not name.startswith(t + ".")} for name, targets in edges.items()}
     state: dict[str, int] = {}
     cycles = []
@@ -91,7 +93,7 @@ def test_no_import_cycles():
         state[node] = 1
         for target in sorted(edges[node]):
             if state.get(target) == 1:
-                cycles.append(stack[stack.index(target):] + [target])
+                cycles.append(stack[stack.index(target) :] + [target])
             elif target not in state:
                 visit(target, [*stack, target])
         state[node] = 2
@@ -111,7 +113,9 @@ def test_deferred_imports_say_why():
             first = line - 1
             while first > 0 and lines[first - 1].strip().startswith(("from ", "import ", "#", "if TYPE_CHECKING:")):
                 first -= 1
-            text = "\n".join(lines[max(first - 1, 0):line]).lower()  # and the line that opens it (`if TYPE_CHECKING:`)
+            text = "\n".join(
+                lines[max(first - 1, 0) : line]
+            ).lower()  # and the line that opens it (`if TYPE_CHECKING:`)
             if deferred and not any(reason in text for reason in DEFERRED_REASONS):
                 unexplained.append(f"{name}:{line}")
     assert not unexplained

@@ -81,8 +81,10 @@ def ws(tmp_path_factory, demo_root) -> Path:
     (ws / "syntax.yaml").write_text("task: [pneumothorax\n")
     (ws / "wrong_type.yaml").write_text(yaml.safe_dump({**recipe, "num_train_epochs": "three"}))
     for name, text in {
-        "semicolon.csv": "ImageId;EncodedPixels\n1.2;-1\n", "fields.csv": "ImageId,EncodedPixels\n1.2,-1\n1.3,1 2,5\n",
-        "traversal.csv": "ImageId,EncodedPixels\n../../etc/x,-1\n", "no_id.csv": "ImageId,EncodedPixels\n ,-1\n",
+        "semicolon.csv": "ImageId;EncodedPixels\n1.2;-1\n",
+        "fields.csv": "ImageId,EncodedPixels\n1.2,-1\n1.3,1 2,5\n",
+        "traversal.csv": "ImageId,EncodedPixels\n../../etc/x,-1\n",
+        "no_id.csv": "ImageId,EncodedPixels\n ,-1\n",
     }.items():  # malformed SIIM RLE CSVs
         (ws / name).write_text(text)
     (ws / "binary.csv").write_bytes(bytes(range(256)))

@@ -62,11 +62,7 @@ def checkpoint_upload_plan(
         if path.is_file() and MODEL_FILES.fullmatch(path.name)
     }
     plan.update(
-        {
-            name: shared_file(output_dir / name, output_dir, token)
-            for name in RUN_FILES
-            if (output_dir / name).is_file()
-        }
+        {name: shared_file(output_dir / name, output_dir, token) for name in RUN_FILES if (output_dir / name).is_file()}
     )
     card = model_card(output_dir, repo_id, checkpoint=checkpoint)
     plan[CARD_FILENAME] = redact_text(card, output_dir, token).encode()

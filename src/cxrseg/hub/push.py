@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 UPLOAD_SUFFIXES = (".json", ".safetensors", ".yaml", ".md", ".png")
 TEXT_SUFFIXES = (".json", ".yaml", ".md")
 
+
 def upload_plan(folder: str | os.PathLike, token: str | None = None) -> dict[str, bytes | Path]:
     """What a push uploads: path in the repo → bytes (redacted text) or the local file (binary). See module doc."""
     folder = Path(folder)

@@ -214,7 +214,6 @@ class MalformedRecord(ValueError):
     """A record or polygon of an annotation file that is not in the format; listed in ``problems.csv``."""
 
 
-
 def _record_fields(record: Any) -> tuple[str, list[str], list[Any]]:
     """``file_name``, ``syms`` and ``polygons`` of one record (a JSON object holding the three keys, as
     :func:`_load_records` checked), or :class:`MalformedRecord` saying which is null or of the wrong type."""
