@@ -476,7 +476,7 @@ def _lenient_bool(value: str) -> bool:
     """A command-line boolean for the pre-parser; a bad value counts as False here and the main parser reports it."""
     try:
         return string_to_bool(value)
-    except Exception:  # argparse.ArgumentTypeError for anything but true/false/yes/no/1/0
+    except argparse.ArgumentTypeError:  # anything but true/false/yes/no/1/0
         return False
 
 

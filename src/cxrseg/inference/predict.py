@@ -223,8 +223,8 @@ def predict(
                         source = files[item["index"]]
                         seg = dicom_seg if source.suffix.lower() in DICOM_SUFFIXES else None
                         image_id = source.stem
-                        args = (segmenter, out, source, item["image"], image_probs, colours if overlays else None)
-                        args += (save_probabilities, seg)
+                        drawn = colours if overlays else None
+                        args = (segmenter, out, source, item["image"], image_probs, drawn, save_probabilities, seg)
                         writing.append((image_id, writers.submit(_write_outputs, *args)))
                 while len(writing) > 2 * batch_size:
                     finish_one()

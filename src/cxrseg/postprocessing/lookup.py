@@ -150,6 +150,11 @@ def check_rule(rule: MaskRule, made: dict, model: str, *, mismatch: str = "error
         "made this way (cxrseg evaluate --search-postprocess with the same --model and --tta), or pass "
         "--allow-rule-mismatch to apply it anyway."
     )
+    _refuse(message, mismatch)
+
+
+def _refuse(message: str, mismatch: str) -> None:
+    """A rule that does not fit: :class:`ModelLoadError` with ``message`` (mismatch "error"), or a warning ("warn")."""
     if mismatch == "error":
         raise ModelLoadError(message)
     logger.warning(message)
@@ -169,6 +174,4 @@ def check_score_size(rule: MaskRule, score_size: str, model: str, *, mismatch: s
         f"at the {score_size} size. Evaluate with --score-size {tuned}, tune one at this size (cxrseg evaluate "
         "--search-postprocess), or pass --allow-rule-mismatch to apply it anyway."
     )
-    if mismatch == "error":
-        raise ModelLoadError(message)
-    logger.warning(message)
+    _refuse(message, mismatch)
