@@ -18,9 +18,12 @@ The same N synthetic radiographs, stored as PNG at the model's working size (``-
 * **evaluate (variant)**: :func:`cxrseg.evaluation.evaluate.evaluate` over the same images as a PNG layout (metrics,
   per-image CSV, PR curve).
 
-Model loading is outside the timings; every path is warmed up first on one batch. Rates and ratios are given for the
-median round and for the best round (on a shared machine other work only ever slows a round down, so the best round
-is the least disturbed one).
+Model loading is outside the timings; every path is warmed up first on one batch. That first batch is timed too
+(``start_seconds``): for a ``+compile`` variant it is the compilation, with torch's compile cache empty (the bench
+points ``TORCHINDUCTOR_CACHE_DIR`` at a new folder), and ``warm_start_seconds`` is the first batch of a new process
+that finds the cache filled: what a second ``cxrseg predict --compile`` on the machine waits. Rates and ratios are
+given for the median round and for the best round (on a shared machine other work only ever slows a round down, so
+the best round is the least disturbed one).
 
 Identical masks, defined: the pipeline's mask for the foreground label (``argmax`` of the logits upsampled to the
 input size: no resize here, the input is at the working size) against cxrseg's ``masks/<id>.png`` (``softmax >= 0.5``
@@ -39,6 +42,7 @@ import csv
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -164,9 +168,9 @@ def load_variant(model_dir: Path, device: str, variant: str) -> Segmenter:
     return segmenter
 
 
-def timed(function, *args) -> float:
+def timed(function, *args, **kwargs) -> float:
     start = time.perf_counter()
-    function(*args)
+    function(*args, **kwargs)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.perf_counter() - start
@@ -184,7 +188,13 @@ def main() -> None:
     parser.add_argument("--variants", default="fp32", help="comma-separated subset of: " + ", ".join(VARIANTS))
     parser.add_argument("--no-evaluate", action="store_true", help="time predict only")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--first-batch", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.first_batch:  # the warm start, in a process of its own (see measure)
+        segmenter = load_variant(Path(args.first_batch[0]), args.device, args.first_batch[1])
+        pixels = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
+        print(json.dumps(timed(segmenter.probabilities, pixels)))
+        return
     device = torch.device(args.device)
     variants = args.variants.split(",")
     unknown = [v for v in variants if v not in VARIANTS]
@@ -199,6 +209,7 @@ def main() -> None:
 
 def measure(args: argparse.Namespace, device: torch.device, variants: list[str], work: Path) -> dict:
     """Write the data and the model under ``work``, time every path, compare the masks, print; returns the report."""
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(work / "compile-cache")  # empty: the first compile is a cold one
     data = make_demo_data(work / "data", num_images=args.num_images, size=args.image_size, seed=7)
     files = sorted((data / "images" / "train").glob("*.png"))
     calibration = synthetic_radiograph(10**6, args.image_size)[0]  # not among the timed images: no built-in tie
@@ -223,13 +234,19 @@ def measure(args: argparse.Namespace, device: torch.device, variants: list[str],
             )
 
     warm = files[: args.batch_size]
-    run_pipeline(pipe, warm, work / "warm-pipeline")
+    start = {"pipeline": timed(run_pipeline, pipe, warm, work / "warm-pipeline")}
+    warm_start = {}
     for v, segmenter in segmenters.items():
         warm_dir = work / f"warm-{v}"
         warm_dir.mkdir()
         for path in warm:
             (warm_dir / path.name).symlink_to(path)
-        predict(segmenter, warm_dir, work / f"warm-out-{v}", **options)
+        start[v] = timed(predict, segmenter, warm_dir, work / f"warm-out-{v}", **options)
+        if "compile" in v:
+            command = [sys.executable, __file__, "--first-batch", str(model_dir), v, "--device", args.device]
+            command += ["--batch-size", str(args.batch_size), "--image-size", str(args.image_size)]
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            warm_start[v] = json.loads(done.stdout.strip().splitlines()[-1])
 
     seconds: dict[str, list[float]] = {name: [] for name in paths}
     for round_ in range(args.repeats):
@@ -258,6 +275,10 @@ def measure(args: argparse.Namespace, device: torch.device, variants: list[str],
             f"{best / best_rates[baseline]:.2f}x | {rounds} |"
         )
     print()
+    firsts = ", ".join(f"{v} {seconds_:.1f}" for v, seconds_ in start.items())
+    print(f"first batch, seconds (a +compile variant compiles there, torch's compile cache empty): {firsts}")
+    for v, seconds_ in warm_start.items():
+        print(f"{v} in a new process, the compile cache filled: first batch {seconds_:.1f} s")
     for v, result in masks.items():
         print(
             f"masks, predict {v} vs pipeline: {result['differing_pixels']} of {result['pixels']} pixels differ "
@@ -280,6 +301,8 @@ def measure(args: argparse.Namespace, device: torch.device, variants: list[str],
         "images_per_s": rates,
         "images_per_s_best": best_rates,
         "masks": masks,
+        "start_seconds": start,
+        "warm_start_seconds": warm_start,
     }
 
 

@@ -11,6 +11,7 @@ import torch
 from cxrseg.cli import main
 from cxrseg.cli.model_options import add_model_arguments, load_model, run_options
 from cxrseg.imageio.images import read_image, write_png
+from cxrseg.inference.segmenter import main_logits
 from cxrseg.synthetic import synthetic_radiograph
 from tests.conftest import save_tiny_model
 
@@ -59,3 +60,24 @@ def test_bf16_predict_probabilities_stay_within_two_percent_of_fp32(tmp_path):
     difference = np.abs(levels["fp32"].astype(int) - levels["bf16"].astype(int))
     assert difference.max() <= 5
     assert difference.max() > 0
+
+
+def test_the_compiled_path_pads_a_smaller_batch_to_the_compiled_size(tmp_path):
+    """A compiled graph is specialised to its batch size, so a run's last, smaller batch is padded to the largest
+    batch seen and cut back: one graph, and the same probabilities as unpadded."""
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    segmenter = load_model(parser.parse_args(["--model", str(save_tiny_model(tmp_path)), "--device", "cpu"]))
+    seen: list[int] = []
+
+    def graph(model, pixel_values):  # stands in for torch.compile(main_logits): the padding is the segmenter's
+        seen.append(pixel_values.shape[0])
+        return main_logits(model, pixel_values)
+
+    segmenter._main_logits = graph
+    pixels = torch.randn(4, 3, 64, 64)
+    full = segmenter.probabilities(pixels)
+    last = segmenter.probabilities(pixels[:3])
+    assert seen == [4, 4] and last.shape[0] == 3
+    torch.testing.assert_close(last, full[:3], rtol=0, atol=1e-6)
+

@@ -58,7 +58,12 @@ def add_model_arguments(parser: argparse.ArgumentParser, postprocess: bool = Tru
         default="fp32",
         help="bf16: bfloat16 autocast (faster on GPUs; probabilities may differ by ~1e-2)",
     )
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on large runs)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model: a faster forward once compiled (about a minute on a CPU the first time, "
+        "seconds when torch's compile cache has it); pays off on large runs",
+    )
     if postprocess:
         parser.add_argument(
             "--no-postprocess", action="store_true", help="ignore the model's postprocess.json: masks are prob >= 0.5"
