@@ -17,18 +17,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from cxrseg.errors import DataError
 from cxrseg.files import atomic_write_text
 
 Split = dict[str, list[str]]
 """{"train": image ids, "val": image ids}."""
-"""The file in a training output folder that holds its split (or its list of folds)."""
 
 
 def make_split(image_ids: Sequence[str], is_positive: Sequence[bool], val_fraction: float, seed: int) -> Split:
     """{"train": ids, "val": ids}, each sorted; stratified so both splits keep the positive fraction."""
+    from sklearn.model_selection import train_test_split  # here: importing sklearn costs every start 0.7 s
+
     stratify = (
         list(is_positive)
         if 0 < sum(is_positive) < len(is_positive) and min(sum(is_positive), len(is_positive) - sum(is_positive)) >= 2
