@@ -4,6 +4,7 @@ probabilities close to fp32's, and --num-workers defaults to no reader processes
 from __future__ import annotations
 
 import argparse
+import logging
 
 import numpy as np
 import torch
@@ -62,7 +63,7 @@ def test_bf16_predict_probabilities_stay_within_two_percent_of_fp32(tmp_path):
     assert difference.max() > 0
 
 
-def test_the_compiled_path_pads_a_smaller_batch_to_the_compiled_size(tmp_path):
+def test_the_compiled_path_pads_a_smaller_batch_to_the_compiled_size(tmp_path, caplog):
     """A compiled graph is specialised to its batch size, so a run's last, smaller batch is padded to the largest
     batch seen and cut back: one graph, and the same probabilities as unpadded."""
     parser = argparse.ArgumentParser()
@@ -76,8 +77,9 @@ def test_the_compiled_path_pads_a_smaller_batch_to_the_compiled_size(tmp_path):
 
     segmenter._main_logits = graph
     pixels = torch.randn(4, 3, 64, 64)
-    full = segmenter.probabilities(pixels)
-    last = segmenter.probabilities(pixels[:3])
+    with caplog.at_level(logging.INFO, logger="cxrseg.inference.segmenter"):
+        full = segmenter.probabilities(pixels)
+        last = segmenter.probabilities(pixels[:3])
     assert seen == [4, 4] and last.shape[0] == 3
+    assert [r.getMessage()[:32] for r in caplog.records] == ["Compiling the model for batches "]  # once: one graph
     torch.testing.assert_close(last, full[:3], rtol=0, atol=1e-6)
-

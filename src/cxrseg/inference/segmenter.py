@@ -183,6 +183,12 @@ class Segmenter:
             # A compiled graph is specialised to its batch size: a smaller batch (a run's last) is padded with copies
             # of its last image rather than compiled again (a minute on a CPU). Images do not interact in eval mode.
             count = pixel_values.shape[0]
+            if count > self._compiled_batch:
+                logger.info(
+                    "Compiling the model for batches of %d: about a minute on a CPU the first time, seconds once "
+                    "torch has cached it.",
+                    count,
+                )
             self._compiled_batch = max(self._compiled_batch, count)
             if count < self._compiled_batch:
                 padding = pixel_values[-1:].expand(self._compiled_batch - count, -1, -1, -1)
