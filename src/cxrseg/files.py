@@ -236,18 +236,36 @@ LOCK_FILE = ".cxrseg.lock"
 last. The file stays; only the lock on it (which the OS releases when that process ends) means a run is going on."""
 
 
+_HELD_LOCKS: set[int] = set()
+"""The descriptors of the output locks this process holds."""
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child (a DataLoader worker): close the copies of the parent's lock descriptors. An flock belongs
+    to the open file description, so a child's copy would keep the folder locked after the parent is killed, until
+    the orphaned child noticed and exited (seconds): a rerun right after ``kill -9`` would be refused."""
+    for fd in _HELD_LOCKS:
+        os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 class OutputLock:
     """An advisory ``fcntl.flock`` on ``FOLDER/.cxrseg.lock``, held from :func:`lock_output` until :meth:`release`
     or the end of the process (the OS releases it when the process dies, however it dies, so a killed run never
-    blocks the next one)."""
+    blocks the next one; forked children do not inherit it)."""
 
     def __init__(self, folder: Path, fd: int) -> None:
         self.folder, self.fd = folder, fd
+        _HELD_LOCKS.add(fd)
 
     def release(self) -> None:
-        if self.fd >= 0:
+        if self.fd in _HELD_LOCKS:  # not in a forked child, which closed its copy already
+            _HELD_LOCKS.discard(self.fd)
             os.close(self.fd)  # closing the last descriptor releases the flock
-            self.fd = -1
+        self.fd = -1
 
     def __enter__(self) -> OutputLock:
         return self

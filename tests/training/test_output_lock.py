@@ -8,6 +8,8 @@ starts: the two overlap at a known point, not by luck of timing."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -121,3 +123,33 @@ def test_two_accelerate_launches_on_one_folder_one_refuses_the_other_finishes(de
     assert snapshot(out) == before
     release(first, tmp_path / "first")
     assert_one_finished_run(out, arguments)
+
+
+def test_a_forked_child_does_not_keep_a_killed_holders_lock(tmp_path):
+    """A DataLoader worker is a forked child of the run: after ``kill -9`` of the run it lives on for seconds (until
+    it notices), and it must not hold the folder's lock meanwhile, or a rerun at once would be refused."""
+    out = tmp_path / "run"
+    code = (
+        "import os, signal, sys, time\n"
+        "from cxrseg.files import lock_output\n"
+        f"lock = lock_output({str(out)!r})\n"
+        "child = os.fork()\n"
+        "if child == 0:  # off the captured pipes, which would keep subprocess.run waiting for it\n"
+        "    null = os.open(os.devnull, os.O_WRONLY)\n"
+        "    os.dup2(null, 1)\n"
+        "    os.dup2(null, 2)\n"
+        "    time.sleep(120)\n"
+        "    os._exit(0)\n"
+        "print(child, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    child = int(killed.stdout)
+    try:
+        assert killed.returncode == -9
+        os.kill(child, 0)  # the orphan still runs
+        check_not_locked(out)
+        with lock_output(out):
+            pass
+    finally:
+        os.kill(child, signal.SIGKILL)
