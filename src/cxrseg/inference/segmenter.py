@@ -185,8 +185,8 @@ class Segmenter:
             count = pixel_values.shape[0]
             if count > self._compiled_batch:
                 logger.info(
-                    "Compiling the model for batches of %d: about a minute on a CPU the first time, seconds once "
-                    "torch has cached it.",
+                    "Compiling the model for batches of %d: a minute or more the first time, seconds once torch "
+                    "has cached it.",
                     count,
                 )
             self._compiled_batch = max(self._compiled_batch, count)
