@@ -90,8 +90,9 @@ test: install-dev  ## the whole suite (slow tests included; the browser test nee
 test-fast: install-dev  ## the tests not marked slow: for day-to-day work
 	$(PY) -m pytest $(PYTEST_PARALLEL) -m "not slow"
 
-quality: install-dev
+quality: install-dev  ## lint and formatting (ruff), what a pull request must pass
 	$(VENV)/bin/ruff check src tests bench scripts run_train.py app.py
+	$(VENV)/bin/ruff format --check src tests bench scripts run_train.py app.py
 
 clean:
 	rm -rf outputs data/demo data/demo-test data/anatomy-demo .pytest_cache
