@@ -75,8 +75,7 @@ def main() -> None:
 
     imports = import_seconds()
     import torch  # noqa: E402 - after the fresh-interpreter timing
-    import transformers
-    from train_step import TrainingStep
+    from train_step import TrainingStep, versions
     from transformers import TrainerCallback
 
     from cxrseg.config import parse_recipe
@@ -162,9 +161,9 @@ def main() -> None:
         step()
     baseline_rate = args.baseline_steps / (time.perf_counter() - start)
 
-    cpu = cpu_name()
+    cpu, tree, stack = cpu_name(), commit(), versions()
     print(
-        f"commit {commit()}, torch {torch.__version__}, transformers {transformers.__version__}, {cpu}, "
+        f"commit {tree}, torch {stack['torch']}, transformers {stack['transformers']}, {cpu}, "
         f"{torch.get_num_threads()} threads"
     )
     print(
@@ -181,8 +180,8 @@ def main() -> None:
     )
     if args.json:
         result = {
-            "commit": commit(),
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+            "commit": tree,
+            "versions": stack,
             "cpu": cpu,
             "threads": torch.get_num_threads(),
             "recipe": args.config,

@@ -189,8 +189,8 @@ class Segmenter:
                     "has cached it.",
                     count,
                 )
-            self._compiled_batch = max(self._compiled_batch, count)
-            if count < self._compiled_batch:
+                self._compiled_batch = count
+            elif count < self._compiled_batch:
                 padding = pixel_values[-1:].expand(self._compiled_batch - count, -1, -1, -1)
                 pixel_values = torch.cat([pixel_values, padding]).contiguous(memory_format=MEMORY_FORMAT)
             return self._main_logits(self.model, pixel_values)[:count]
